@@ -1,0 +1,165 @@
+"""The `ledger` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from ledger.errors import LedgerError
+from ledger.settings import StackSettings, load_settings
+
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+
+def _settings(args: argparse.Namespace) -> StackSettings:
+    return load_settings().with_overrides(
+        kafka_port=getattr(args, "kafka_port", None),
+        kafka_controller_port=getattr(args, "kafka_controller_port", None),
+        postgres_port=getattr(args, "postgres_port", None),
+        topic_partitions=getattr(args, "partitions", None),
+    )
+
+
+def _cmd_stack_up(args: argparse.Namespace) -> int:
+    from ledger.stack import manager
+
+    report = manager.up(_settings(args))
+    state = report.state
+    assert state.kafka is not None and state.postgres is not None
+    if report.stale_cleared:
+        print("found the state of a stack that was not stopped cleanly: restarted what was down")
+    kafka_word = (
+        "reused" if report.reused_kafka else f"started in {report.kafka_ready_seconds:.1f} s"
+    )
+    kafka_pid, pg_pid = state.kafka.process.pid, state.postgres.process.pid
+    print(f"kafka     {kafka_word:24} pid {kafka_pid:<8} {state.kafka.bootstrap_servers}")
+    pg_word = "reused" if report.reused_postgres else "started"
+    print(f"postgres  {pg_word:24} pid {pg_pid:<8} 127.0.0.1:{state.postgres.port}/ledger")
+    if report.topics_created:
+        print(f"topics created: {', '.join(report.topics_created)}")
+    if report.migrations_applied:
+        print(f"migrations applied: {', '.join(report.migrations_applied)}")
+    print("stop it with: ledger stack down")
+    return 0
+
+
+def _cmd_stack_down(args: argparse.Namespace) -> int:
+    from ledger.stack import manager
+
+    stopped = manager.down(_settings(args), purge=args.purge)
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing of the stack was running")
+    if args.purge:
+        print("purged: the broker's log and the database cluster were deleted")
+    return 0
+
+
+def _cmd_stack_status(args: argparse.Namespace) -> int:
+    from ledger.stack import manager
+
+    rows = manager.status(_settings(args))
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], indent=2))
+    else:
+        for row in rows:
+            word = "up" if row.running else "down"
+            pid = str(row.pid) if row.pid else "-"
+            print(f"{row.name:9} {word:5} pid {pid:<8} {row.address or '-':28} {row.detail}")
+    return 0 if all(row.running for row in rows) else EXIT_NOT_RUNNING
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ledger import smoke
+    from ledger.stack import manager
+
+    settings = _settings(args)
+    _cmd_stack_up(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None and state.postgres is not None
+    trip = smoke.kafka_round_trip(state.kafka.bootstrap_servers, count=args.records)
+    print(
+        f"kafka round trip: {trip.sent} records produced to {trip.topic} (acks=all, idempotent),"
+        f" {trip.received} consumed back, in order: {trip.in_order}, {trip.seconds * 1000:.0f} ms"
+    )
+    db = smoke.db_round_trip(state.postgres.dsn)
+    migrations = ", ".join(db.migrations)
+    print(f"database round trip: migrations {migrations}; wrote {db.written}, read {db.read}")
+    ok = trip.received == trip.sent and trip.in_order and db.read == db.written
+    print("demo: OK" if ok else "demo: FAILED")
+    return 0 if ok else EXIT_ERROR
+
+
+def _add_port_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kafka-port",
+        type=int,
+        metavar="PORT",
+        help="broker port (LEDGER_KAFKA_PORT, default 19092)",
+    )
+    parser.add_argument(
+        "--kafka-controller-port",
+        type=int,
+        metavar="PORT",
+        help="KRaft controller port (default 19093)",
+    )
+    parser.add_argument(
+        "--postgres-port",
+        type=int,
+        metavar="PORT",
+        help="PostgreSQL port (LEDGER_POSTGRES_PORT, default 15432)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="partitions of ledger.commands and ledger.events (default 4)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="The Internet Plus ledger: purchases on Kafka, invoices in PostgreSQL.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = commands.add_parser("stack", help="the local Kafka broker and PostgreSQL")
+    stack_commands = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    up = stack_commands.add_parser("up", help="start the stack (reuses what already runs)")
+    _add_port_flags(up)
+    up.set_defaults(handler=_cmd_stack_up)
+    down = stack_commands.add_parser("down", help="stop the processes the stack started")
+    down.add_argument(
+        "--purge", action="store_true", help="also delete the broker's log and the database"
+    )
+    down.set_defaults(handler=_cmd_stack_down)
+    status = stack_commands.add_parser("status", help="what runs, with pids and addresses")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_stack_status)
+
+    demo = commands.add_parser("demo", help="bring the stack up and show it working end to end")
+    _add_port_flags(demo)
+    demo.add_argument("--records", type=int, default=10, help="records in the Kafka round trip")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except LedgerError as error:
+        print(f"ledger: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ledger: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`ledger stack up | down | status`: bring the local stack up (reusing what already runs), stop
+only what it started, and tell what runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ledger.errors import StackError
+from ledger.settings import StackSettings
+from ledger.stack import kafka, postgres, proc
+from ledger.stack import state as stack_state
+from ledger.stack.state import StackState
+
+
+@dataclass(frozen=True)
+class UpReport:
+    state: StackState
+    reused_kafka: bool
+    reused_postgres: bool
+    stale_cleared: bool
+    kafka_ready_seconds: float
+    topics_created: list[str]
+    migrations_applied: list[str]
+
+
+def _is_up(recorded: StackState | None) -> tuple[bool, bool]:
+    if recorded is None:
+        return False, False
+    kafka_up = recorded.kafka is not None and proc.is_running(recorded.kafka.process)
+    pg_up = recorded.postgres is not None and proc.is_running(recorded.postgres.process)
+    return kafka_up, pg_up
+
+
+def up(settings: StackSettings) -> UpReport:
+    recorded = stack_state.load(settings.home)
+    kafka_up, pg_up = _is_up(recorded)
+    current = recorded if recorded is not None else StackState()
+    stale = (
+        recorded is not None
+        and not (kafka_up and pg_up)
+        and (recorded.kafka is not None or recorded.postgres is not None)
+    )
+    if kafka_up and current.kafka and current.kafka.port != settings.kafka_port:
+        settings = settings.with_overrides(kafka_port=current.kafka.port)
+    if not kafka_up:
+        current.kafka = None
+    if not pg_up:
+        current.postgres = None
+    ready_seconds = 0.0
+    try:
+        if not kafka_up:
+            current.kafka = kafka.start(settings)
+            current.topic_partitions = settings.topic_partitions
+            stack_state.save(settings.home, current)  # recorded at once: `down` can stop it
+        if not pg_up:
+            current.postgres = postgres.start(settings)
+            stack_state.save(settings.home, current)
+        assert current.kafka is not None and current.postgres is not None
+        started = time.monotonic()
+        kafka.wait_ready(current.kafka)
+        ready_seconds = time.monotonic() - started
+        partitions = current.topic_partitions or settings.topic_partitions
+        topics = kafka.ensure_topics(current.kafka.bootstrap_servers, partitions)
+        migrations = postgres.ensure_database(current.postgres)
+    except StackError:
+        stack_state.save(settings.home, current)
+        raise
+    stack_state.save(settings.home, current)
+    return UpReport(
+        state=current,
+        reused_kafka=kafka_up,
+        reused_postgres=pg_up,
+        stale_cleared=stale,
+        kafka_ready_seconds=ready_seconds,
+        topics_created=topics,
+        migrations_applied=migrations,
+    )
+
+
+def down(settings: StackSettings, purge: bool = False) -> list[str]:
+    """Stop the processes this stack started, by pid. Returns what was stopped."""
+    recorded = stack_state.load(settings.home)
+    stopped: list[str] = []
+    if recorded is not None:
+        if recorded.kafka is not None and proc.is_running(recorded.kafka.process):
+            killed = kafka.stop(recorded.kafka)
+            stopped.append(f"kafka (pid {recorded.kafka.process.pid}){' killed' if killed else ''}")
+        if recorded.postgres is not None and proc.is_running(recorded.postgres.process):
+            killed = postgres.stop(recorded.postgres)
+            stopped.append(
+                f"postgres (pid {recorded.postgres.process.pid}){' killed' if killed else ''}"
+            )
+        stack_state.remove(settings.home)
+    if purge:
+        import shutil
+
+        postgres.purge(settings)
+        shutil.rmtree(settings.home / "kafka", ignore_errors=True)
+    return stopped
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    running: bool
+    pid: int | None
+    address: str | None
+    detail: str
+
+
+def status(settings: StackSettings) -> list[ComponentStatus]:
+    recorded = stack_state.load(settings.home)
+    kafka_up, pg_up = _is_up(recorded)
+    rows: list[ComponentStatus] = []
+    kafka_rec = recorded.kafka if recorded else None
+    pg_rec = recorded.postgres if recorded else None
+    rows.append(
+        ComponentStatus(
+            name="kafka",
+            running=kafka_up,
+            pid=kafka_rec.process.pid if kafka_rec else None,
+            address=kafka_rec.bootstrap_servers if kafka_rec else None,
+            detail=f"log {kafka_rec.log_file}" if kafka_rec else "not started",
+        )
+    )
+    rows.append(
+        ComponentStatus(
+            name="postgres",
+            running=pg_up,
+            pid=pg_rec.process.pid if pg_rec else None,
+            address=f"127.0.0.1:{pg_rec.port}/{postgres.DATABASE}" if pg_rec else None,
+            detail=f"data {pg_rec.data_dir}" if pg_rec else "not started",
+        )
+    )
+    return rows
+
+
+def connection(settings: StackSettings) -> StackState:
+    """The running stack's addresses for clients; a clear error when it is not up."""
+    recorded = stack_state.load(settings.home)
+    kafka_up, pg_up = _is_up(recorded)
+    if recorded is None or not (kafka_up and pg_up):
+        raise StackError("the stack is not running: start it with `ledger stack up`")
+    return recorded

@@ -1,0 +1,33 @@
+"""The ledger's topics (DESIGN.md §4): names, keys and the configs they are created with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COMMANDS = "ledger.commands"
+EVENTS = "ledger.events"
+REFERENCE = "ledger.reference"
+DLQ = "ledger.dlq"
+
+# Kafka reads -1 as "no limit": the events are the source of truth and are kept forever, and
+# dead letters are kept until an operator has dealt with them.
+_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitioned: bool  # False: one partition whatever the configured count
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def partitions(self, configured: int) -> int:
+        return configured if self.partitioned else 1
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(COMMANDS, partitioned=True, configs={"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    TopicSpec(EVENTS, partitioned=True, configs=dict(_FOREVER)),
+    # Read whole by every worker into a global table: one partition keeps it in one order.
+    TopicSpec(REFERENCE, partitioned=False, configs={"cleanup.policy": "compact"}),
+    TopicSpec(DLQ, partitioned=False, configs=dict(_FOREVER)),
+)
