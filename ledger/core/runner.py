@@ -1,0 +1,39 @@
+"""The authorizer of one partition, in memory: what a stream worker does for each command, without
+the stream. Used by the benchmarks, the simulator's dry run and the tests; the faust agent keeps the
+same states in tables instead of a dict."""
+
+from __future__ import annotations
+
+from ledger.core.authorizer import Context, Policy, decide_close, evolve_close, step
+from ledger.core.reference import Reference
+from ledger.core.state import AccountState, ClosedPeriods
+from schemas.commands import Command, PeriodCloseRequested
+from schemas.facts import Fact
+from schemas.reference import ReferenceRecord
+
+
+class LocalAuthorizer:
+    def __init__(self, reference: Reference, policy: Policy | None = None) -> None:
+        self.states: dict[str, AccountState] = {}
+        self.closed = ClosedPeriods()
+        self._policy = policy or Policy()
+        self._context = Context(reference, self.closed.by_isp, self._policy)
+
+    @property
+    def reference(self) -> Reference:
+        return self._context.reference
+
+    def update_reference(self, record: ReferenceRecord) -> None:
+        self._context = Context(
+            self.reference.with_record(record), self.closed.by_isp, self._policy
+        )
+
+    def handle(self, command: Command) -> list[Fact]:
+        if isinstance(command, PeriodCloseRequested):
+            fact = decide_close(self.closed, command, self.reference)
+            evolve_close(self.closed, fact, command)
+            return [fact]
+        decision = step(self.states.get(command.account_id), command, self._context)
+        if decision.state is not None:
+            self.states[command.account_id] = decision.state
+        return decision.facts

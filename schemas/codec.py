@@ -1,0 +1,86 @@
+"""JSON encoding and decoding of every message, with typed errors for the dead-letter topic.
+
+Decoders are built once (msgspec compiles a decoder per type); decoding checks every constraint
+of schemas/types.py, so what comes out is valid or an InvalidMessage was raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.commands import COMMAND_TYPES, Command, Message
+from schemas.facts import FACT_TYPES, Fact
+from schemas.reference import REFERENCE_TYPES, ReferenceRecord
+
+InvalidReason = Literal["malformed_json", "unknown_type", "invalid_field", "wrong_topic"]
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot become a ledger message. `reason` is one of a few codes, for the
+    dead-letter topic and its metric; `detail` says what exactly, for the operator."""
+
+    def __init__(self, reason: InvalidReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: InvalidReason = reason
+        self.detail = detail
+
+
+ALL_TYPES: tuple[type[Message], ...] = COMMAND_TYPES + FACT_TYPES + REFERENCE_TYPES
+TAGS: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL_TYPES}  # type: ignore[misc]
+
+_encoder = msgspec.json.Encoder()
+_command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+_fact_decoder: msgspec.json.Decoder[Fact] = msgspec.json.Decoder(Fact)
+_reference_decoder: msgspec.json.Decoder[ReferenceRecord] = msgspec.json.Decoder(ReferenceRecord)
+_any_decoder = msgspec.json.Decoder()
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def _classify(raw: bytes, error: msgspec.DecodeError, family: str) -> InvalidMessage:
+    """Only on the failure path: say why, in one of the InvalidReason codes."""
+    try:
+        generic = _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return InvalidMessage("malformed_json", str(error))
+    if not isinstance(generic, dict):
+        return InvalidMessage(
+            "invalid_field", f"a message is a JSON object, got {type(generic).__name__}"
+        )
+    tag = generic.get("type")
+    if tag not in TAGS:
+        return InvalidMessage("unknown_type", f"unknown message type or version {tag!r}")
+    return (
+        InvalidMessage("wrong_topic", f"{tag!r} is not a {family}")
+        if "Invalid value" in str(error) and "`$.type`" in str(error)
+        else InvalidMessage("invalid_field", str(error))
+    )
+
+
+def decode_command(raw: bytes) -> Command:
+    try:
+        return _command_decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise _classify(raw, error, "command") from None
+
+
+def decode_fact(raw: bytes) -> Fact:
+    try:
+        return _fact_decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise _classify(raw, error, "fact") from None
+
+
+def decode_reference(raw: bytes) -> ReferenceRecord:
+    try:
+        return _reference_decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise _classify(raw, error, "reference record") from None
+
+
+def to_builtins(message: Message) -> Any:
+    return msgspec.to_builtins(message)

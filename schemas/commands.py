@@ -1,0 +1,169 @@
+"""Commands: requests that the authorizer may reject. All travel on `ledger.commands`, keyed by
+account_id (a period close is sent once to every partition, see PeriodCloseRequested).
+
+Each type is tagged `<name>.v<version>` in the `type` field. Rules of evolution (STYLE.md §3): a
+new field gets a default; a field never changes type; a change that cannot follow these rules is
+a new version, a new class, and the old one still decodes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.types import (
+    AccountKind,
+    BlockReason,
+    Category,
+    Id,
+    NonNegativeCents,
+    PartitionCount,
+    PartitionNumber,
+    PeriodKey,
+    PositiveCents,
+    Text,
+    Timestamp,
+)
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=False):
+    """Base of every message on the ledger's topics."""
+
+
+class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v1"):
+    """A user clicked "Internet Plus" at a publisher's checkout. purchase_id is the client's
+    idempotency key: the same id with the same body gets the same decision again."""
+
+    purchase_id: Id
+    account_id: Id
+    user_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents  # including VAT
+    category: Category
+    description: Text
+    occurred_at: Timestamp
+
+
+class RefundRequested(Message, frozen=True, tag="refund.requested.v1"):
+    refund_id: Id
+    purchase_id: Id
+    account_id: Id
+    amount_cents: PositiveCents  # including VAT; partial refunds add up to at most the purchase
+    reason: Text
+    occurred_at: Timestamp
+
+
+class AccountOpenRequested(Message, frozen=True, tag="account.open_requested.v1"):
+    """A subscriber registered for Internet Plus with its ISP (consumer), or a company for
+    Internet Plus Pro (enterprise)."""
+
+    command_id: Id
+    account_id: Id
+    isp_id: Id
+    kind: AccountKind
+    occurred_at: Timestamp
+    company_name: Text | None = None
+
+
+class AccountBlockRequested(Message, frozen=True, tag="account.block_requested.v1"):
+    command_id: Id
+    account_id: Id
+    reason: BlockReason
+    occurred_at: Timestamp
+
+
+class AccountUnblockRequested(Message, frozen=True, tag="account.unblock_requested.v1"):
+    command_id: Id
+    account_id: Id
+    occurred_at: Timestamp
+
+
+class LimitOverrides(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Fraud limits set on an account or as an ISP's defaults. A field left out (null) inherits
+    the next level: account → ISP → platform defaults."""
+
+    min_purchase_cents: PositiveCents | None = None
+    max_purchase_cents: PositiveCents | None = None
+    daily_cap_cents: NonNegativeCents | None = None
+    monthly_cap_cents: NonNegativeCents | None = None
+    velocity_max_purchases: int | None = None
+    velocity_window_seconds: int | None = None
+    employee_budget_cents: NonNegativeCents | None = None
+
+    def __post_init__(self) -> None:
+        if self.velocity_max_purchases is not None and not 1 <= self.velocity_max_purchases <= 1000:
+            raise ValueError("velocity_max_purchases must be from 1 to 1000")
+        if self.velocity_window_seconds is not None and not (
+            1 <= self.velocity_window_seconds <= 86_400
+        ):
+            raise ValueError("velocity_window_seconds must be from 1 to 86400 (one day)")
+        low, high = self.min_purchase_cents, self.max_purchase_cents
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_purchase_cents must not exceed max_purchase_cents")
+
+
+class LimitsSetRequested(Message, frozen=True, tag="limits.set_requested.v1"):
+    command_id: Id
+    account_id: Id
+    limits: LimitOverrides
+    occurred_at: Timestamp
+
+
+class EmployeeAuthoriseRequested(Message, frozen=True, tag="employee.authorise_requested.v1"):
+    """An Internet Plus Pro company authorises an employee to buy, with a budget per billing
+    period (null: the limits' employee_budget_cents)."""
+
+    command_id: Id
+    account_id: Id
+    user_id: Id
+    occurred_at: Timestamp
+    budget_cents: NonNegativeCents | None = None
+
+
+class EmployeeRevokeRequested(Message, frozen=True, tag="employee.revoke_requested.v1"):
+    command_id: Id
+    account_id: Id
+    user_id: Id
+    occurred_at: Timestamp
+
+
+class PeriodCloseRequested(Message, frozen=True, tag="period.close_requested.v1"):
+    """Close an ISP's billing period. Sent once to each of the `partitions` partitions of
+    ledger.commands: each copy is a barrier in its partition's order, so that every fact before it
+    is in the period and every later fact of that period is a late adjustment, the same way in a
+    replay as live."""
+
+    command_id: Id
+    isp_id: Id
+    period: PeriodKey
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        if self.partition >= self.partitions:
+            raise ValueError("partition must be below partitions")
+
+
+AccountCommand = (
+    PurchaseRequested
+    | RefundRequested
+    | AccountOpenRequested
+    | AccountBlockRequested
+    | AccountUnblockRequested
+    | LimitsSetRequested
+    | EmployeeAuthoriseRequested
+    | EmployeeRevokeRequested
+)
+Command = AccountCommand | PeriodCloseRequested
+
+COMMAND_TYPES: tuple[type[Message], ...] = (
+    PurchaseRequested,
+    RefundRequested,
+    AccountOpenRequested,
+    AccountBlockRequested,
+    AccountUnblockRequested,
+    LimitsSetRequested,
+    EmployeeAuthoriseRequested,
+    EmployeeRevokeRequested,
+    PeriodCloseRequested,
+)
