@@ -92,6 +92,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_ERROR
 
 
+def _cmd_schemas_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.jsonschema import JSON_DIR, export
+
+    written = export(Path(args.directory) if args.directory else JSON_DIR)
+    print(f"wrote {len(written)} JSON Schema files to {written[0].parent}")
+    return 0
+
+
+def _cmd_bench_core(args: argparse.Namespace) -> int:
+    from ledger.bench import core
+
+    if args.accounts < 1 or args.purchases < 1:
+        raise LedgerError("--accounts and --purchases must be at least 1")
+    figures = core.run(accounts=args.accounts, purchases=args.purchases, seed=args.seed)
+    print(core.report(figures))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(core.as_json(figures), out, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_port_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka-port",
@@ -144,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_port_flags(demo)
     demo.add_argument("--records", type=int, default=10, help="records in the Kafka round trip")
     demo.set_defaults(handler=_cmd_demo)
+
+    schemas = commands.add_parser("schemas", help="the message types' JSON Schema files")
+    schema_commands = schemas.add_subparsers(
+        dest="schemas_command", required=True, metavar="ACTION"
+    )
+    export = schema_commands.add_parser("export", help="write schemas/json/<type>.json")
+    export.add_argument("--directory", help="write there instead of schemas/json")
+    export.set_defaults(handler=_cmd_schemas_export)
+
+    bench = commands.add_parser("bench", help="benchmarks that report figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bench_core = bench_commands.add_parser(
+        "core", help="decisions/s of the pure authorizer and encode/decode rates, on one core"
+    )
+    bench_core.add_argument("--accounts", type=int, default=100_000)
+    bench_core.add_argument("--purchases", type=int, default=300_000)
+    bench_core.add_argument("--seed", type=int, default=2006)
+    bench_core.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench_core.set_defaults(handler=_cmd_bench_core)
     return parser
 
 

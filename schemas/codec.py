@@ -6,7 +6,7 @@ of schemas/types.py, so what comes out is valid or an InvalidMessage was raised.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -80,7 +80,3 @@ def decode_reference(raw: bytes) -> ReferenceRecord:
         return _reference_decoder.decode(raw)
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "reference record") from None
-
-
-def to_builtins(message: Message) -> Any:
-    return msgspec.to_builtins(message)

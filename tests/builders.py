@@ -30,17 +30,30 @@ ALICE = IspRegistered(
     isp_id="alice", name="Alice", billing_day=15, commission_bp=1200, occurred_at=T0
 )
 CANALPLAY = PublisherRegistered(
-    publisher_id="canalplay", name="Canalplay.com", category="vod", revenue_share_bp=6000,
-    vat_category="standard", occurred_at=T0,
-)  # fmt: skip
+    publisher_id="canalplay",
+    name="Canalplay.com",
+    category="vod",
+    revenue_share_bp=6000,
+    vat_category="standard",
+    occurred_at=T0,
+)
 LEMONDE = PublisherRegistered(
-    publisher_id="lemonde-archives", name="Le Monde archives", category="press_archive",
-    revenue_share_bp=7000, vat_category="press_online", occurred_at=T0,
-)  # fmt: skip
+    publisher_id="lemonde-archives",
+    name="Le Monde archives",
+    category="press_archive",
+    revenue_share_bp=7000,
+    vat_category="press_online",
+    occurred_at=T0,
+)
 BLOCKED_PUB = PublisherRegistered(
-    publisher_id="shady", name="Shady", category="games", revenue_share_bp=5000,
-    vat_category="standard", occurred_at=T0, blocked=True,
-)  # fmt: skip
+    publisher_id="shady",
+    name="Shady",
+    category="games",
+    revenue_share_bp=5000,
+    vat_category="standard",
+    occurred_at=T0,
+    blocked=True,
+)
 
 REFERENCE = Reference.of([ORANGE, ALICE, CANALPLAY, LEMONDE, BLOCKED_PUB])
 
@@ -56,35 +69,60 @@ def at(minutes: float = 0, *, days: float = 0, base: datetime = T0) -> datetime:
 
 
 def open_account(
-    account_id: str, isp_id: str = "orange", kind: str = "consumer", when: datetime = T0,
+    account_id: str,
+    isp_id: str = "orange",
+    kind: str = "consumer",
+    when: datetime = T0,
     command_id: str | None = None,
-) -> AccountOpenRequested:  # fmt: skip
+) -> AccountOpenRequested:
     return AccountOpenRequested(
-        command_id=command_id or next_id("open"), account_id=account_id, isp_id=isp_id,
-        kind=kind, occurred_at=when,  # type: ignore[arg-type]
+        command_id=command_id or next_id("open"),
+        account_id=account_id,
+        isp_id=isp_id,
+        kind=kind,
+        occurred_at=when,  # type: ignore[arg-type]
         company_name="ACME SA" if kind == "enterprise" else None,
-    )  # fmt: skip
+    )
 
 
 def purchase(
-    account_id: str, amount_cents: int = 266, when: datetime = T0, *, purchase_id: str | None = None,
-    user_id: str = "u1", publisher_id: str = "canalplay", description: str = "film",
-) -> PurchaseRequested:  # fmt: skip
+    account_id: str,
+    amount_cents: int = 266,
+    when: datetime = T0,
+    *,
+    purchase_id: str | None = None,
+    user_id: str = "u1",
+    publisher_id: str = "canalplay",
+    description: str = "film",
+) -> PurchaseRequested:
     return PurchaseRequested(
-        purchase_id=purchase_id or next_id("p"), account_id=account_id, user_id=user_id,
-        publisher_id=publisher_id, amount_cents=amount_cents, category="vod",
-        description=description, occurred_at=when,
-    )  # fmt: skip
+        purchase_id=purchase_id or next_id("p"),
+        account_id=account_id,
+        user_id=user_id,
+        publisher_id=publisher_id,
+        amount_cents=amount_cents,
+        category="vod",
+        description=description,
+        occurred_at=when,
+    )
 
 
 def refund(
-    account_id: str, purchase_id: str, amount_cents: int, when: datetime = T0, *,
+    account_id: str,
+    purchase_id: str,
+    amount_cents: int,
+    when: datetime = T0,
+    *,
     refund_id: str | None = None,
-) -> RefundRequested:  # fmt: skip
+) -> RefundRequested:
     return RefundRequested(
-        refund_id=refund_id or next_id("r"), purchase_id=purchase_id, account_id=account_id,
-        amount_cents=amount_cents, reason="not delivered", occurred_at=when,
-    )  # fmt: skip
+        refund_id=refund_id or next_id("r"),
+        purchase_id=purchase_id,
+        account_id=account_id,
+        amount_cents=amount_cents,
+        reason="not delivered",
+        occurred_at=when,
+    )
 
 
 def block(account_id: str, when: datetime = T0) -> AccountBlockRequested:
@@ -101,18 +139,23 @@ def unblock(account_id: str, when: datetime = T0) -> AccountUnblockRequested:
 
 def set_limits(account_id: str, when: datetime = T0, **limits: int) -> LimitsSetRequested:
     return LimitsSetRequested(
-        command_id=next_id("limits"), account_id=account_id, limits=LimitOverrides(**limits),
+        command_id=next_id("limits"),
+        account_id=account_id,
+        limits=LimitOverrides(**limits),
         occurred_at=when,
-    )  # fmt: skip
+    )
 
 
 def authorise(
     account_id: str, user_id: str, when: datetime = T0, budget_cents: int | None = None
 ) -> EmployeeAuthoriseRequested:
     return EmployeeAuthoriseRequested(
-        command_id=next_id("auth"), account_id=account_id, user_id=user_id, occurred_at=when,
+        command_id=next_id("auth"),
+        account_id=account_id,
+        user_id=user_id,
+        occurred_at=when,
         budget_cents=budget_cents,
-    )  # fmt: skip
+    )
 
 
 def revoke(account_id: str, user_id: str, when: datetime = T0) -> EmployeeRevokeRequested:
@@ -122,10 +165,18 @@ def revoke(account_id: str, user_id: str, when: datetime = T0) -> EmployeeRevoke
 
 
 def close(
-    isp_id: str, period: str, when: datetime, partition: int = 0, partitions: int = 1,
+    isp_id: str,
+    period: str,
+    when: datetime,
+    partition: int = 0,
+    partitions: int = 1,
     command_id: str = "close-1",
-) -> PeriodCloseRequested:  # fmt: skip
+) -> PeriodCloseRequested:
     return PeriodCloseRequested(
-        command_id=command_id, isp_id=isp_id, period=period, partition=partition,
-        partitions=partitions, occurred_at=when,
-    )  # fmt: skip
+        command_id=command_id,
+        isp_id=isp_id,
+        period=period,
+        partition=partition,
+        partitions=partitions,
+        occurred_at=when,
+    )

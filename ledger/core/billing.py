@@ -104,19 +104,35 @@ def _occurred(fact: MoneyFact) -> str:
 def line_of(fact: MoneyFact) -> InvoiceLine:
     if isinstance(fact, PurchaseAuthorized):
         return InvoiceLine(
-            event_id=fact.event_id, kind="purchase", purchase_id=fact.purchase_id, refund_id=None,
-            user_id=fact.user_id, publisher_id=fact.publisher_id, description=fact.description,
-            occurred_at=_occurred(fact), vat_rate_bp=fact.vat_rate_bp, net_cents=fact.net_cents,
-            vat_cents=fact.vat_cents, gross_cents=fact.amount_cents,
+            event_id=fact.event_id,
+            kind="purchase",
+            purchase_id=fact.purchase_id,
+            refund_id=None,
+            user_id=fact.user_id,
+            publisher_id=fact.publisher_id,
+            description=fact.description,
+            occurred_at=_occurred(fact),
+            vat_rate_bp=fact.vat_rate_bp,
+            net_cents=fact.net_cents,
+            vat_cents=fact.vat_cents,
+            gross_cents=fact.amount_cents,
             late_for_period=fact.late_for_period,
-        )  # fmt: skip
+        )
     return InvoiceLine(
-        event_id=fact.event_id, kind="refund", purchase_id=fact.purchase_id,
-        refund_id=fact.refund_id, user_id=fact.user_id, publisher_id=fact.publisher_id,
-        description=f"refund: {fact.reason}", occurred_at=_occurred(fact), vat_rate_bp=0,
-        net_cents=-fact.net_cents, vat_cents=-fact.vat_cents, gross_cents=-fact.amount_cents,
+        event_id=fact.event_id,
+        kind="refund",
+        purchase_id=fact.purchase_id,
+        refund_id=fact.refund_id,
+        user_id=fact.user_id,
+        publisher_id=fact.publisher_id,
+        description=f"refund: {fact.reason}",
+        occurred_at=_occurred(fact),
+        vat_rate_bp=0,
+        net_cents=-fact.net_cents,
+        vat_cents=-fact.vat_cents,
+        gross_cents=-fact.amount_cents,
         late_for_period=fact.late_for_period,
-    )  # fmt: skip
+    )
 
 
 def _billed(facts: Iterable[MoneyFact], isp_id: str, period: str) -> list[MoneyFact]:

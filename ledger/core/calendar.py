@@ -23,10 +23,6 @@ def epoch_seconds(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def from_epoch(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
-
-
 @lru_cache(maxsize=1 << 16)
 def _paris_date_of_hour(hour: int) -> date:
     # Paris changes its UTC offset only on whole UTC hours, so one answer holds for the hour.
@@ -37,8 +33,13 @@ def paris_date(seconds: int) -> date:
     return _paris_date_of_hour(seconds // SECONDS_PER_HOUR)
 
 
+@lru_cache(maxsize=1 << 16)
+def _day_key_of_hour(hour: int) -> str:
+    return _paris_date_of_hour(hour).isoformat()
+
+
 def day_key(seconds: int) -> str:
-    return paris_date(seconds).isoformat()
+    return _day_key_of_hour(seconds // SECONDS_PER_HOUR)
 
 
 def check_billing_day(billing_day: int) -> None:
@@ -96,7 +97,3 @@ def period_bounds(key: str, billing_day: int) -> tuple[datetime, datetime]:
         _paris_midnight(date(year, month, billing_day)),
         _paris_midnight(date(next_year, next_month, billing_day)),
     )
-
-
-def days_before(seconds: int, days: int) -> int:
-    return seconds - days * SECONDS_PER_DAY

@@ -54,9 +54,14 @@ def ensure_jars(settings: StackSettings) -> Path:
     staging = Path(tempfile.mkdtemp(prefix="kafka-jars-", dir=settings.cache_dir))
     pom = _deploy_dir(settings) / "pom.xml"
     command = [
-        "mvn", "-B", "-q", "-f", str(pom),
-        "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
-    ]  # fmt: skip
+        "mvn",
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+    ]
     print(f"fetching the Kafka broker jars from Maven Central into {target} (once)", flush=True)
     try:
         result = subprocess.run(
@@ -153,15 +158,26 @@ def start(settings: StackSettings) -> KafkaState:
     console = logs / "console.log"
     heap = f"{settings.kafka_heap_mb}m"
     command = [
-        java, f"-Xms{min(settings.kafka_heap_mb, 256)}m", f"-Xmx{heap}", "-XX:+UseG1GC",
-        "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true", *log4j,
-        "-cp", _classpath(jars), KAFKA_MAIN_CLASS, str(config),
-    ]  # fmt: skip
+        java,
+        f"-Xms{min(settings.kafka_heap_mb, 256)}m",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        *log4j,
+        "-cp",
+        _classpath(jars),
+        KAFKA_MAIN_CLASS,
+        str(config),
+    ]
     with console.open("ab") as out:
         child = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     return KafkaState(
         process=proc.record(child.pid),
         port=settings.kafka_port,
@@ -174,9 +190,17 @@ def start(settings: StackSettings) -> KafkaState:
 
 def _format_storage(java: str, jars: Path, config: Path, log4j: list[str], logs: Path) -> None:
     command = [
-        java, *log4j, "-cp", _classpath(jars), STORAGE_TOOL_CLASS,
-        "format", "-t", _new_cluster_id(), "-c", str(config),
-    ]  # fmt: skip
+        java,
+        *log4j,
+        "-cp",
+        _classpath(jars),
+        STORAGE_TOOL_CLASS,
+        "format",
+        "-t",
+        _new_cluster_id(),
+        "-c",
+        str(config),
+    ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_SECONDS, check=False
     )

@@ -158,12 +158,20 @@ def _initdb(layout: _Layout, bindir: Path, password: str) -> None:
     try:
         result = layout.run(
             [
-                str(bindir / "initdb"), "-D", str(layout.data_dir), "-U", SUPERUSER,
-                f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=peer",
-                "-E", "UTF8", "--no-locale",
+                str(bindir / "initdb"),
+                "-D",
+                str(layout.data_dir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=peer",
+                "-E",
+                "UTF8",
+                "--no-locale",
             ],
             timeout=START_TIMEOUT_SECONDS,
-        )  # fmt: skip
+        )
     finally:
         pwfile.unlink(missing_ok=True)
     if result.returncode != 0:
@@ -207,11 +215,20 @@ def start(settings: StackSettings) -> PostgresState:
     _clear_stale_lock(layout.data_dir)
     result = layout.run(
         [
-            str(bindir / "pg_ctl"), "-D", str(layout.data_dir), "-l", str(layout.log_file),
-            "-w", "-t", str(START_TIMEOUT_SECONDS), "-o", f"-p {settings.postgres_port}", "start",
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(layout.data_dir),
+            "-l",
+            str(layout.log_file),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_SECONDS),
+            "-o",
+            f"-p {settings.postgres_port}",
+            "start",
         ],
         timeout=START_TIMEOUT_SECONDS + 10,
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise StackError(
             f"PostgreSQL did not start ({result.stderr.strip()[-200:] or 'no message'}); "

@@ -98,9 +98,13 @@ def test_up_twice_reuses_and_down_leaves_nothing_running(isolated: StackSettings
         assert second.topics_created == [] and second.migrations_applied == []
         env = {**os.environ, "LEDGER_HOME": str(isolated.home)}
         status = subprocess.run(
-            [sys.executable, "-m", "ledger.cli", "stack", "status"], env=env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", "ledger.cli", "stack", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count(" up ") == 2
     finally:

@@ -25,9 +25,14 @@ from schemas.commands import (
 
 PARIS = ZoneInfo("Europe/Paris")
 LIMIT_FIELDS = (
-    "min_purchase_cents", "max_purchase_cents", "daily_cap_cents", "monthly_cap_cents",
-    "velocity_max_purchases", "velocity_window_seconds", "employee_budget_cents",
-)  # fmt: skip
+    "min_purchase_cents",
+    "max_purchase_cents",
+    "daily_cap_cents",
+    "monthly_cap_cents",
+    "velocity_max_purchases",
+    "velocity_window_seconds",
+    "employee_budget_cents",
+)
 
 
 def paris_day(moment: datetime) -> date:
@@ -203,10 +208,12 @@ class Model:
             return "amount_above_maximum"
         window = limits["velocity_window_seconds"]
         recent = [
-            b for b in account.bought.values()
-            if b.outcome == "ok" and b.command.user_id == c.user_id
+            b
+            for b in account.bought.values()
+            if b.outcome == "ok"
+            and b.command.user_id == c.user_id
             and 0 <= (c.occurred_at - b.command.occurred_at).total_seconds() < window
-        ]  # fmt: skip
+        ]
         if len(recent) >= limits["velocity_max_purchases"]:
             return "velocity_exceeded"
         day = paris_day(c.occurred_at)

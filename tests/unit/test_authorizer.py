@@ -131,9 +131,13 @@ def test_isp_default_limits_apply() -> None:
     from schemas.reference import IspRegistered
 
     strict = IspRegistered(
-        isp_id="club", name="Club-Internet", billing_day=5, commission_bp=1000,
-        occurred_at=b.T0, consumer_limits=LimitOverrides(max_purchase_cents=300),
-    )  # fmt: skip
+        isp_id="club",
+        name="Club-Internet",
+        billing_day=5,
+        commission_bp=1000,
+        occurred_at=b.T0,
+        consumer_limits=LimitOverrides(max_purchase_cents=300),
+    )
     ledger = LocalAuthorizer(REFERENCE)
     ledger.update_reference(strict)
     _one(ledger, b.open_account("c1", isp_id="club"))
@@ -293,3 +297,18 @@ def test_rejected_refund_does_not_change_the_purchase(ledger: LocalAuthorizer) -
     _one(ledger, b.purchase("acct", 300, purchase_id="p1"))
     assert isinstance(_one(ledger, b.refund("acct", "p1", 301, at(1))), RefundRejected)
     assert ledger.states["acct"].purchases["p1"].refunded_cents == 0
+
+
+def test_an_isp_gone_from_the_reference_data_refuses_purchases(ledger: LocalAuthorizer) -> None:
+    from ledger.core.reference import Reference
+
+    without_orange = LocalAuthorizer(Reference.of([b.ALICE, b.CANALPLAY]))
+    without_orange.states = ledger.states
+    assert _reason(_one(without_orange, b.purchase("acct"))) == "isp_unknown"
+
+
+def test_employee_facts_on_an_unknown_account_change_nothing() -> None:
+    from ledger.core.authorizer import evolve
+
+    fact = EmployeeAuthorised("e", "c", "ghost", "u", b.T0, None)
+    assert evolve(None, fact, Policy()) is None

@@ -61,17 +61,36 @@ _STEPS = {
     "jump": _jump,
     "open": st.tuples(st.just("open"), st.sampled_from(list(ACCOUNTS))),
     "block": st.tuples(st.just("block"), st.sampled_from(list(ACCOUNTS)), st.booleans()),
-    "limits": st.tuples(st.just("limits"), st.sampled_from(list(ACCOUNTS)),
-                        st.sampled_from([None, 500, 2_000]), st.sampled_from([None, 1, 1, 3]),
-                        st.sampled_from([None, 1_000, 20_000])),
-    "employee": st.tuples(st.just("employee"), st.sampled_from(USERS), st.booleans(),
-                          st.sampled_from([None, 0, 1_600, 5_000])),
+    "limits": st.tuples(
+        st.just("limits"),
+        st.sampled_from(list(ACCOUNTS)),
+        st.sampled_from([None, 500, 2_000]),
+        st.sampled_from([None, 1, 1, 3]),
+        st.sampled_from([None, 1_000, 20_000]),
+    ),
+    "employee": st.tuples(
+        st.just("employee"),
+        st.sampled_from(USERS),
+        st.booleans(),
+        st.sampled_from([None, 0, 1_600, 5_000]),
+    ),
     "close": st.tuples(st.just("close"), st.sampled_from(["orange", "alice"]), st.integers(1, 3)),
     "long_ago": st.tuples(st.just("long_ago")),
-}  # fmt: skip
+}
 # How often each kind of step comes, out of 40.
-_WEIGHTS = {"purchase": 18, "refund": 5, "again": 4, "wait": 4, "jump": 1, "open": 1,
-            "block": 1, "limits": 2, "employee": 3, "close": 2, "long_ago": 1}  # fmt: skip
+_WEIGHTS = {
+    "purchase": 18,
+    "refund": 5,
+    "again": 4,
+    "wait": 4,
+    "jump": 1,
+    "open": 1,
+    "block": 1,
+    "limits": 2,
+    "employee": 3,
+    "close": 2,
+    "long_ago": 1,
+}
 step = st.sampled_from([kind for kind, weight in _WEIGHTS.items() for _ in range(weight)]).flatmap(
     _STEPS.__getitem__
 )
@@ -97,14 +116,23 @@ def _commands(steps: list[tuple[Any, ...]], with_closes: bool = True) -> list[An
             commands.append(b.purchase("a0", 266, when, purchase_id=f"old-{numbered}"))
         elif kind == "purchase":
             _, account, user, publisher, amount = choice
-            command = b.purchase(account, amount, when, purchase_id=f"p{numbered}", user_id=user,
-                                 publisher_id=publisher)  # fmt: skip
+            command = b.purchase(
+                account,
+                amount,
+                when,
+                purchase_id=f"p{numbered}",
+                user_id=user,
+                publisher_id=publisher,
+            )
             purchases.append(command)
             commands.append(command)
         elif kind == "refund" and purchases:
             target = purchases[choice[1] % len(purchases)]
-            commands.append(b.refund(target.account_id, target.purchase_id, choice[2], when,
-                                     refund_id=f"r{numbered}"))  # fmt: skip
+            commands.append(
+                b.refund(
+                    target.account_id, target.purchase_id, choice[2], when, refund_id=f"r{numbered}"
+                )
+            )
         elif kind == "again" and commands:
             earlier = commands[choice[1] % len(commands)]
             if choice[2] and hasattr(earlier, "amount_cents"):
@@ -118,9 +146,15 @@ def _commands(steps: list[tuple[Any, ...]], with_closes: bool = True) -> list[An
             maker = b.block if choice[2] else b.unblock
             commands.append(maker(choice[1], when))
         elif kind == "limits":
-            given_limits = {k: v for k, v in zip(
-                ("max_purchase_cents", "velocity_max_purchases", "daily_cap_cents"), choice[2:], strict=True
-            ) if v is not None}  # fmt: skip
+            given_limits = {
+                k: v
+                for k, v in zip(
+                    ("max_purchase_cents", "velocity_max_purchases", "daily_cap_cents"),
+                    choice[2:],
+                    strict=True,
+                )
+                if v is not None
+            }
             commands.append(b.set_limits(choice[1], when, **given_limits))
         elif kind == "employee":
             _, user, grant, budget = choice
@@ -153,15 +187,25 @@ fast = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 # One busy household: many valid purchases, short waits and raised caps, to reach the velocity
 # limit and the monthly cap that the mixed histories reach rarely.
 _busy_step = st.one_of(
-    st.tuples(st.just("purchase"), st.just("a0"), st.sampled_from(USERS[:2]),
-              st.just("canalplay"), st.sampled_from((266, 999, 1_500))),
+    st.tuples(
+        st.just("purchase"),
+        st.just("a0"),
+        st.sampled_from(USERS[:2]),
+        st.just("canalplay"),
+        st.sampled_from((266, 999, 1_500)),
+    ),
     st.tuples(st.just("wait"), st.integers(0, 40), st.integers(0, 30)),
     st.tuples(st.just("wait"), st.integers(3_600, 40_000), st.just(0)),
-    st.tuples(st.just("limits"), st.just("a0"), st.just(None), st.sampled_from([None, 2, 5]),
-              st.sampled_from([None, 20_000])),
+    st.tuples(
+        st.just("limits"),
+        st.just("a0"),
+        st.just(None),
+        st.sampled_from([None, 2, 5]),
+        st.sampled_from([None, 20_000]),
+    ),
     _refund,
     _again,
-)  # fmt: skip
+)
 busy_history = st.lists(_busy_step, min_size=20, max_size=150)
 
 
