@@ -8,7 +8,10 @@ restart, or for a duplicate request) is identical, id and content, and downstrea
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from schemas.commands import LimitOverrides, Message
 from schemas.types import (
@@ -42,6 +45,14 @@ class Posting(msgspec.Struct, frozen=True, array_like=False):
     amount_cents: SignedCents
 
 
+# The offset on ledger.commands of the command that first decided a purchase or refund. A fact
+# emitted again (the same command replayed after a crash, or a client's duplicate) carries the
+# first origin, so it is identical; and since new decisions in a partition have growing origins,
+# a consumer keeps "applied through origin N" per partition and skips anything at or below it.
+# None outside a stream (the pure core's own tests and tools).
+Origin = Annotated[int, Meta(ge=0)]
+
+
 class PurchaseAuthorized(Message, frozen=True, tag="purchase.authorized.v1"):
     event_id: str
     purchase_id: Id
@@ -63,6 +74,7 @@ class PurchaseAuthorized(Message, frozen=True, tag="purchase.authorized.v1"):
     late_for_period: PeriodKey | None  # set when it occurred in a period already closed
     body_fingerprint: Fingerprint
     postings: tuple[Posting, ...]
+    origin: Origin | None = None
 
 
 class PurchaseRejected(Message, frozen=True, tag="purchase.rejected.v1"):
@@ -76,6 +88,7 @@ class PurchaseRejected(Message, frozen=True, tag="purchase.rejected.v1"):
     reason: PurchaseRejection
     body_fingerprint: Fingerprint
     isp_id: Id | None = None  # None when the account is unknown
+    origin: Origin | None = None
 
 
 class PurchaseRefunded(Message, frozen=True, tag="purchase.refunded.v1"):
@@ -98,6 +111,7 @@ class PurchaseRefunded(Message, frozen=True, tag="purchase.refunded.v1"):
     reason: Text
     body_fingerprint: Fingerprint
     postings: tuple[Posting, ...]
+    origin: Origin | None = None
 
 
 class RefundRejected(Message, frozen=True, tag="refund.rejected.v1"):
@@ -109,6 +123,7 @@ class RefundRejected(Message, frozen=True, tag="refund.rejected.v1"):
     occurred_at: Timestamp
     reason: RefundRejection
     body_fingerprint: Fingerprint
+    origin: Origin | None = None
 
 
 class AccountOpened(Message, frozen=True, tag="account.opened.v1"):

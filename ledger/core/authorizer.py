@@ -118,33 +118,51 @@ def fingerprint(command: Message) -> str:
     return blake2b(codec.encode(command), digest_size=16).hexdigest()
 
 
-def step(state: AccountState | None, command: AccountCommand, context: Context) -> Decision:
-    facts = decide(state, command, context)
+def step(
+    state: AccountState | None, command: AccountCommand, context: Context, origin: int | None = None
+) -> Decision:
+    """`origin` is the command's offset in its partition of ledger.commands (see Origin in
+    schemas/facts.py); None outside a stream."""
+    facts = decide(state, command, context, origin)
     for fact in facts:
         state = evolve(state, fact, context.policy)
     return Decision(state, facts)
 
 
-def decide(state: AccountState | None, command: AccountCommand, context: Context) -> list[Fact]:
+def decide(
+    state: AccountState | None, command: AccountCommand, context: Context, origin: int | None = None
+) -> list[Fact]:
     if isinstance(command, PurchaseRequested):
-        return [_decide_purchase(state, command, context)]
+        return [_decide_purchase(state, command, context, origin)]
     if isinstance(command, RefundRequested):
-        return [_decide_refund(state, command, context)]
+        return [_decide_refund(state, command, context, origin)]
     return [_decide_admin(state, command, context)]
 
 
 # --- purchases ------------------------------------------------------------------------------
 
 
-def _purchase_event_id(command: PurchaseRequested, body_fingerprint: str) -> str:
-    return f"purchase.{command.purchase_id}.{body_fingerprint[:16]}"
+def _event_id(
+    kind: str, key: str, body_fingerprint: str, reason: str | None, origin: int | None
+) -> str:
+    """Deterministic: the same decision gets the same id again. A rejection the account does not
+    remember is decided afresh each time it comes, so each such decision gets its own id (the
+    origin tells them apart; a replay of the same command has the same origin)."""
+    base = f"{kind}.{key}.{body_fingerprint[:16]}"
+    if reason in _UNREMEMBERED and origin is not None:
+        return f"{base}.{origin}"
+    return base
 
 
 def _rejected(
-    command: PurchaseRequested, body_fingerprint: str, reason: PurchaseRejection, isp_id: str | None
+    command: PurchaseRequested,
+    body_fingerprint: str,
+    reason: PurchaseRejection,
+    isp_id: str | None,
+    origin: int | None,
 ) -> PurchaseRejected:
     return PurchaseRejected(
-        event_id=_purchase_event_id(command, body_fingerprint),
+        event_id=_event_id("purchase", command.purchase_id, body_fingerprint, reason, origin),
         purchase_id=command.purchase_id,
         account_id=command.account_id,
         user_id=command.user_id,
@@ -154,6 +172,7 @@ def _rejected(
         reason=reason,
         body_fingerprint=body_fingerprint,
         isp_id=isp_id,
+        origin=origin,
     )
 
 
@@ -164,7 +183,7 @@ def _authorized(
         command.amount_cents, memo.vat_rate_bp, memo.commission_bp, memo.revenue_share_bp
     )
     return PurchaseAuthorized(
-        event_id=_purchase_event_id(command, memo.fingerprint),
+        event_id=_event_id("purchase", command.purchase_id, memo.fingerprint, None, memo.origin),
         purchase_id=command.purchase_id,
         account_id=command.account_id,
         account_kind=state.kind,  # type: ignore[arg-type]
@@ -183,6 +202,7 @@ def _authorized(
         billing_period=memo.billing_period,
         late_for_period=memo.late_for_period,
         body_fingerprint=memo.fingerprint,
+        origin=memo.origin,
         postings=money.purchase_postings(
             split, command.account_id, state.isp_id, command.publisher_id
         ),
@@ -203,24 +223,25 @@ def billing_period(period: str, closed: Collection[str]) -> tuple[str, str | Non
 
 
 def _decide_purchase(
-    state: AccountState | None, command: PurchaseRequested, context: Context
+    state: AccountState | None, command: PurchaseRequested, context: Context, origin: int | None
 ) -> Fact:
     body_fingerprint = fingerprint(command)
     if state is None:
-        return _rejected(command, body_fingerprint, "account_unknown", None)
+        return _rejected(command, body_fingerprint, "account_unknown", None, origin)
     memo = state.purchases.get(command.purchase_id)
     if memo is not None:
         if memo.fingerprint != body_fingerprint:
             return _rejected(
-                command, body_fingerprint, "duplicate_with_different_body", state.isp_id
+                command, body_fingerprint, "duplicate_with_different_body", state.isp_id, origin
             )
         if memo.authorized:
             return _authorized(command, state, memo)
-        return _rejected(command, body_fingerprint, memo.reason, state.isp_id)  # type: ignore[arg-type]
+        reason: PurchaseRejection = memo.reason  # type: ignore[assignment]
+        return _rejected(command, body_fingerprint, reason, state.isp_id, memo.origin)
     at = calendar.epoch_seconds(command.occurred_at)
-    reason, memo = _judge_purchase(state, command, context, at, body_fingerprint)
-    if reason is not None:
-        return _rejected(command, body_fingerprint, reason, state.isp_id)
+    rejection, memo = _judge_purchase(state, command, context, at, body_fingerprint, origin)
+    if rejection is not None:
+        return _rejected(command, body_fingerprint, rejection, state.isp_id, origin)
     assert memo is not None
     return _authorized(command, state, memo)
 
@@ -231,6 +252,7 @@ def _judge_purchase(
     context: Context,
     at: int,
     body_fingerprint: str,
+    origin: int | None,
 ) -> tuple[PurchaseRejection | None, PurchaseMemo | None]:
     """The rules of DESIGN.md §7, in order; the first that fails names the rejection."""
     if at < state.watermark - context.policy.horizon_seconds:
@@ -287,6 +309,7 @@ def _judge_purchase(
         late_for_period=late_for,
         user_id=command.user_id,
         publisher_id=command.publisher_id,
+        origin=origin,
     )
 
 
@@ -294,10 +317,10 @@ def _judge_purchase(
 
 
 def _refund_rejected(
-    command: RefundRequested, body_fingerprint: str, reason: RefundRejection
+    command: RefundRequested, body_fingerprint: str, reason: RefundRejection, origin: int | None
 ) -> RefundRejected:
     return RefundRejected(
-        event_id=f"refund.{command.refund_id}.{body_fingerprint[:16]}",
+        event_id=_event_id("refund", command.refund_id, body_fingerprint, reason, origin),
         refund_id=command.refund_id,
         purchase_id=command.purchase_id,
         account_id=command.account_id,
@@ -305,6 +328,7 @@ def _refund_rejected(
         occurred_at=command.occurred_at,
         reason=reason,
         body_fingerprint=body_fingerprint,
+        origin=origin,
     )
 
 
@@ -320,7 +344,7 @@ def _refunded(
     )
     assert memo.billing_period is not None
     return PurchaseRefunded(
-        event_id=f"refund.{command.refund_id}.{memo.fingerprint[:16]}",
+        event_id=_event_id("refund", command.refund_id, memo.fingerprint, None, memo.origin),
         refund_id=command.refund_id,
         purchase_id=command.purchase_id,
         account_id=command.account_id,
@@ -338,34 +362,44 @@ def _refunded(
         late_for_period=memo.late_for_period,
         reason=command.reason,
         body_fingerprint=memo.fingerprint,
+        origin=memo.origin,
         postings=money.refund_postings(
             split, command.account_id, state.isp_id, purchase.publisher_id
         ),
     )
 
 
-def _decide_refund(state: AccountState | None, command: RefundRequested, context: Context) -> Fact:
+def _decide_refund(
+    state: AccountState | None, command: RefundRequested, context: Context, origin: int | None
+) -> Fact:
     body_fingerprint = fingerprint(command)
     if state is None:
-        return _refund_rejected(command, body_fingerprint, "account_unknown")
+        return _refund_rejected(command, body_fingerprint, "account_unknown", origin)
     memo = state.refunds.get(command.refund_id)
     if memo is not None:
         if memo.fingerprint != body_fingerprint:
-            return _refund_rejected(command, body_fingerprint, "duplicate_with_different_body")
+            return _refund_rejected(
+                command, body_fingerprint, "duplicate_with_different_body", origin
+            )
         purchase = state.purchases.get(memo.purchase_id)
         if memo.accepted and purchase is not None:
             return _refunded(command, state, purchase, memo)
-        return _refund_rejected(command, body_fingerprint, memo.reason)  # type: ignore[arg-type]
+        return _refund_rejected(command, body_fingerprint, memo.reason, memo.origin)  # type: ignore[arg-type]
     at = calendar.epoch_seconds(command.occurred_at)
-    reason, memo = _judge_refund(state, command, context, at, body_fingerprint)
+    reason, memo = _judge_refund(state, command, context, at, body_fingerprint, origin)
     if reason is not None:
-        return _refund_rejected(command, body_fingerprint, reason)
+        return _refund_rejected(command, body_fingerprint, reason, origin)
     assert memo is not None
     return _refunded(command, state, state.purchases[command.purchase_id], memo)
 
 
 def _judge_refund(
-    state: AccountState, command: RefundRequested, context: Context, at: int, body_fingerprint: str
+    state: AccountState,
+    command: RefundRequested,
+    context: Context,
+    at: int,
+    body_fingerprint: str,
+    origin: int | None,
 ) -> tuple[RefundRejection | None, RefundMemo | None]:
     if at < state.watermark - context.policy.horizon_seconds:
         return "stale_refund", None
@@ -393,6 +427,7 @@ def _judge_refund(
         refunded_before_cents=purchase.refunded_cents,
         billing_period=billed,
         late_for_period=late_for,
+        origin=origin,
     )
 
 
@@ -555,6 +590,7 @@ def _apply_authorized(state: AccountState, fact: PurchaseAuthorized) -> None:
         late_for_period=fact.late_for_period,
         user_id=fact.user_id,
         publisher_id=fact.publisher_id,
+        origin=fact.origin,
     )
     amount = fact.amount_cents
     state.day_spend[day] = state.day_spend.get(day, 0) + amount
@@ -586,6 +622,7 @@ def _apply_purchase_rejected(state: AccountState, fact: PurchaseRejected) -> Non
         late_for_period=None,
         user_id=fact.user_id,
         publisher_id=fact.publisher_id,
+        origin=fact.origin,
     )
     _advance(state, at)
 
@@ -606,6 +643,7 @@ def _apply_refunded(state: AccountState, fact: PurchaseRefunded) -> None:
         refunded_before_cents=fact.refunded_before_cents,
         billing_period=fact.billing_period,
         late_for_period=fact.late_for_period,
+        origin=fact.origin,
     )
     amount = fact.amount_cents
     purchase.refunded_cents += amount
@@ -632,6 +670,7 @@ def _apply_refund_rejected(state: AccountState, fact: RefundRejected) -> None:
         refunded_before_cents=0,
         billing_period=None,
         late_for_period=None,
+        origin=fact.origin,
     )
     _advance(state, at)
 

@@ -28,12 +28,12 @@ class LocalAuthorizer:
             self.reference.with_record(record), self.closed.by_isp, self._policy
         )
 
-    def handle(self, command: Command) -> list[Fact]:
+    def handle(self, command: Command, origin: int | None = None) -> list[Fact]:
         if isinstance(command, PeriodCloseRequested):
             fact = decide_close(self.closed, command, self.reference)
             evolve_close(self.closed, fact, command)
             return [fact]
-        decision = step(self.states.get(command.account_id), command, self._context)
+        decision = step(self.states.get(command.account_id), command, self._context, origin)
         if decision.state is not None:
             self.states[command.account_id] = decision.state
         return decision.facts

@@ -31,6 +31,7 @@ class PurchaseMemo(msgspec.Struct, array_like=True):
     late_for_period: str | None
     user_id: str
     publisher_id: str
+    origin: int | None = None  # the first decision's command offset, re-emitted with duplicates
 
 
 class RefundMemo(msgspec.Struct, array_like=True):
@@ -42,6 +43,7 @@ class RefundMemo(msgspec.Struct, array_like=True):
     refunded_before_cents: int
     billing_period: str | None
     late_for_period: str | None
+    origin: int | None = None
 
 
 class EmployeeGrant(msgspec.Struct, frozen=True, array_like=True):

@@ -312,3 +312,25 @@ def test_employee_facts_on_an_unknown_account_change_nothing() -> None:
 
     fact = EmployeeAuthorised("e", "c", "ghost", "u", b.T0, None)
     assert evolve(None, fact, Policy()) is None
+
+
+def test_duplicates_carry_the_first_origin_so_they_are_identical(ledger: LocalAuthorizer) -> None:
+    command = b.purchase("acct", 266, purchase_id="o1")
+    (first,) = ledger.handle(command, origin=10)
+    (again,) = ledger.handle(command, origin=42)  # a client's retry, later in the partition
+    assert isinstance(first, PurchaseAuthorized) and first.origin == 10
+    assert again == first
+    refund = b.refund("acct", "o1", 100, at(1), refund_id="or1")
+    (refunded,) = ledger.handle(refund, origin=50)
+    assert ledger.handle(refund, origin=77) == [refunded]
+    assert isinstance(refunded, PurchaseRefunded) and refunded.origin == 50
+
+
+def test_unremembered_rejections_are_new_decisions_each_time(ledger: LocalAuthorizer) -> None:
+    command = b.purchase("nobody", purchase_id="u1")
+    (first,) = ledger.handle(command, origin=5)
+    (replayed,) = ledger.handle(command, origin=5)  # the same command after a crash
+    (retried,) = ledger.handle(command, origin=9)  # sent again by the client
+    assert replayed == first
+    assert retried.event_id != first.event_id
+    assert _reason(retried) == "account_unknown"

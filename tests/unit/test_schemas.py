@@ -48,7 +48,10 @@ def test_golden_payload_decodes_and_matches_its_schema(cls: type) -> None:
     raw = json.dumps(payload).encode()
     message = DECODERS[tag](raw)
     assert type(message) is cls
-    assert json.loads(codec.encode(message)) == payload  # no field lost or renamed
+    encoded = json.loads(codec.encode(message))
+    assert {key: encoded[key] for key in payload} == payload  # no field lost, renamed or changed
+    added = {key: value for key, value in encoded.items() if key not in payload}
+    assert all(value is None for value in added.values()), f"fields added since v1: {added}"
     schema = json.loads((JSON_DIR / f"{tag}.json").read_text())
     jsonschema.validate(payload, schema, format_checker=jsonschema.FormatChecker())
 
