@@ -116,6 +116,99 @@ def _cmd_bench_core(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ledger.stack import manager
+    from streams.worker import run_worker
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    partitions = state.topic_partitions or settings.topic_partitions
+    data_dir = Path(args.data_dir) if args.data_dir else settings.home / "workers" / args.name
+    run_worker(
+        state.kafka.bootstrap_servers,
+        partitions,
+        data_dir,
+        args.store,
+        args.metrics_port,
+        args.loglevel,
+    )
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ledger.produce import produce_file
+    from ledger.stack import manager
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    partitions = state.topic_partitions or settings.topic_partitions
+    report = produce_file(
+        Path(args.file), state.kafka.bootstrap_servers, partitions, args.send_invalid
+    )
+    for number, why in report.invalid[:20]:
+        print(f"{args.file}:{number}: {why}", file=sys.stderr)
+    if len(report.invalid) > 20:
+        print(f"... and {len(report.invalid) - 20} more invalid lines", file=sys.stderr)
+    verb = (
+        "sent (invalid lines included, for the dead-letter topic)" if args.send_invalid else "sent"
+    )
+    print(f"{report.sent} messages {verb} in {report.seconds:.2f} s ({report.per_second:,.0f}/s)")
+    if report.invalid and not args.send_invalid:
+        print(f"{len(report.invalid)} invalid lines were not sent: fix them and produce them again")
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_balances(args: argparse.Namespace) -> int:
+    from ledger.core.balances import decode_balance
+    from ledger.core.state import decode_account
+    from ledger.stack import manager
+    from ledger.tables import read_key
+    from streams.app import ACCOUNTS_TABLE, ISP_TABLE, PUBLISHER_TABLE
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    partitions = state.topic_partitions or settings.topic_partitions
+    table = {"account": ACCOUNTS_TABLE, "publisher": PUBLISHER_TABLE, "isp": ISP_TABLE}[args.kind]
+    raw = read_key(state.kafka.bootstrap_servers, table, args.id, partitions)
+    if raw is None:
+        print(f"no {args.kind} {args.id!r} in the balances yet", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.kind == "account":
+        account = decode_account(raw)
+        rows: dict[str, object] = {
+            "account": account.account_id,
+            "isp": account.isp_id,
+            "kind": account.kind,
+            "owed_cents": account.owed_cents,
+            "purchases_authorized": account.purchases_authorized,
+            "refunds": account.refunds_applied,
+            "spend_by_period_cents": dict(sorted(account.period_spend.items())),
+        }
+    else:
+        balance = decode_balance(raw)
+        rows = {
+            args.kind: args.id,
+            "purchases": balance.purchases,
+            "refunds": balance.refunds,
+            "gross_cents": balance.gross_cents,
+            "owed_cents": balance.owed_cents,
+        }
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for name, value in rows.items():
+            print(f"{name:22} {value}")
+    return 0
+
+
 def _add_port_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka-port",
@@ -176,6 +269,35 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema_commands.add_parser("export", help="write schemas/json/<type>.json")
     export.add_argument("--directory", help="write there instead of schemas/json")
     export.set_defaults(handler=_cmd_schemas_export)
+
+    produce = commands.add_parser(
+        "produce", help="put a file of JSON lines (commands, ISPs, publishers) on the log"
+    )
+    produce.add_argument("file", help='one JSON message a line, with its "type" tag')
+    produce.add_argument(
+        "--send-invalid",
+        action="store_true",
+        help="send invalid lines too, as poison for the dead-letter topic (tests)",
+    )
+    produce.set_defaults(handler=_cmd_produce)
+
+    worker = commands.add_parser("worker", help="run a stream worker (authorizer and balances)")
+    worker.add_argument("--name", default="w1", help="names its state folder (default w1)")
+    worker.add_argument("--data-dir", help="its table state (default .ledger/workers/NAME)")
+    worker.add_argument("--store", choices=["rocksdb", "memory"], default="rocksdb")
+    worker.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    worker.add_argument(
+        "--loglevel", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    worker.set_defaults(handler=_cmd_worker)
+
+    balances = commands.add_parser(
+        "balances", help="current balance of an account, publisher or ISP"
+    )
+    balances.add_argument("kind", choices=["account", "publisher", "isp"])
+    balances.add_argument("id")
+    balances.add_argument("--json", action="store_true")
+    balances.set_defaults(handler=_cmd_balances)
 
     bench = commands.add_parser("bench", help="benchmarks that report figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

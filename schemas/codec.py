@@ -11,10 +11,13 @@ from typing import Literal
 import msgspec
 
 from schemas.commands import COMMAND_TYPES, Command, Message
+from schemas.deadletter import DeadLetter
 from schemas.facts import FACT_TYPES, Fact
 from schemas.reference import REFERENCE_TYPES, ReferenceRecord
 
-InvalidReason = Literal["malformed_json", "unknown_type", "invalid_field", "wrong_topic"]
+InvalidReason = Literal[
+    "malformed_json", "unknown_type", "invalid_field", "wrong_topic", "wrong_partition"
+]
 
 
 class InvalidMessage(ValueError):
@@ -27,7 +30,7 @@ class InvalidMessage(ValueError):
         self.detail = detail
 
 
-ALL_TYPES: tuple[type[Message], ...] = COMMAND_TYPES + FACT_TYPES + REFERENCE_TYPES
+ALL_TYPES: tuple[type[Message], ...] = (*COMMAND_TYPES, *FACT_TYPES, *REFERENCE_TYPES, DeadLetter)
 TAGS: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL_TYPES}  # type: ignore[misc]
 
 _encoder = msgspec.json.Encoder()
@@ -73,6 +76,16 @@ def decode_fact(raw: bytes) -> Fact:
         return _fact_decoder.decode(raw)
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "fact") from None
+
+
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    try:
+        return _dead_letter_decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise _classify(raw, error, "dead letter") from None
 
 
 def decode_reference(raw: bytes) -> ReferenceRecord:

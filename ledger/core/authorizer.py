@@ -96,16 +96,17 @@ class Context:
     closed_periods: Mapping[str, Collection[str]] = field(default_factory=dict)  # isp → periods
     policy: Policy = field(default_factory=Policy)
     # An ISP's limits for a kind of account, resolved once per reference record.
-    _base_limits: dict[tuple[int, str], Limits] = field(
+    _base_limits: dict[tuple[int, str], tuple[IspRegistered, Limits]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
     def base_limits(self, isp: IspRegistered, kind: str) -> Limits:
-        key = (id(isp), kind)
-        found = self._base_limits.get(key)
-        if found is None:
-            found = self._base_limits[key] = base_limits(isp, kind)  # type: ignore[arg-type]
-        return found
+        # Keyed by identity for speed; the record is kept beside its limits, so that an id reused
+        # by a newer record after the old one is gone never finds the old limits.
+        found = self._base_limits.get((id(isp), kind))
+        if found is None or found[0] is not isp:
+            found = self._base_limits[id(isp), kind] = (isp, base_limits(isp, kind))  # type: ignore[arg-type]
+        return found[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,6 +600,8 @@ def _apply_authorized(state: AccountState, fact: PurchaseAuthorized) -> None:
         key = employee_spend_key(fact.user_id, period)
         state.employee_spend[key] = state.employee_spend.get(key, 0) + amount
     insort(state.recent.setdefault(fact.user_id, []), at)
+    state.owed_cents += amount
+    state.purchases_authorized += 1
     _advance(state, at)
 
 
@@ -654,6 +657,8 @@ def _apply_refunded(state: AccountState, fact: PurchaseRefunded) -> None:
     if state.kind == "enterprise":
         key = employee_spend_key(purchase.user_id, purchase.period)
         state.employee_spend[key] = state.employee_spend.get(key, 0) - amount
+    state.owed_cents -= amount
+    state.refunds_applied += 1
     _advance(state, at)
 
 

@@ -69,6 +69,10 @@ class AccountState(msgspec.Struct, array_like=True):
     refunds: dict[str, RefundMemo] = msgspec.field(default_factory=dict)
     watermark: int = 0  # the latest occurred_at the account has remembered
     pruned_at: int = 0
+    # The account's balance, for its whole life: what it owes (authorized minus refunded).
+    owed_cents: int = 0
+    purchases_authorized: int = 0
+    refunds_applied: int = 0
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):

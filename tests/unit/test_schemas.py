@@ -22,6 +22,7 @@ DECODERS = {
     **{tag_of(cls): codec.decode_command for cls in COMMAND_TYPES},
     **{tag_of(cls): codec.decode_fact for cls in FACT_TYPES},
     **{tag_of(cls): codec.decode_reference for cls in REFERENCE_TYPES},
+    "dead_letter.v1": codec.decode_dead_letter,
 }
 
 

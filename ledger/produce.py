@@ -1,0 +1,144 @@
+"""Putting commands and reference data on the log: `ledger produce FILE`, and the same producer for
+the CLI's admin commands and the tests. kafka-python, with the delivery options of
+ledger/delivery.py (acks=all, idempotence on); every send is checked before we say it is done."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger import topics
+from ledger.delivery import producer_config
+from ledger.errors import LedgerError
+from ledger.partitioning import partition_for
+from schemas import codec
+from schemas.commands import Command, PeriodCloseRequested
+from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
+
+SEND_TIMEOUT_SECONDS = 60
+PENDING_MAX = 10_000  # futures kept before we wait for the oldest ones
+
+
+@dataclass
+class ProduceReport:
+    sent: int = 0
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+class LedgerProducer:
+    """Commands keyed and partitioned by account, reference records keyed by entity."""
+
+    def __init__(self, bootstrap_servers: str, partitions: int, client_id: str = "ledger-produce"):
+        from kafka import KafkaProducer
+
+        self.partitions = partitions
+        self._producer = KafkaProducer(**producer_config(bootstrap_servers, client_id))
+        self._pending: list[Any] = []
+
+    def send_command(self, command: Command) -> None:
+        if isinstance(command, PeriodCloseRequested):
+            key, partition = command.isp_id, command.partition
+        else:
+            key, partition = command.account_id, partition_for(command.account_id, self.partitions)
+        self.send_raw(topics.COMMANDS, key.encode(), codec.encode(command), partition)
+
+    def send_reference(self, record: ReferenceRecord) -> None:
+        self.send_raw(topics.REFERENCE, reference_key(record).encode(), codec.encode(record), 0)
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
+        self._pending.append(self._producer.send(topic, key=key, value=value, partition=partition))
+        if len(self._pending) >= PENDING_MAX:
+            self._settle(len(self._pending) // 2)
+
+    def _settle(self, count: int) -> None:
+        done, self._pending = self._pending[:count], self._pending[count:]
+        for future in done:
+            future.get(timeout=SEND_TIMEOUT_SECONDS)  # raises if the broker refused it
+
+    def flush(self) -> None:
+        self._producer.flush(timeout=SEND_TIMEOUT_SECONDS)
+        self._settle(len(self._pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._producer.close()
+
+    def __enter__(self) -> LedgerProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def close_commands(
+    isp_id: str, period: str, partitions: int, command_id: str, occurred_at: Any
+) -> list[PeriodCloseRequested]:
+    """A period close goes to every partition (see PeriodCloseRequested)."""
+    return [
+        PeriodCloseRequested(
+            command_id=command_id, isp_id=isp_id, period=period, partition=p,
+            partitions=partitions, occurred_at=occurred_at,
+        )
+        for p in range(partitions)
+    ]  # fmt: skip
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise LedgerError(f"cannot read {path}: {error.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line.strip()
+
+
+def _decode_line(raw: bytes) -> Command | ReferenceRecord:
+    tag = b""
+    with contextlib.suppress(ValueError, AttributeError):  # undecodable: the codec says why
+        tag = str(json.loads(raw).get("type", "")).encode()
+    if tag.startswith((b"isp.", b"publisher.")):
+        return codec.decode_reference(raw)
+    return codec.decode_command(raw)
+
+
+def produce_lines(
+    producer: LedgerProducer, lines: Iterable[tuple[int, bytes]], send_invalid: bool
+) -> ProduceReport:
+    report = ProduceReport()
+    started = time.monotonic()
+    for number, raw in lines:
+        try:
+            message = _decode_line(raw)
+        except codec.InvalidMessage as invalid:
+            report.invalid.append((number, str(invalid)))
+            if send_invalid:  # poison on purpose: the worker must dead-letter it
+                producer.send_raw(topics.COMMANDS, None, raw, 0)
+                report.sent += 1
+            continue
+        if isinstance(message, IspRegistered | PublisherRegistered):
+            producer.send_reference(message)
+        else:
+            producer.send_command(message)
+        report.sent += 1
+    producer.flush()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def produce_file(
+    path: Path, bootstrap_servers: str, partitions: int, send_invalid: bool = False
+) -> ProduceReport:
+    with LedgerProducer(bootstrap_servers, partitions) as producer:
+        return produce_lines(producer, _lines(path), send_invalid)

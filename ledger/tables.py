@@ -1,0 +1,57 @@
+"""Reading the workers' tables from their changelog topics: what `ledger balances` prints and what
+`ledger reconcile` compares, without asking a worker. A changelog keeps each key's latest value
+last; a key of a table lives in the changelog partition of the source partition that wrote it,
+which for every table of the ledger is partition_for(key)."""
+
+from __future__ import annotations
+
+import time
+
+from ledger.delivery import consumer_config
+from ledger.partitioning import partition_for
+from streams.config import APP_ID
+
+READ_DEADLINE_SECONDS = 60
+POLL_TIMEOUT_MS = 500
+
+
+def changelog_topic(table: str, app_id: str = APP_ID) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+def read_partitions(
+    bootstrap_servers: str, topic: str, partitions: list[int]
+) -> dict[bytes, bytes]:
+    """The latest value of every key in these partitions of a changelog (deleted keys left out)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-tables", group_id=None))
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        if topic not in consumer.topics():
+            return {}
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        end = consumer.end_offsets(assigned)
+        deadline = time.monotonic() + READ_DEADLINE_SECONDS
+        while any(consumer.position(tp) < end[tp] for tp in assigned):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took over {READ_DEADLINE_SECONDS} s")
+            for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
+                for record in records:
+                    latest[record.key] = record.value
+    finally:
+        consumer.close()
+    return {key: value for key, value in latest.items() if value is not None}
+
+
+def read_key(bootstrap_servers: str, table: str, key: str, partitions: int) -> bytes | None:
+    found = read_partitions(
+        bootstrap_servers, changelog_topic(table), [partition_for(key, partitions)]
+    )
+    return found.get(key.encode())
+
+
+def read_table(bootstrap_servers: str, table: str, partitions: int) -> dict[bytes, bytes]:
+    return read_partitions(bootstrap_servers, changelog_topic(table), list(range(partitions)))

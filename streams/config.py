@@ -1,0 +1,66 @@
+"""What a worker needs to know, and every faust setting written out (STYLE.md §8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+APP_ID = "internet-plus-ledger"
+StoreKind = Literal["rocksdb", "memory"]
+
+# Offsets are committed every this many events or seconds, whichever comes first. A crash replays
+# at most this much, which the deterministic authorizer and the origin watermarks absorb.
+COMMIT_EVERY_EVENTS = 1_000
+COMMIT_INTERVAL_SECONDS = 1.0
+STREAM_BUFFER_EVENTS = 4_096
+# RocksDB per table partition: a small block cache and write buffers, so that a worker holding
+# 1.1 million accounts stays under 1 GiB (faust's defaults are a 2 GiB cache per partition).
+ROCKSDB_OPTIONS: dict[str, int] = {
+    "block_cache_size": 32 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 32 * 1024 * 1024,
+}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    bootstrap_servers: str
+    partitions: int
+    data_dir: Path
+    store: StoreKind = "rocksdb"
+    metrics_port: int | None = None
+    app_id: str = APP_ID
+
+
+def faust_settings(config: WorkerConfig) -> dict[str, Any]:
+    return {
+        "broker": f"kafka://{config.bootstrap_servers}",
+        "store": "rocksdb://" if config.store == "rocksdb" else "memory://",
+        "datadir": str(config.data_dir),
+        # at_least_once: faust's exactly_once still has open duplicate bugs (DESIGN.md §5).
+        # Correctness comes from deterministic decisions and idempotent consumers.
+        "processing_guarantee": "at_least_once",
+        "topic_partitions": config.partitions,
+        "topic_replication_factor": 1,
+        "topic_allow_declare": True,  # faust declares its own changelog and repartition topics
+        # No standby copies: a failed-over partition is restored from its changelog, and each
+        # worker holds only its own partitions (memory).
+        "table_standby_replicas": 0,
+        "broker_commit_every": COMMIT_EVERY_EVENTS,
+        "broker_commit_interval": COMMIT_INTERVAL_SECONDS,
+        "broker_session_timeout": 30.0,
+        "broker_heartbeat_interval": 3.0,
+        "broker_max_poll_interval": 300.0,
+        "broker_max_poll_records": 2_000,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,  # all in-sync replicas
+        "producer_linger_ms": 5,
+        "producer_request_timeout": 30.0,
+        "stream_buffer_maxsize": STREAM_BUFFER_EVENTS,
+        "stream_wait_empty": True,
+        "web_enabled": False,  # metrics are served by prometheus-client, see streams/metrics.py
+        "worker_redirect_stdouts": False,
+    }

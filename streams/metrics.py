@@ -1,0 +1,38 @@
+"""The workers' Prometheus metrics (DESIGN.md §9): names `ledger_*`, base units."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS_CONSUMED = Counter(
+    "ledger_commands_consumed_total", "Commands read from ledger.commands", ["type"]
+)
+DECISIONS = Counter(
+    "ledger_decisions_total", "Facts decided by the authorizer", ["outcome", "reason"]
+)
+DEAD_LETTERS = Counter(
+    "ledger_dead_letters_total", "Messages set aside on ledger.dlq", ["source_topic", "reason"]
+)
+BALANCE_FACTS = Counter(
+    "ledger_balance_facts_total",
+    "Money facts seen by the balance tables: applied, or skipped as already counted",
+    ["table", "result"],
+)
+CONSUMER_LAG = Gauge(
+    "ledger_consumer_lag_events", "Events not yet processed", ["topic", "partition"]
+)
+# From the moment the command was appended to ledger.commands (its record timestamp) to the
+# decision: the time a caller waits. Event time (occurred_at) can be anything a client sent.
+DECISION_LATENCY = Histogram(
+    "ledger_decision_latency_seconds",
+    "From a command's append to ledger.commands to its decision",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+EVENT_TIME_LAG = Histogram(
+    "ledger_event_time_lag_seconds",
+    "From a command's occurred_at to its decision",
+    buckets=(0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86_400.0),
+)
+STATE_KEYS = Gauge(
+    "ledger_state_keys", "Keys held in a table's partitions on this worker", ["table"]
+)

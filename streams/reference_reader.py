@@ -1,0 +1,78 @@
+"""Every worker reads the whole of `ledger.reference` into memory: the ISPs and publishers the
+authorizer decides with. A reader of our own rather than faust's GlobalTable, whose assignor fails
+silently with a custom changelog topic (faust-streaming issues #283 and #438: the worker hangs at
+"performing partition assignments").
+
+The authorizer waits until the reader has caught up with the end of the topic as it was at start,
+so that a worker never decides with less reference data than a worker before it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ledger import topics
+from ledger.core.reference import Reference
+from schemas import codec
+from schemas.reference import IspRegistered, PublisherRegistered
+
+log = logging.getLogger("ledger.streams.reference")
+POLL_TIMEOUT_MS = 500
+
+
+class ReferenceReader:
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._isps: dict[str, IspRegistered] = {}
+        self._publishers: dict[str, PublisherRegistered] = {}
+        # The dicts are updated in place: a Context built on this Reference sees every change.
+        self.reference = Reference(isps=self._isps, publishers=self._publishers)
+        self.ready = asyncio.Event()
+        self.records_read = 0
+        self.invalid = 0
+
+    def apply(self, raw: bytes | None) -> None:
+        if raw is None:
+            return  # a tombstone: records are never deleted, only replaced
+        try:
+            record = codec.decode_reference(raw)
+        except codec.InvalidMessage as invalid:
+            self.invalid += 1
+            log.warning("an invalid record on %s was skipped: %s", topics.REFERENCE, invalid)
+            return
+        if isinstance(record, IspRegistered):
+            self._isps[record.isp_id] = record
+        else:
+            self._publishers[record.publisher_id] = record
+        self.records_read += 1
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from ledger.delivery import CONSUMER_ISOLATION_LEVEL
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=None,  # every worker reads all of it
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=CONSUMER_ISOLATION_LEVEL,
+            client_id="ledger-reference-reader",
+        )
+        await consumer.start()
+        try:
+            partition = TopicPartition(topics.REFERENCE, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_beginning(partition)
+            end = (await consumer.end_offsets([partition]))[partition]
+            while True:
+                if not self.ready.is_set() and await consumer.position(partition) >= end:
+                    log.info("reference data read: %d records", self.records_read)
+                    self.ready.set()
+                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+                for records in batches.values():
+                    for record in records:
+                        self.apply(record.value)
+        finally:
+            await consumer.stop()
