@@ -120,22 +120,21 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ledger.stack import manager
-    from streams.worker import run_worker
+    from streams.config import WorkerConfig
+    from streams.worker import child_arguments, supervise
 
     settings = _settings(args)
     state = manager.connection(settings)
     assert state.kafka is not None
-    partitions = state.topic_partitions or settings.topic_partitions
-    data_dir = Path(args.data_dir) if args.data_dir else settings.home / "workers" / args.name
-    run_worker(
-        state.kafka.bootstrap_servers,
-        partitions,
-        data_dir,
-        args.store,
-        args.metrics_port,
-        args.loglevel,
+    config = WorkerConfig(
+        bootstrap_servers=state.kafka.bootstrap_servers,
+        partitions=state.topic_partitions or settings.topic_partitions,
+        data_dir=Path(args.data_dir) if args.data_dir else settings.home / "workers" / args.name,
+        store=args.store,
+        metrics_port=args.metrics_port,
+        name=args.name,
     )
-    return 0
+    return supervise(child_arguments(config, args.loglevel))
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
@@ -282,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(handler=_cmd_produce)
 
     worker = commands.add_parser("worker", help="run a stream worker (authorizer and balances)")
-    worker.add_argument("--name", default="w1", help="names its state folder (default w1)")
+    worker.add_argument(
+        "--name", default="w1", help="unique per worker: its state folder and group membership"
+    )
     worker.add_argument("--data-dir", help="its table state (default .ledger/workers/NAME)")
     worker.add_argument("--store", choices=["rocksdb", "memory"], default="rocksdb")
     worker.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")

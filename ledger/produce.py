@@ -45,20 +45,25 @@ class LedgerProducer:
         self._producer = KafkaProducer(**producer_config(bootstrap_servers, client_id))
         self._pending: list[Any] = []
 
-    def send_command(self, command: Command) -> None:
+    def send_command(self, command: Command) -> Any:
+        """Returns the send's future: its result (after flush) has the record's offset."""
         if isinstance(command, PeriodCloseRequested):
             key, partition = command.isp_id, command.partition
         else:
             key, partition = command.account_id, partition_for(command.account_id, self.partitions)
-        self.send_raw(topics.COMMANDS, key.encode(), codec.encode(command), partition)
+        return self.send_raw(topics.COMMANDS, key.encode(), codec.encode(command), partition)
 
-    def send_reference(self, record: ReferenceRecord) -> None:
-        self.send_raw(topics.REFERENCE, reference_key(record).encode(), codec.encode(record), 0)
+    def send_reference(self, record: ReferenceRecord) -> Any:
+        return self.send_raw(
+            topics.REFERENCE, reference_key(record).encode(), codec.encode(record), 0
+        )
 
-    def send_raw(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
-        self._pending.append(self._producer.send(topic, key=key, value=value, partition=partition))
+    def send_raw(self, topic: str, key: bytes | None, value: bytes, partition: int) -> Any:
+        future = self._producer.send(topic, key=key, value=value, partition=partition)
+        self._pending.append(future)
         if len(self._pending) >= PENDING_MAX:
             self._settle(len(self._pending) // 2)
+        return future
 
     def _settle(self, count: int) -> None:
         done, self._pending = self._pending[:count], self._pending[count:]

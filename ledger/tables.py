@@ -43,7 +43,12 @@ def read_partitions(
                     latest[record.key] = record.value
     finally:
         consumer.close()
-    return {key: value for key, value in latest.items() if value is not None}
+    # Keys starting with a NUL byte are the workers' own bookkeeping (streams/ordering.py).
+    return {
+        key: value
+        for key, value in latest.items()
+        if value is not None and key is not None and not key.startswith(b"\x00")
+    }
 
 
 def read_key(bootstrap_servers: str, table: str, key: str, partitions: int) -> bytes | None:

@@ -8,6 +8,9 @@ COMMANDS = "ledger.commands"
 EVENTS = "ledger.events"
 REFERENCE = "ledger.reference"
 DLQ = "ledger.dlq"
+# Money facts re-keyed by publisher and by ISP for the balance tables (a group-by of ours).
+BY_PUBLISHER = "ledger.balances.by-publisher"
+BY_ISP = "ledger.balances.by-isp"
 
 # Kafka reads -1 as "no limit": the events are the source of truth and are kept forever, and
 # dead letters are kept until an operator has dealt with them.
@@ -30,4 +33,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Read whole by every worker into a global table: one partition keeps it in one order.
     TopicSpec(REFERENCE, partitioned=False, configs={"cleanup.policy": "compact"}),
     TopicSpec(DLQ, partitioned=False, configs=dict(_FOREVER)),
+    TopicSpec(BY_PUBLISHER, partitioned=True, configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
+    TopicSpec(BY_ISP, partitioned=True, configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
 )
+# What the workers' consumer group reads (see streams.worker.seed_committed_offsets).
+WORKER_SOURCES = (COMMANDS, EVENTS, BY_PUBLISHER, BY_ISP)

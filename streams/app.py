@@ -41,6 +41,7 @@ from schemas.facts import (
 from schemas.types import Party
 from streams import metrics
 from streams.config import ROCKSDB_OPTIONS, WorkerConfig, faust_settings
+from streams.ordering import InOrder
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ledger.streams")
@@ -50,8 +51,7 @@ ACCOUNTS_TABLE = "accounts"
 CLOSED_TABLE = "closed-periods"
 PUBLISHER_TABLE = "publisher-balances"
 ISP_TABLE = "isp-balances"
-BY_PUBLISHER_TOPIC = "ledger.balances.by-publisher"
-BY_ISP_TOPIC = "ledger.balances.by-isp"
+FORWARD_TABLE = "group-by-progress"
 
 
 class IdempotentProducer(faust_aiokafka.Producer):
@@ -85,6 +85,26 @@ def crash(reason: str) -> NoReturn:
     os._exit(EXIT_INVARIANT_BROKEN)
 
 
+async def put_state(table: Any, key: bytes, value: bytes, partition: int) -> None:
+    """Write a table entry: the worker's local store, then its changelog record, handed to the
+    Kafka producer before the event that caused it is acknowledged.
+
+    Not `table[key] = value`: faust sends that changelog record through its ProducerBuffer, and
+    ProducerBuffer.flush gives up after 0.1 s with records still queued (faust 0.15.3,
+    transport/producer.py, flush_atmost). The flush before a commit can then return early, the
+    commit covers commands whose state never reached the changelog, and a kill -9 loses that
+    state for good. Measured: test_kill_9_mid_stream_changes_nothing saw 1,209 purchases
+    rejected as account_unknown after a restart, because the accounts' opening was lost. Sent
+    this way the record is in the producer when the commit's flush runs, so it is covered."""
+
+    def persisted(sent: Any) -> None:
+        metadata = sent.result()  # faust records this offset too, to recover from it
+        table.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+
+    table.data[key] = value
+    await table.changelog_topic.send(key=key, value=value, partition=partition, callback=persisted)
+
+
 def _is_money(raw: bytes) -> bool:
     # The tag is the first field msgspec writes: a cheap test before a full decode.
     return raw.startswith((b'{"type":"purchase.authorized.', b'{"type":"purchase.refunded.'))
@@ -113,6 +133,8 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
         PUBLISHER_TABLE, partitions=partitions, **raw_table, **table_options
     )
     isp_balances = app.Table(ISP_TABLE, partitions=partitions, **raw_table, **table_options)
+    # The group-by of ledger.events keeps nothing but its progress (see streams/ordering.py).
+    forwarded = app.Table(FORWARD_TABLE, partitions=partitions, **raw_table, **table_options)
     reader = ReferenceReader(config.bootstrap_servers)
     context = Context(reader.reference)
 
@@ -158,9 +180,10 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
             return
         closed = closed_for(message.partition)
         fact = decide_close(closed, command, context.reference)
-        closed_periods[f"partition:{message.partition}".encode()] = encode_state(
-            evolve_close(closed, fact, command)
-        )
+        await put_state(
+            closed_periods, f"partition:{message.partition}".encode(),
+            encode_state(evolve_close(closed, fact, command)), message.partition,
+        )  # fmt: skip
         await emit([fact], command.isp_id, message.partition)
 
     async def handle_command(message: Any) -> None:
@@ -189,62 +212,92 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
         )  # fmt: skip
         decision = step(state, command, partition_context, origin=message.offset)
         if decision.state is not None:
-            accounts[key] = encode_state(decision.state)
+            await put_state(accounts, key, encode_state(decision.state), message.partition)
         await emit(decision.facts, command.account_id, message.partition)
         metrics.DECISION_LATENCY.observe(max(0.0, time.time() - message.timestamp))
         occurred = getattr(command, "occurred_at", None)
         if occurred is not None:
             metrics.EVENT_TIME_LAG.observe(max(0.0, (_now() - occurred).total_seconds()))
 
+    starts = config.log_starts
+    command_order = InOrder(accounts, topics.COMMANDS, starts.get(topics.COMMANDS, {}))
+    event_order = InOrder(forwarded, topics.EVENTS, starts.get(topics.EVENTS, {}))
+    gates = [command_order, event_order]
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_expectations(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for gate in gates:
+            gate.forget()
+
+    # Every agent acknowledges its records itself, in order (streams/ordering.py).
     @app.agent(commands_topic, name="authorizer", concurrency=1)
-    async def authorizer(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    async def authorizer(stream: Any) -> AsyncIterator[None]:
         await reader.ready.wait()
-        async for event in stream.events():
+        async for event in stream.noack().events():
             message = event.message
-            try:
-                await handle_command(message)
-            except Exception as error:  # not about the input (that is dead-lettered): a bug
-                where = f"{message.topic}[{message.partition}]@{message.offset}"
-                crash(f"{type(error).__name__}: {error} at {where}")
-            last_offsets[topics.COMMANDS, message.partition] = message.offset
+            if command_order.admit(message):
+                try:
+                    await handle_command(message)
+                    await command_order.done(message)
+                except Exception as error:  # not about the input (that is dead-lettered): a bug
+                    where = f"{message.topic}[{message.partition}]@{message.offset}"
+                    crash(f"{type(error).__name__}: {error} at {where}")
+                event.ack()
+                last_offsets[topics.COMMANDS, message.partition] = message.offset
             yield None
 
     # Balances per publisher and per ISP: ledger.events is partitioned by account, so each money
     # fact is first re-keyed by publisher and by ISP (a group-by through a repartition topic of
     # ours), then applied by the agent that owns that key's table partition.
-    by_publisher = app.topic(BY_PUBLISHER_TOPIC, partitions=partitions, internal=True, **raw)
-    by_isp = app.topic(BY_ISP_TOPIC, partitions=partitions, internal=True, **raw)
+    by_publisher = app.topic(topics.BY_PUBLISHER, partitions=partitions, **raw)
+    by_isp = app.topic(topics.BY_ISP, partitions=partitions, **raw)
+
+    async def forward(raw_fact: bytes) -> None:
+        if not _is_money(raw_fact):
+            return
+        try:
+            fact = codec.decode_fact(raw_fact)
+            assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
+        except Exception as error:  # the authorizer wrote it: a broken invariant
+            crash(f"group-by-party: {type(error).__name__}: {error}")
+        for topic, key in ((by_publisher, fact.publisher_id), (by_isp, fact.isp_id)):
+            await topic.send(
+                key=key.encode(), value=raw_fact, partition=partition_for(key, partitions)
+            )
 
     @app.agent(events_topic, name="group-by-party", concurrency=1)
-    async def group_by_party(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for raw_fact in stream:
-            if _is_money(raw_fact):
-                try:
-                    fact = codec.decode_fact(raw_fact)
-                    assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
-                except Exception as error:  # the authorizer wrote it: a broken invariant
-                    crash(f"group-by-party: {type(error).__name__}: {error}")
-                for topic, key in ((by_publisher, fact.publisher_id), (by_isp, fact.isp_id)):
-                    await topic.send(
-                        key=key.encode(), value=raw_fact, partition=partition_for(key, partitions)
-                    )
+    async def group_by_party(stream: Any) -> AsyncIterator[None]:
+        async for event in stream.noack().events():
+            if event_order.admit(event.message):
+                await forward(event.message.value)
+                await event_order.done(event.message)
+                event.ack()
             yield None
 
     def balance_agent(party: Party, source: Any, table: Any, name: str) -> None:
-        async def apply_balances(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for event in stream.events():
-                try:
-                    fact = codec.decode_fact(event.message.value)
-                    assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
-                    key = event.message.key
-                    balance = decode_balance(table.get(key))
-                    if balance.apply(fact, party, partition_for(fact.account_id, partitions)):
-                        table[key] = encode_balance(balance)
-                        metrics.BALANCE_FACTS.labels(name, "applied").inc()
-                    else:
-                        metrics.BALANCE_FACTS.labels(name, "duplicate").inc()
-                except Exception as error:  # the authorizer wrote it: a broken invariant
-                    crash(f"{name}: {type(error).__name__}: {error}")
+        topic_name = source.get_topic_name()
+        order = InOrder(table, topic_name, starts.get(topic_name, {}))
+        gates.append(order)
+
+        async def apply(message: Any) -> None:
+            try:
+                fact = codec.decode_fact(message.value)
+                assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
+                balance = decode_balance(table.get(message.key))
+                if balance.apply(fact, party, partition_for(fact.account_id, partitions)):
+                    await put_state(table, message.key, encode_balance(balance), message.partition)
+                    metrics.BALANCE_FACTS.labels(name, "applied").inc()
+                else:
+                    metrics.BALANCE_FACTS.labels(name, "duplicate").inc()
+            except Exception as error:  # the authorizer wrote it: a broken invariant
+                crash(f"{name}: {type(error).__name__}: {error}")
+
+        async def apply_balances(stream: Any) -> AsyncIterator[None]:
+            async for event in stream.noack().events():
+                if order.admit(event.message):
+                    await apply(event.message)
+                    await order.done(event.message)
+                    event.ack()
                 yield None
 
         app.agent(source, name=name, concurrency=1)(apply_balances)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,11 @@ class WorkerConfig:
     data_dir: Path
     store: StoreKind = "rocksdb"
     metrics_port: int | None = None
+    name: str = "w1"  # unique per worker in the group: its static membership id
     app_id: str = APP_ID
+    # topic → partition → first offset still in the log: where a partition with no progress of
+    # ours starts (streams/ordering.py).
+    log_starts: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 def faust_settings(config: WorkerConfig) -> dict[str, Any]:
@@ -51,6 +55,10 @@ def faust_settings(config: WorkerConfig) -> dict[str, Any]:
         "table_standby_replicas": 0,
         "broker_commit_every": COMMIT_EVERY_EVENTS,
         "broker_commit_interval": COMMIT_INTERVAL_SECONDS,
+        # Static membership (KIP-345): a worker that restarts under the same name within the
+        # session timeout gets its partitions back without a rebalance. Rebalances are where
+        # faust 0.15.3 drops records (streams/ordering.py), and the workers restart on purpose.
+        "consumer_group_instance_id": f"{config.app_id}-{config.name}",
         "broker_session_timeout": 30.0,
         "broker_heartbeat_interval": 3.0,
         "broker_max_poll_interval": 300.0,
@@ -60,7 +68,8 @@ def faust_settings(config: WorkerConfig) -> dict[str, Any]:
         "producer_linger_ms": 5,
         "producer_request_timeout": 30.0,
         "stream_buffer_maxsize": STREAM_BUFFER_EVENTS,
-        "stream_wait_empty": True,
+        # A record left unacknowledged on purpose (streams/ordering.py) must not hold up a stop.
+        "stream_wait_empty": False,
         "web_enabled": False,  # metrics are served by prometheus-client, see streams/metrics.py
         "worker_redirect_stdouts": False,
     }

@@ -1,39 +1,207 @@
-"""`ledger worker`: one faust worker process. Several in one consumer group share the partitions."""
+"""`ledger worker`: a supervisor that keeps one faust worker process running.
+
+The faust worker is crash-only: it stops when it sees records out of order (EXIT_RESTART, see
+streams/ordering.py) or a broken invariant (EXIT_INVARIANT_BROKEN), and the supervisor starts it
+again; correctness comes from deterministic decisions and idempotent consumers. Restarts are
+bounded, so a worker that keeps failing stops with a clear message instead of looping. The child
+dies with its supervisor (PR_SET_PDEATHSIG), so killing `ledger worker` kills the worker.
+Several `ledger worker` processes in one consumer group share the partitions.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import logging
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
 from pathlib import Path
+from types import FrameType
 
-from streams.config import StoreKind, WorkerConfig
+from streams.config import APP_ID, StoreKind, WorkerConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("ledger.streams.worker")
+
+RESTARTS_MAX = 8  # within RESTART_WINDOW_SECONDS, then the supervisor gives up
+RESTART_WINDOW_SECONDS = 300.0
+BACKOFF_SECONDS_MAX = 10.0
+STOP_TIMEOUT_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1
 
 
-def run_worker(
-    bootstrap_servers: str,
-    partitions: int,
-    data_dir: Path,
-    store: StoreKind,
-    metrics_port: int | None,
-    loglevel: str = "warning",
-) -> None:
+def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int]]:
+    """Where each partition the workers read starts when no progress of ours says otherwise:
+    the group's committed offset, else the first offset still in the log."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ledger import topics
+    from ledger.delivery import consumer_config
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-starts", group_id))
+    try:
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in topics.WORKER_SOURCES
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        starts: dict[str, dict[int, int]] = {}
+        for tp, offset in consumer.beginning_offsets(wanted).items():
+            committed = consumer.committed(tp)
+            start = committed if committed is not None else offset
+            starts.setdefault(tp.topic, {})[tp.partition] = start
+        return starts
+    finally:
+        consumer.close()
+
+
+def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
+    """Give every partition the workers read a committed offset (its log start) if it has none.
+
+    Measured with faust-streaming 0.15.3 and aiokafka 0.14.0: a partition without a committed
+    offset is reset to "earliest" and fetched, but its records never reach the agent, so it is
+    never processed (an account on such a partition got no fact at all in
+    tests/integration/test_streams.py; faust-streaming issues #166 and #471 report the same).
+    With a committed offset the same partition is processed. Committing the log start is what
+    "earliest" means, so this changes no semantics. A group that already has members refuses the
+    commit: then its partitions were seeded by the first worker. Returns the partitions seeded."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from ledger import topics
+    from ledger.delivery import consumer_config
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-seed", group_id))
+    try:
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in topics.WORKER_SOURCES
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        missing = [tp for tp in wanted if consumer.committed(tp) is None]
+        if not missing:
+            return 0
+        starts = consumer.beginning_offsets(missing)
+        consumer.assign(missing)
+        try:
+            consumer.commit({tp: OffsetAndMetadata(starts[tp], "", -1) for tp in missing})
+        except Exception as error:  # a group with members refuses: it was seeded already
+            log.info("offsets not seeded (%s): the group has members", error)
+            return 0
+        return len(missing)
+    finally:
+        consumer.close()
+
+
+def run_child(config: WorkerConfig, loglevel: str) -> int:
+    """The faust worker itself, in this process. Returns its exit status."""
     import faust
     from prometheus_client import start_http_server
 
     from streams.app import create_app
+    from streams.ordering import EXIT_RESTART, Restart
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    config = WorkerConfig(
-        bootstrap_servers=bootstrap_servers,
-        partitions=partitions,
-        data_dir=data_dir,
-        store=store,
-        metrics_port=metrics_port,
-    )
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    seeded = seed_committed_offsets(config.bootstrap_servers, config.app_id)
+    if seeded:
+        log.info("seeded the committed offsets of %d partitions", seeded)
     app = create_app(config)
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, addr="127.0.0.1")
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    else:
+        code = 0
+    return EXIT_RESTART if Restart.requested else code
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def supervise(child_args: list[str]) -> int:
+    """Run `python -m streams.worker CHILD_ARGS` until it ends well or fails too often."""
+    from streams.ordering import EXIT_RESTART
+
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    restarts: deque[float] = deque()
+    while True:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "streams.worker", *child_args],
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor runs no threads
+        )
+        code = child.wait()
+        if stopping or code == 0:
+            return code
+        now = time.monotonic()
+        restarts.append(now)
+        while restarts and now - restarts[0] > RESTART_WINDOW_SECONDS:
+            restarts.popleft()
+        if len(restarts) > RESTARTS_MAX:
+            print(
+                f"ledger worker: the worker failed {len(restarts)} times in "
+                f"{RESTART_WINDOW_SECONDS:.0f} s (last exit status {code}): see its log above",
+                file=sys.stderr,
+            )
+            return code if code > 0 else 1
+        delay = 0.0 if code == EXIT_RESTART else min(BACKOFF_SECONDS_MAX, 2 ** len(restarts))
+        delay *= random.uniform(0.5, 1.0)  # jitter: workers restarting together spread out
+        print(f"ledger worker: restarting the worker (exit status {code})", file=sys.stderr)
+        time.sleep(delay)
+
+
+def child_arguments(config: WorkerConfig, loglevel: str) -> list[str]:
+    args = [
+        "--bootstrap-servers", config.bootstrap_servers, "--partitions", str(config.partitions),
+        "--data-dir", str(config.data_dir), "--store", config.store, "--loglevel", loglevel,
+        "--name", config.name,
+    ]  # fmt: skip
+    if config.metrics_port is not None:
+        args += ["--metrics-port", str(config.metrics_port)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.worker")
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--store", choices=["rocksdb", "memory"], default="rocksdb")
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--loglevel", default="warning")
+    parser.add_argument("--name", default="w1")
+    args = parser.parse_args(argv)
+    store: StoreKind = args.store
+    config = WorkerConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        partitions=args.partitions,
+        data_dir=Path(args.data_dir),
+        store=store,
+        metrics_port=args.metrics_port,
+        name=args.name,
+        log_starts=log_starts(args.bootstrap_servers, APP_ID),
+    )
+    return run_child(config, args.loglevel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

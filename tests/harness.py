@@ -1,0 +1,231 @@
+"""Real processes and real topics for the integration and fault tests: workers started and killed
+by pid, topics read back from given offsets, and the pure core as the oracle of what the stream
+must have decided."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ledger import topics
+from ledger.core.balances import Balance
+from ledger.core.reference import Reference
+from ledger.core.runner import LocalAuthorizer
+from ledger.delivery import consumer_config
+from ledger.produce import LedgerProducer
+from schemas import codec
+from schemas.commands import Command
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
+from schemas.reference import ReferenceRecord
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKER_READY_SECONDS = 90
+READ_POLL_MS = 500
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Worker:
+    """A `ledger worker` process of our own, known by its pid."""
+
+    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.metrics_port = free_port()
+        self.log_path = data_dir.parent / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "ledger.cli", "worker", "--name", self.name,
+            "--data-dir", str(self.data_dir), "--metrics-port", str(self.metrics_port),
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=PROJECT_ROOT, env=self.env, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM, a graceful stop; SIGKILL if it does not end in time."""
+        if self.process is None:
+            return None
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        return self.process.returncode
+
+    def wait_gone(self, timeout: float = 30) -> None:
+        assert self.process is not None
+        self.process.wait(timeout=timeout)
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name with labels → value, e.g. 'ledger_decisions_total{outcome=...}'."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}"] = sample.value
+        return samples
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-tests", group_id=None))
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def read_until(
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int],
+    done: Callable[[list[Record]], bool],
+    deadline_seconds: float,
+) -> list[Record]:
+    """Read a topic from `start` offsets until `done(records)` or the deadline; returns all read."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-tests", group_id=None))
+    records: list[Record] = []
+    try:
+        assigned = [TopicPartition(topic, p) for p in sorted(start)]
+        consumer.assign(assigned)
+        for tp in assigned:
+            consumer.seek(tp, start[tp.partition])
+        deadline = time.monotonic() + deadline_seconds
+        while not done(records) and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=READ_POLL_MS).items():
+                records += [Record(tp.partition, r.offset, r.key, r.value) for r in batch]
+    finally:
+        consumer.close()
+    return records
+
+
+def distinct_facts(records: Iterable[Record]) -> dict[str, Fact]:
+    """Facts by event id; a fact seen twice must be identical (same id, same content)."""
+    seen: dict[str, Fact] = {}
+    for record in records:
+        fact = codec.decode_fact(record.value)
+        earlier = seen.setdefault(fact.event_id, fact)
+        assert earlier == fact, f"two different facts with the id {fact.event_id}"
+    return seen
+
+
+@dataclass
+class Produced:
+    commands: list[tuple[int, Command]]  # (offset, command), in the order sent
+    poison: list[tuple[int, int]]  # (partition, offset)
+
+
+def produce(
+    bootstrap: str,
+    partitions: int,
+    reference: Iterable[ReferenceRecord],
+    commands: Iterable[Command],
+    poison: Iterable[tuple[bytes | None, bytes, int]] = (),
+) -> Produced:
+    with LedgerProducer(bootstrap, partitions, client_id="ledger-tests") as producer:
+        for record in reference:
+            producer.send_reference(record)
+        producer.flush()
+        sent = [(producer.send_command(command), command) for command in commands]
+        bad = [producer.send_raw(topics.COMMANDS, k, v, p) for k, v, p in poison]
+        producer.flush()
+        return Produced(
+            commands=[(future.get(timeout=30).offset, command) for future, command in sent],
+            poison=[(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in bad],
+        )
+
+
+def oracle(reference: Reference, produced: Produced) -> tuple[LocalAuthorizer, dict[str, Fact]]:
+    """What the stream must decide: the pure core over the same commands, with their offsets."""
+    ledger = LocalAuthorizer(reference)
+    facts: dict[str, Fact] = {}
+    for offset, command in produced.commands:
+        for fact in ledger.handle(command, origin=offset):
+            facts.setdefault(fact.event_id, fact)
+    return ledger, facts
+
+
+def fold_balances(facts: Iterable[Fact], party: str, partitions: int) -> dict[str, Balance]:
+    from ledger.partitioning import partition_for
+
+    balances: dict[str, Balance] = {}
+    for fact in facts:
+        if isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
+            key = fact.publisher_id if party == "publisher" else fact.isp_id
+            balance = balances.setdefault(key, Balance())
+            balance.apply(fact, party, partition_for(fact.account_id, partitions))  # type: ignore[arg-type]
+    return balances
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+def metric(samples: dict[str, float], prefix: str) -> float:
+    return sum(value for name, value in samples.items() if name.startswith(prefix))
