@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 from ledger.errors import LedgerError
 from ledger.settings import StackSettings, load_settings
@@ -137,6 +138,43 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return supervise(child_arguments(config, args.loglevel))
 
 
+def _admin_key(settings: StackSettings) -> str:
+    """The admin API key: LEDGER_ADMIN_KEY, else one made once and kept in the stack's home."""
+    import os
+
+    from ledger.api import keys
+
+    given = os.environ.get("LEDGER_ADMIN_KEY")
+    if given:
+        return given
+    path = settings.home / "admin.key"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(keys.new_key("admin") + "\n")
+    return path.read_text().strip()
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from ledger.api import keys
+    from ledger.api.server import run_api
+    from ledger.stack import manager
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    admin_key = _admin_key(settings)
+    print(f"checkout and admin API on http://127.0.0.1:{args.port}/v1/ "
+          f"(OpenAPI: /v1/openapi.json, metrics: /metrics)")  # fmt: skip
+    print(f"admin key: in {settings.home / 'admin.key'} or LEDGER_ADMIN_KEY", flush=True)
+    run_api(
+        state.kafka.bootstrap_servers, state.topic_partitions or settings.topic_partitions,
+        keys.key_hash(admin_key), args.port,
+    )  # fmt: skip
+    return 0
+
+
 def _cmd_produce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -208,6 +246,74 @@ def _cmd_balances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _child_pids(pid: int) -> list[int]:
+    from pathlib import Path
+
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """VmHWM, the peak resident set, of a process and its children (the supervised worker)."""
+    from pathlib import Path
+
+    total = 0.0
+    for each in (pid, *_child_pids(pid)):
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+def _cmd_bench_stream(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    from ledger.bench import stream
+    from ledger.stack import manager
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    partitions = state.topic_partitions or settings.topic_partitions
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as data_dir:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "worker",
+                "--name",
+                "bench",
+                "--data-dir",
+                data_dir,
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            figures = stream.run(
+                state.kafka.bootstrap_servers, partitions, accounts=args.accounts,
+                commands=args.commands, seed=args.seed,
+            )  # fmt: skip
+            rss = _peak_rss_mib(worker.pid)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=120)
+    print(stream.report(figures))
+    print(f"{'worker peak resident memory':<41}  {rss:>11,.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(stream.as_json(figures) | {"worker_peak_rss_mib": rss}, out, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_port_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka-port",
@@ -233,6 +339,27 @@ def _add_port_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="partitions of ledger.commands and ledger.events (default 4)",
     )
+
+
+def _add_bench_parsers(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that report figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bench_core = bench_commands.add_parser(
+        "core", help="decisions/s of the pure authorizer and encode/decode rates, on one core"
+    )
+    bench_core.add_argument("--accounts", type=int, default=100_000)
+    bench_core.add_argument("--purchases", type=int, default=300_000)
+    bench_core.add_argument("--seed", type=int, default=2006)
+    bench_core.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench_core.set_defaults(handler=_cmd_bench_core)
+    bench_stream = bench_commands.add_parser(
+        "stream", help="decisions/s through the real broker and latency at half that rate"
+    )
+    bench_stream.add_argument("--accounts", type=int, default=20_000)
+    bench_stream.add_argument("--commands", type=int, default=60_000)
+    bench_stream.add_argument("--seed", type=int, default=2006)
+    bench_stream.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench_stream.set_defaults(handler=_cmd_bench_stream)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=_cmd_worker)
 
+    api = commands.add_parser("api", help="run the checkout and admin HTTP API")
+    api.add_argument("--port", type=int, default=18080, help="on 127.0.0.1 (default 18080)")
+    api.set_defaults(handler=_cmd_api)
+
     balances = commands.add_parser(
         "balances", help="current balance of an account, publisher or ISP"
     )
@@ -300,16 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     balances.add_argument("--json", action="store_true")
     balances.set_defaults(handler=_cmd_balances)
 
-    bench = commands.add_parser("bench", help="benchmarks that report figures")
-    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    bench_core = bench_commands.add_parser(
-        "core", help="decisions/s of the pure authorizer and encode/decode rates, on one core"
-    )
-    bench_core.add_argument("--accounts", type=int, default=100_000)
-    bench_core.add_argument("--purchases", type=int, default=300_000)
-    bench_core.add_argument("--seed", type=int, default=2006)
-    bench_core.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    bench_core.set_defaults(handler=_cmd_bench_core)
+    _add_bench_parsers(commands)
     return parser
 
 

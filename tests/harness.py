@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -229,3 +230,63 @@ def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
 
 def metric(samples: dict[str, float], prefix: str) -> float:
     return sum(value for name, value in samples.items() if name.startswith(prefix))
+
+
+class ApiServer:
+    """A `ledger api` process of our own, with a known admin key."""
+
+    def __init__(self, log_dir: Path, admin_key: str) -> None:
+        self.port = free_port()
+        self.admin_key = admin_key
+        self.log_path = log_dir / "api.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ApiServer:
+        env = {**os.environ, "LEDGER_ADMIN_KEY": self.admin_key}
+        command = [sys.executable, "-m", "ledger.cli", "api", "--port", str(self.port)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=PROJECT_ROOT, env=env, start_new_session=True,
+            )  # fmt: skip
+        wait_for(self._answers, 90, "the API to answer")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the API exited: {self.log_path.read_text()[-2000:]}")
+        try:
+            return self.call("GET", "/v1/openapi.json")[0] == 200
+        except OSError:
+            return False
+
+    def call(
+        self, method: str, path: str, body: object = None, key: str | None = None
+    ) -> tuple[int, dict[str, object]]:
+        import json
+
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {key}"} if key else {})},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)

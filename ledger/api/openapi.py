@@ -1,0 +1,166 @@
+"""The OpenAPI document of the HTTP APIs, with the request bodies' schemas generated from the same
+types that decode them."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from ledger.api.bodies import REQUEST_BODIES
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = {"content": {"application/json": {"schema": schema or {"type": "object"}}}}
+    return {"description": description, **body}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    words = {400: "bad request", 401: "no or wrong API key", 403: "not yours", 404: "not found",
+             409: "same id, different body", 413: "body too large", 422: "invalid body or rejected",
+             503: "the ledger could not take the command: send the same request again"}  # fmt: skip
+    return {str(code): _response(words[code], _ERROR) for code in statuses}
+
+
+def _body(name: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str, body: str | None, ok: dict[str, Any], errors: tuple[int, ...], admin: bool
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"adminKey": []}] if admin else [{"publisherKey": []}],
+        "responses": {**ok, **_errors(*errors)},
+    }
+    if body:
+        op["requestBody"] = _body(body)
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        REQUEST_BODIES, ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}}},
+    }  # fmt: skip
+    decision = _response("the decision (authorized; 402: rejected, with its reason)")
+    pending = {"202": _response("not decided within the timeout: send the same request again")}
+    fact = {"200": _response("the fact the ledger recorded")}
+    admin_errors = (401, 413, 422, 503)
+    account = [_path_param("account_id")]
+    paths: dict[str, Any] = {
+        "/v1/purchases": {
+            "post": _op(
+                "Charge a purchase to a subscriber's ISP bill",
+                "PurchaseBody",
+                {"200": decision, "402": decision, **pending},
+                (401, 403, 409, 413, 422, 503),
+                admin=False,
+            )
+        },
+        "/v1/purchases/{purchase_id}": {
+            "parameters": [_path_param("purchase_id")],
+            "get": _op(
+                "A purchase of yours decided in the last day",
+                None,
+                {"200": decision},
+                (401, 404),
+                admin=False,
+            ),
+        },
+        "/v1/purchases/{purchase_id}/refunds": {
+            "parameters": [_path_param("purchase_id")],
+            "post": _op(
+                "Refund (part of) a purchase of yours",
+                "RefundBody",
+                {**fact, **pending},
+                (401, 404, 413, 422, 503),
+                admin=False,
+            ),
+        },
+        "/v1/admin/isps": {
+            "post": _op(
+                "Register or update an ISP",
+                "IspBody",
+                {"201": _response("registered")},
+                admin_errors,
+                admin=True,
+            )
+        },
+        "/v1/admin/publishers": {
+            "post": _op(
+                "Register or update a publisher; returns its API key once",
+                "PublisherBody",
+                {"201": _response("registered")},
+                admin_errors,
+                admin=True,
+            )
+        },
+        "/v1/admin/accounts": {
+            "post": _op(
+                "Open an account", "AccountBody", {**fact, **pending}, admin_errors, admin=True
+            )
+        },
+        "/v1/admin/accounts/{account_id}/block": {
+            "parameters": account,
+            "post": _op(
+                "Block an account", "BlockBody", {**fact, **pending}, admin_errors, admin=True
+            ),
+        },
+        "/v1/admin/accounts/{account_id}/unblock": {
+            "parameters": account,
+            "post": _op(
+                "Unblock an account", "CommandBody", {**fact, **pending}, admin_errors, admin=True
+            ),
+        },
+        "/v1/admin/accounts/{account_id}/limits": {
+            "parameters": account,
+            "put": _op(
+                "Set an account's fraud limits",
+                "LimitsBody",
+                {**fact, **pending},
+                admin_errors,
+                admin=True,
+            ),
+        },
+        "/v1/admin/accounts/{account_id}/employees": {
+            "parameters": account,
+            "post": _op(
+                "Authorise an employee (Internet Plus Pro)",
+                "EmployeeBody",
+                {**fact, **pending},
+                admin_errors,
+                admin=True,
+            ),
+        },
+        "/v1/admin/accounts/{account_id}/employees/{user_id}": {
+            "parameters": [*account, _path_param("user_id")],
+            "delete": _op("Revoke an employee", None, {**fact, **pending}, (401, 503), admin=True),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Internet Plus ledger", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "publisherKey": {"type": "http", "scheme": "bearer"},
+                "adminKey": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

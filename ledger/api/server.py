@@ -1,0 +1,409 @@
+"""`ledger api`: the checkout API for publishers and the admin API, over aiohttp.
+
+Every request that changes something becomes a command on ledger.commands and is answered with
+the fact the authorizer decided, read back from ledger.events: never by deciding here. A request
+that is invalid is a 4xx with a JSON error and changes nothing; a decision that takes longer than
+DECISION_TIMEOUT_SECONDS is a 202 "pending" that the client resolves by sending the same request
+again (same purchase_id: the same decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import Counter, Histogram, generate_latest
+
+from ledger import topics
+from ledger.api import keys
+from ledger.api.bodies import (
+    AccountBody,
+    BlockBody,
+    Body,
+    CommandBody,
+    EmployeeBody,
+    IspBody,
+    LimitsBody,
+    PublisherBody,
+    PurchaseBody,
+    RefundBody,
+)
+from ledger.api.listener import DecisionListener, WaitKey
+from ledger.api.openapi import openapi_document
+from ledger.core.authorizer import fingerprint
+from ledger.partitioning import partition_for
+from schemas import codec
+from schemas.commands import (
+    AccountBlockRequested,
+    AccountOpenRequested,
+    AccountUnblockRequested,
+    Command,
+    EmployeeAuthoriseRequested,
+    EmployeeRevokeRequested,
+    LimitsSetRequested,
+    PurchaseRequested,
+    RefundRequested,
+)
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
+from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
+from streams.reference_reader import ReferenceReader
+
+log = logging.getLogger("ledger.api")
+DECISION_TIMEOUT_SECONDS = 5.0
+FUTURE_SKEW_SECONDS = 300  # occurred_at may be ahead of our clock by this much, not more
+BODY_BYTES_MAX = 16 * 1024
+REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram(
+    "ledger_api_request_latency_seconds", "HTTP request latency", ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)  # fmt: skip
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@dataclass
+class Api:
+    bootstrap_servers: str
+    partitions: int
+    admin_key_sha256: str
+    listener: DecisionListener = field(init=False)
+    reference: ReferenceReader = field(init=False)
+    producer: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.listener = DecisionListener(self.bootstrap_servers, self.partitions)
+        self.reference = ReferenceReader(self.bootstrap_servers)
+
+    async def start(self, _app: web.Application) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        from ledger.delivery import PRODUCER_LINGER_MS, PRODUCER_REQUEST_TIMEOUT_MS
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, client_id="ledger-api", acks="all",
+            enable_idempotence=True, linger_ms=PRODUCER_LINGER_MS,
+            request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
+        )  # fmt: skip
+        await self.producer.start()
+        self.tasks = [
+            asyncio.create_task(self.listener.run()),
+            asyncio.create_task(self.reference.run()),
+        ]
+        await asyncio.wait_for(
+            asyncio.gather(self.listener.ready.wait(), self.reference.ready.wait()), 60
+        )
+
+    async def stop(self, _app: web.Application) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    # --- sending and waiting ----------------------------------------------------------------
+
+    async def _send(self, topic: str, key: str, value: bytes, partition: int) -> int:
+        try:
+            metadata = await self.producer.send_and_wait(
+                topic, key=key.encode(), value=value, partition=partition
+            )
+        except Exception as error:  # any producer failure: the command is not on the log
+            raise ApiError(503, "ledger_unavailable", (
+                f"the ledger could not take the command ({type(error).__name__}); send the same "
+                "request again")) from error  # fmt: skip
+        return int(metadata.offset)
+
+    async def decide(self, command: Command, wait: WaitKey) -> Fact | None:
+        """Put a command on the log and wait for its fact; None when it takes too long."""
+        future = self.listener.expect(wait)
+        try:
+            account = command.account_id  # type: ignore[union-attr]
+            await self._send(topics.COMMANDS, account, codec.encode(command),
+                             partition_for(account, self.partitions))  # fmt: skip
+            return await asyncio.wait_for(asyncio.shield(future), DECISION_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return None
+        finally:
+            self.listener.forget(wait, future)
+
+    async def publish_reference(self, record: ReferenceRecord) -> None:
+        await self._send(topics.REFERENCE, reference_key(record), codec.encode(record), 0)
+
+    # --- authentication ------------------------------------------------------------------------
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or len(header) < 8:
+            raise ApiError(
+                401, "unauthenticated", "send your API key as 'Authorization: Bearer <key>'"
+            )
+        return header[len("Bearer ") :]
+
+    def publisher_of(self, request: web.Request) -> PublisherRegistered:
+        key = self._bearer(request)
+        for publisher in self.reference.reference.publishers.values():
+            if keys.matches(key, publisher.api_key_sha256):
+                return publisher
+        raise ApiError(401, "unauthenticated", "this API key is not a publisher's key")
+
+    def require_admin(self, request: web.Request) -> None:
+        if not keys.matches(self._bearer(request), self.admin_key_sha256):
+            raise ApiError(401, "unauthenticated", "this API key is not the admin key")
+
+
+async def _body(request: web.Request, kind: type[Body]) -> Any:
+    raw = await request.read()
+    if len(raw) > BODY_BYTES_MAX:
+        raise ApiError(413, "body_too_large", f"a request body is at most {BODY_BYTES_MAX} bytes")
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.DecodeError as error:
+        raise ApiError(422, "invalid_body", str(error)) from None
+
+
+def _check_time(occurred_at: datetime) -> None:
+    if occurred_at > datetime.now(UTC) + timedelta(seconds=FUTURE_SKEW_SECONDS):
+        raise ApiError(422, "occurred_at_in_future", "occurred_at is ahead of the ledger's clock")
+
+
+def purchase_view(fact: Fact, refunds: list[PurchaseRefunded] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "purchase_id": fact.purchase_id,  # type: ignore[union-attr]
+        "account_id": fact.account_id,  # type: ignore[union-attr]
+        "publisher_id": fact.publisher_id,  # type: ignore[union-attr]
+        "amount_cents": fact.amount_cents,  # type: ignore[union-attr]
+        "event_id": fact.event_id,
+    }
+    if isinstance(fact, PurchaseAuthorized):
+        view |= {"status": "authorized", "reason": None, "net_cents": fact.net_cents,
+                 "vat_cents": fact.vat_cents, "vat_rate_bp": fact.vat_rate_bp,
+                 "billing_period": fact.billing_period}  # fmt: skip
+        if refunds is not None:
+            view["refunded_cents"] = sum(r.amount_cents for r in refunds)
+    else:
+        view |= {"status": "rejected", "reason": fact.reason}  # type: ignore[union-attr]
+    return view
+
+
+def _pending(kind: str, key: str) -> web.Response:
+    return web.json_response(
+        {"status": "pending", kind: key, "message": "not decided yet: send the same request again"},
+        status=202,
+    )
+
+
+def _fact_view(fact: Fact) -> dict[str, Any]:
+    return msgspec.to_builtins(fact)  # type: ignore[no-any-return]
+
+
+def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, one place
+    table = web.RouteTableDef()
+
+    @table.post("/v1/purchases")
+    async def create_purchase(request: web.Request) -> web.Response:
+        publisher = api.publisher_of(request)
+        body: PurchaseBody = await _body(request, PurchaseBody)
+        if body.publisher_id != publisher.publisher_id:
+            raise ApiError(403, "wrong_publisher", "a publisher can charge only as itself")
+        _check_time(body.occurred_at)
+        command = PurchaseRequested(**msgspec.structs.asdict(body))
+        fact = await api.decide(command, ("purchase", command.purchase_id, fingerprint(command)))
+        if fact is None:
+            return _pending("purchase_id", command.purchase_id)
+        status = 200 if isinstance(fact, PurchaseAuthorized) else 402
+        if getattr(fact, "reason", None) == "duplicate_with_different_body":
+            status = 409
+        return web.json_response(purchase_view(fact), status=status)
+
+    @table.get("/v1/purchases/{purchase_id}")
+    async def get_purchase(request: web.Request) -> web.Response:
+        publisher = api.publisher_of(request)
+        purchase_id = request.match_info["purchase_id"]
+        fact = api.listener.purchases.get(purchase_id)
+        if fact is None or fact.publisher_id != publisher.publisher_id:
+            raise ApiError(
+                404, "not_found", f"no purchase {purchase_id!r} of yours in the last day"
+            )
+        return web.json_response(purchase_view(fact, api.listener.refunds.get(purchase_id, [])))
+
+    @table.post("/v1/purchases/{purchase_id}/refunds")
+    async def refund_purchase(request: web.Request) -> web.Response:
+        publisher = api.publisher_of(request)
+        purchase_id = request.match_info["purchase_id"]
+        body: RefundBody = await _body(request, RefundBody)
+        purchase = api.listener.purchases.get(purchase_id)
+        if purchase is None or purchase.publisher_id != publisher.publisher_id:
+            raise ApiError(
+                404, "not_found", f"no purchase {purchase_id!r} of yours in the last day"
+            )
+        _check_time(body.occurred_at)
+        command = RefundRequested(
+            refund_id=body.refund_id, purchase_id=purchase_id, account_id=purchase.account_id,
+            amount_cents=body.amount_cents, reason=body.reason, occurred_at=body.occurred_at,
+        )  # fmt: skip
+        fact = await api.decide(command, ("refund", command.refund_id, fingerprint(command)))
+        if fact is None:
+            return _pending("refund_id", command.refund_id)
+        status = 200 if isinstance(fact, PurchaseRefunded) else 422
+        return web.json_response(_fact_view(fact), status=status)
+
+    @table.get("/v1/openapi.json")
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    @table.get("/metrics")
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), content_type="text/plain")
+
+    # --- administration ----------------------------------------------------------------------
+
+    @table.post("/v1/admin/isps")
+    async def register_isp(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        body: IspBody = await _body(request, IspBody)
+        try:
+            record = msgspec.convert(
+                {**msgspec.structs.asdict(body), "occurred_at": datetime.now(UTC)}, IspRegistered,
+            )  # fmt: skip
+        except msgspec.ValidationError as error:
+            raise ApiError(422, "invalid_body", str(error)) from None
+        await api.publish_reference(record)
+        return web.json_response(msgspec.to_builtins(record), status=201)
+
+    @table.post("/v1/admin/publishers")
+    async def register_publisher(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        body: PublisherBody = await _body(request, PublisherBody)
+        key = keys.new_key("pub")
+        try:
+            record = msgspec.convert(
+                {**msgspec.structs.asdict(body), "occurred_at": datetime.now(UTC),
+                 "api_key_sha256": keys.key_hash(key)},
+                PublisherRegistered,
+            )  # fmt: skip
+        except msgspec.ValidationError as error:
+            raise ApiError(422, "invalid_body", str(error)) from None
+        await api.publish_reference(record)
+        view = msgspec.to_builtins(record) | {"api_key": key, "note": "shown once: store it"}
+        return web.json_response(view, status=201)
+
+    async def admin_command(
+        request: web.Request, build: Callable[[str, datetime], Command], body: Any = None
+    ) -> web.Response:
+        api.require_admin(request)
+        occurred_at = getattr(body, "occurred_at", None) or datetime.now(UTC)
+        _check_time(occurred_at)
+        command = build(f"api-{uuid.uuid4().hex}", occurred_at)
+        fact = await api.decide(command, ("command", command.command_id, ""))  # type: ignore[union-attr]
+        if fact is None:
+            return _pending("command_id", command.command_id)  # type: ignore[union-attr]
+        rejected = type(fact).__name__ == "CommandRejected"
+        return web.json_response(_fact_view(fact), status=422 if rejected else 200)
+
+    @table.post("/v1/admin/accounts")
+    async def open_account(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body: AccountBody = await _body(request, AccountBody)
+        return await admin_command(request, lambda cid, now: AccountOpenRequested(
+            command_id=body.command_id or cid, account_id=body.account_id, isp_id=body.isp_id,
+            kind=body.kind, occurred_at=now, company_name=body.company_name), body)  # fmt: skip
+
+    @table.post("/v1/admin/accounts/{account_id}/block")
+    async def block(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body: BlockBody = await _body(request, BlockBody)
+        account = request.match_info["account_id"]
+        return await admin_command(request, lambda cid, now: AccountBlockRequested(
+            command_id=body.command_id or cid, account_id=account, reason=body.reason,
+            occurred_at=now), body)  # fmt: skip
+
+    @table.post("/v1/admin/accounts/{account_id}/unblock")
+    async def unblock(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body: CommandBody = await _body(request, CommandBody)
+        account = request.match_info["account_id"]
+        return await admin_command(request, lambda cid, now: AccountUnblockRequested(
+            command_id=body.command_id or cid, account_id=account, occurred_at=now,
+        ), body)  # fmt: skip
+
+    @table.put("/v1/admin/accounts/{account_id}/limits")
+    async def set_limits(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body: LimitsBody = await _body(request, LimitsBody)
+        account = request.match_info["account_id"]
+        return await admin_command(request, lambda cid, now: LimitsSetRequested(
+            command_id=body.command_id or cid, account_id=account, limits=body.limits,
+            occurred_at=now), body)  # fmt: skip
+
+    @table.post("/v1/admin/accounts/{account_id}/employees")
+    async def authorise(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body: EmployeeBody = await _body(request, EmployeeBody)
+        account = request.match_info["account_id"]
+        return await admin_command(request, lambda cid, now: EmployeeAuthoriseRequested(
+            command_id=body.command_id or cid, account_id=account, user_id=body.user_id,
+            occurred_at=now, budget_cents=body.budget_cents), body)  # fmt: skip
+
+    @table.delete("/v1/admin/accounts/{account_id}/employees/{user_id}")
+    async def revoke(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        account, user = request.match_info["account_id"], request.match_info["user_id"]
+        return await admin_command(request, lambda cid, now: EmployeeRevokeRequested(
+            command_id=cid, account_id=account, user_id=user, occurred_at=now))  # fmt: skip
+
+    return table
+
+
+@web.middleware
+async def errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = _error(error.status, error.code, error.message)
+    except web.HTTPException as error:
+        response = _error(error.status, "http_error", error.reason)
+    except Exception:
+        log.exception("an unexpected error on %s", route)
+        response = _error(500, "internal_error", "an unexpected error; nothing was changed")
+    REQUESTS.labels(route, str(response.status)).inc()
+    LATENCY.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def create_web_app(api: Api) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=BODY_BYTES_MAX)
+    app.add_routes(routes(api))
+    app.on_startup.append(api.start)
+    app.on_cleanup.append(api.stop)
+    return app
+
+
+def run_api(bootstrap_servers: str, partitions: int, admin_key_sha256: str, port: int) -> None:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api = Api(bootstrap_servers, partitions, admin_key_sha256)
+    web.run_app(create_web_app(api), host="127.0.0.1", port=port, print=None)
