@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
 import random
 import signal
@@ -22,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from types import FrameType
 
-from streams.config import APP_ID, StoreKind, WorkerConfig
+from streams.config import StoreKind, WorkerConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("ledger.streams.worker")
@@ -110,6 +111,10 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
     seeded = seed_committed_offsets(config.bootstrap_servers, config.app_id)
     if seeded:
         log.info("seeded the committed offsets of %d partitions", seeded)
+    # After seeding: where each partition starts is then its committed offset.
+    config = dataclasses.replace(
+        config, log_starts=log_starts(config.bootstrap_servers, config.app_id)
+    )
     app = create_app(config)
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr="127.0.0.1")
@@ -198,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         store=store,
         metrics_port=args.metrics_port,
         name=args.name,
-        log_starts=log_starts(args.bootstrap_servers, APP_ID),
     )
     return run_child(config, args.loglevel)
 

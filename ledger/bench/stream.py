@@ -20,6 +20,7 @@ from ledger.delivery import consumer_config
 from ledger.produce import LedgerProducer
 from schemas.commands import AccountOpenRequested, Command, PurchaseRequested
 from schemas.reference import IspRegistered, PublisherRegistered
+from streams.config import APP_ID
 
 POLL_MS = 200
 BASKETS_CENTS = (99, 150, 199, 266, 299, 350, 499)
@@ -112,6 +113,26 @@ class FactWatcher:
         self._consumer.close()
 
 
+def wait_idle(bootstrap: str, group_id: str, deadline_seconds: float) -> None:
+    """Until the workers have committed every record of every topic they read: the balances'
+    backlog must not compete with the latency measurement."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-bench-idle", group_id))
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < deadline_seconds:
+            ends: dict[Any, int] = {}
+            for topic in topics.WORKER_SOURCES:
+                ends |= _end_offsets(consumer, topic)
+            if all((consumer.committed(tp) or 0) >= end for tp, end in ends.items()):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the workers were not idle after {deadline_seconds:.0f} s")
+    finally:
+        consumer.close()
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -142,6 +163,7 @@ def run(bootstrap: str, partitions: int, accounts: int = 20_000, commands: int =
             producer.flush()
             watcher.wait_for(base + len(backlog), deadline_seconds)
             throughput = len(backlog) / (time.monotonic() - started)
+            wait_idle(bootstrap, APP_ID, deadline_seconds)
             # Latency at half that rate, paced.
             rate = throughput / 2
             paced = purchases(run_id, accounts, min(commands, int(rate * 20)), seed + 1, commands)
