@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ledger.errors import LedgerError
@@ -23,6 +23,25 @@ def _settings(args: argparse.Namespace) -> StackSettings:
         postgres_port=getattr(args, "postgres_port", None),
         topic_partitions=getattr(args, "partitions", None),
     )
+
+
+@dataclass(frozen=True)
+class Running:
+    """The running stack as a command sees it."""
+
+    settings: StackSettings
+    bootstrap_servers: str
+    partitions: int
+
+
+def _running(args: argparse.Namespace) -> Running:
+    from ledger.stack import manager
+
+    settings = _settings(args)
+    state = manager.connection(settings)
+    assert state.kafka is not None
+    partitions = state.topic_partitions or settings.topic_partitions
+    return Running(settings, state.kafka.bootstrap_servers, partitions)
 
 
 def _cmd_stack_up(args: argparse.Namespace) -> int:
@@ -120,16 +139,14 @@ def _cmd_bench_core(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ledger.stack import manager
     from streams.config import WorkerConfig
     from streams.worker import child_arguments, supervise
 
-    settings = _settings(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None
+    running = _running(args)
+    settings = running.settings
     config = WorkerConfig(
-        bootstrap_servers=state.kafka.bootstrap_servers,
-        partitions=state.topic_partitions or settings.topic_partitions,
+        bootstrap_servers=running.bootstrap_servers,
+        partitions=running.partitions,
         data_dir=Path(args.data_dir) if args.data_dir else settings.home / "workers" / args.name,
         store=args.store,
         metrics_port=args.metrics_port,
@@ -159,17 +176,15 @@ def _admin_key(settings: StackSettings) -> str:
 def _cmd_api(args: argparse.Namespace) -> int:
     from ledger.api import keys
     from ledger.api.server import run_api
-    from ledger.stack import manager
 
-    settings = _settings(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None
+    running = _running(args)
+    settings = running.settings
     admin_key = _admin_key(settings)
     print(f"checkout and admin API on http://127.0.0.1:{args.port}/v1/ "
           f"(OpenAPI: /v1/openapi.json, metrics: /metrics)")  # fmt: skip
     print(f"admin key: in {settings.home / 'admin.key'} or LEDGER_ADMIN_KEY", flush=True)
     run_api(
-        state.kafka.bootstrap_servers, state.topic_partitions or settings.topic_partitions,
+        running.bootstrap_servers, running.partitions,
         keys.key_hash(admin_key), args.port,
     )  # fmt: skip
     return 0
@@ -179,15 +194,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ledger.produce import produce_file
-    from ledger.stack import manager
 
-    settings = _settings(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None
-    partitions = state.topic_partitions or settings.topic_partitions
-    report = produce_file(
-        Path(args.file), state.kafka.bootstrap_servers, partitions, args.send_invalid
-    )
+    running = _running(args)
+    partitions = running.partitions
+    report = produce_file(Path(args.file), running.bootstrap_servers, partitions, args.send_invalid)
     for number, why in report.invalid[:20]:
         print(f"{args.file}:{number}: {why}", file=sys.stderr)
     if len(report.invalid) > 20:
@@ -205,16 +215,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 def _cmd_balances(args: argparse.Namespace) -> int:
     from ledger.core.balances import decode_balance
     from ledger.core.state import decode_account
-    from ledger.stack import manager
     from ledger.tables import read_key
     from streams.app import ACCOUNTS_TABLE, ISP_TABLE, PUBLISHER_TABLE
 
-    settings = _settings(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None
-    partitions = state.topic_partitions or settings.topic_partitions
+    running = _running(args)
+    partitions = running.partitions
     table = {"account": ACCOUNTS_TABLE, "publisher": PUBLISHER_TABLE, "isp": ISP_TABLE}[args.kind]
-    raw = read_key(state.kafka.bootstrap_servers, table, args.id, partitions)
+    raw = read_key(running.bootstrap_servers, table, args.id, partitions)
     if raw is None:
         print(f"no {args.kind} {args.id!r} in the balances yet", file=sys.stderr)
         return EXIT_NOT_RUNNING
@@ -276,12 +283,9 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
     import tempfile
 
     from ledger.bench import stream
-    from ledger.stack import manager
 
-    settings = _settings(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None
-    partitions = state.topic_partitions or settings.topic_partitions
+    running = _running(args)
+    partitions = running.partitions
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as data_dir:
         worker = subprocess.Popen(
             [
@@ -298,7 +302,7 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
         )
         try:
             figures = stream.run(
-                state.kafka.bootstrap_servers, partitions, accounts=args.accounts,
+                running.bootstrap_servers, partitions, accounts=args.accounts,
                 commands=args.commands, seed=args.seed,
             )  # fmt: skip
             rss = _peak_rss_mib(worker.pid)
