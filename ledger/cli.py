@@ -140,7 +140,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streams.config import WorkerConfig
-    from streams.worker import child_arguments, supervise
+    from streams.worker import supervise
 
     running = _running(args)
     settings = running.settings
@@ -151,8 +151,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         store=args.store,
         metrics_port=args.metrics_port,
         name=args.name,
+        static_membership=args.static,
     )
-    return supervise(child_arguments(config, args.loglevel))
+    return supervise(config, args.loglevel)
 
 
 def _admin_key(settings: StackSettings) -> str:
@@ -417,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--data-dir", help="its table state (default .ledger/workers/NAME)")
     worker.add_argument("--store", choices=["rocksdb", "memory"], default="rocksdb")
+    worker.add_argument(
+        "--static",
+        action="store_true",
+        help="static group membership: a restart keeps the partitions (see README)",
+    )
     worker.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     worker.add_argument(
         "--loglevel", default="warning", choices=["debug", "info", "warning", "error"]

@@ -38,3 +38,15 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 # What the workers' consumer group reads (see streams.worker.seed_committed_offsets).
 WORKER_SOURCES = (COMMANDS, EVENTS, BY_PUBLISHER, BY_ISP)
+
+# Offset 0 of every partition the workers read holds this marker, written when the topic is
+# created, and the workers' committed offsets start at 1. Measured with faust-streaming 0.15.3: a
+# partition whose committed offset is 0 is never delivered to its agent (faust reads a committed
+# offset of 0 as "none" in several places, `offset if offset else None`); at 1 it is. Every
+# reader of these topics skips records whose key is the marker.
+PARTITION_MARKER_KEY = b"\x00ledger-partition-marker"
+PARTITION_MARKER_VALUE = b"{}"
+
+
+def is_marker(key: bytes | None) -> bool:
+    return key == PARTITION_MARKER_KEY

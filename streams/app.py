@@ -187,6 +187,8 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
         await emit([fact], command.isp_id, message.partition)
 
     async def handle_command(message: Any) -> None:
+        if topics.is_marker(message.key):
+            return
         try:
             command = codec.decode_command(message.value)
         except codec.InvalidMessage as invalid:
@@ -269,7 +271,8 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
     async def group_by_party(stream: Any) -> AsyncIterator[None]:
         async for event in stream.noack().events():
             if event_order.admit(event.message):
-                await forward(event.message.value)
+                if not topics.is_marker(event.message.key):
+                    await forward(event.message.value)
                 await event_order.done(event.message)
                 event.ack()
             yield None
@@ -280,6 +283,8 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
         gates.append(order)
 
         async def apply(message: Any) -> None:
+            if topics.is_marker(message.key):
+                return
             try:
                 fact = codec.decode_fact(message.value)
                 assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)

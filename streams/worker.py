@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from types import FrameType
 
-from streams.config import StoreKind, WorkerConfig
+from streams.config import StoreKind, WorkerConfig, instance_id
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("ledger.streams.worker")
@@ -60,16 +60,53 @@ def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int
         consumer.close()
 
 
-def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
-    """Give every partition the workers read a committed offset (its log start) if it has none.
+def mark_empty_partitions(bootstrap_servers: str) -> int:
+    """Write the partition marker (ledger/topics.py) at offset 0 of every empty partition the
+    workers read. Returns how many were written."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    Measured with faust-streaming 0.15.3 and aiokafka 0.14.0: a partition without a committed
-    offset is reset to "earliest" and fetched, but its records never reach the agent, so it is
-    never processed (an account on such a partition got no fact at all in
-    tests/integration/test_streams.py; faust-streaming issues #166 and #471 report the same).
-    With a committed offset the same partition is processed. Committing the log start is what
-    "earliest" means, so this changes no semantics. A group that already has members refuses the
-    commit: then its partitions were seeded by the first worker. Returns the partitions seeded."""
+    from ledger import topics
+    from ledger.delivery import consumer_config, producer_config
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-mark", None))
+    try:
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in topics.WORKER_SOURCES
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]
+    finally:
+        consumer.close()
+    if empty:
+        producer = KafkaProducer(**producer_config(bootstrap_servers, "ledger-mark"))
+        try:
+            for tp in empty:
+                producer.send(
+                    tp.topic, key=topics.PARTITION_MARKER_KEY,
+                    value=topics.PARTITION_MARKER_VALUE, partition=tp.partition,
+                ).get(timeout=30)  # fmt: skip
+        finally:
+            producer.close()
+    return len(empty)
+
+
+def _first_is_marker(consumer: object, tp: object) -> bool:
+    from ledger import topics
+
+    consumer.assign([tp])  # type: ignore[attr-defined]
+    consumer.seek(tp, 0)  # type: ignore[attr-defined]
+    for records in consumer.poll(timeout_ms=5_000, max_records=1).values():  # type: ignore[attr-defined]
+        return any(topics.is_marker(record.key) for record in records)
+    return False
+
+
+def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
+    """Give every partition the workers read a committed offset past its marker (offset 1) when it
+    has none, or 0 (see PARTITION_MARKER_KEY in ledger/topics.py: faust 0.15.3 delivers nothing
+    of a partition committed at 0). A partition whose log starts later is committed at its log
+    start. A group that already has members refuses the commit: then its partitions were seeded
+    by the first worker. Returns the partitions seeded."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
@@ -83,17 +120,26 @@ def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
             for topic in topics.WORKER_SOURCES
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
-        missing = [tp for tp in wanted if consumer.committed(tp) is None]
-        if not missing:
+        starts = consumer.beginning_offsets(wanted)
+        seeds: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in wanted:
+            if consumer.committed(tp):  # neither None nor 0
+                continue
+            if starts[tp] > 0:
+                seeds[tp] = OffsetAndMetadata(starts[tp], "", -1)
+            elif _first_is_marker(consumer, tp):
+                seeds[tp] = OffsetAndMetadata(1, "", -1)
+            else:
+                log.warning("%s has data at offset 0 and no marker: faust may not deliver it", tp)
+        if not seeds:
             return 0
-        starts = consumer.beginning_offsets(missing)
-        consumer.assign(missing)
+        consumer.assign(list(seeds))
         try:
-            consumer.commit({tp: OffsetAndMetadata(starts[tp], "", -1) for tp in missing})
+            consumer.commit(seeds)
         except Exception as error:  # a group with members refuses: it was seeded already
             log.info("offsets not seeded (%s): the group has members", error)
             return 0
-        return len(missing)
+        return len(seeds)
     finally:
         consumer.close()
 
@@ -108,6 +154,7 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    mark_empty_partitions(config.bootstrap_servers)
     seeded = seed_committed_offsets(config.bootstrap_servers, config.app_id)
     if seeded:
         log.info("seeded the committed offsets of %d partitions", seeded)
@@ -128,13 +175,41 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
     return EXIT_RESTART if Restart.requested else code
 
 
+def leave_group(bootstrap_servers: str, group_id: str, instance_id: str) -> None:
+    """Take a static member out of the group now, as a dynamic member leaves on close.
+
+    A static member that stops does not leave (KIP-345): its partitions wait for its session to
+    expire, so that a restart under the same name finds them again. That is what a supervised
+    restart wants, and not what a stop wants: measured, a worker started right after another was
+    stopped got the stopped one's partitions only 30 s later (broker_session_timeout)."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.admin._groups import MemberToRemove
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="ledger-worker-stop")
+    try:
+        admin.remove_group_members(group_id, [MemberToRemove(group_instance_id=instance_id)])
+    except Exception as error:  # already gone, or the broker is down: nothing left to do
+        log.info("leaving the group as %s: %s", instance_id, error)
+    finally:
+        admin.close()
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def supervise(child_args: list[str]) -> int:
-    """Run `python -m streams.worker CHILD_ARGS` until it ends well or fails too often."""
+def supervise(config: WorkerConfig, loglevel: str) -> int:
+    """Run the worker (`python -m streams.worker ...`) until it ends well or fails too often; on
+    a stop, take it out of the group at once."""
+    try:
+        return _supervise(child_arguments(config, loglevel))
+    finally:
+        if config.static_membership:
+            leave_group(config.bootstrap_servers, config.app_id, instance_id(config))
+
+
+def _supervise(child_args: list[str]) -> int:
     from streams.ordering import EXIT_RESTART
 
     stopping = False
@@ -178,7 +253,7 @@ def child_arguments(config: WorkerConfig, loglevel: str) -> list[str]:
     args = [
         "--bootstrap-servers", config.bootstrap_servers, "--partitions", str(config.partitions),
         "--data-dir", str(config.data_dir), "--store", config.store, "--loglevel", loglevel,
-        "--name", config.name,
+        "--name", config.name, *(["--static"] if config.static_membership else []),
     ]  # fmt: skip
     if config.metrics_port is not None:
         args += ["--metrics-port", str(config.metrics_port)]
@@ -194,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--loglevel", default="warning")
     parser.add_argument("--name", default="w1")
+    parser.add_argument("--static", action="store_true")
     args = parser.parse_args(argv)
     store: StoreKind = args.store
     config = WorkerConfig(
@@ -203,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         store=store,
         metrics_port=args.metrics_port,
         name=args.name,
+        static_membership=args.static,
     )
     return run_child(config, args.loglevel)
 
