@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/ledger demo
 
-# Lint, then every test but the benchmarks; the test session brings the stack up.
+# Lint, then every test but the benchmarks and the long fault scenarios (`make fault`); the
+# test session brings the stack up.
 test: setup lint
-	$(BIN)/python -m pytest -m "not bench" --cov --cov-report=term-missing:skip-covered
+	$(BIN)/python -m pytest -m "not bench and not fault" --cov --cov-report=term-missing:skip-covered
 
 lint: setup
 	$(BIN)/ruff check .
@@ -37,7 +38,7 @@ integration: setup
 	$(BIN)/python -m pytest tests/integration
 
 fault: setup
-	$(BIN)/python -m pytest -m fault tests/fault
+	$(BIN)/python -m pytest -m fault tests
 
 bench: setup
 	$(BIN)/python -m pytest -m bench -s tests/bench

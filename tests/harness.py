@@ -34,11 +34,23 @@ WORKER_READY_SECONDS = 90
 READ_POLL_MS = 500
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel handed us as free could
+# otherwise be taken a moment later as the source port of a client connection (seen in CI).
+_PORTS_LOW, _PORTS_HIGH = 20_000, 32_000
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    import random
+
+    for _ in range(200):
+        port = random.randrange(_PORTS_LOW, _PORTS_HIGH)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Worker:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from ledger import smoke, topics
 from ledger.settings import StackSettings, load_settings
 from ledger.stack import manager, proc
 from ledger.stack.state import StackState
+from tests.harness import free_port
 
 
 def test_kafka_round_trip_acks_all_idempotent(stack: StackState) -> None:
@@ -65,10 +65,7 @@ def test_ledger_topics_exist_with_their_configs(stack: StackState) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_port()
 
 
 @pytest.fixture

@@ -356,6 +356,10 @@ def test_kill_9_mid_stream_changes_nothing(
     _check_against_oracle(stack, world, produced, events_start, workers)
 
 
+# In `make fault`, not `make test`: with faust 0.15.3 a rebalance under load makes the workers
+# restart (streams/ordering.py) and the group took from 2 to over 7 minutes to settle in our
+# runs; the result, when it settles, is exact. See the session notes (issue 4).
+@pytest.mark.fault
 def test_two_workers_share_partitions_through_a_rebalance(
     stack: StackState, workers: list[Worker], tmp_path: Path, seed: int
 ) -> None:
