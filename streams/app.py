@@ -43,6 +43,7 @@ from streams import metrics
 from streams.config import ROCKSDB_OPTIONS, WorkerConfig, faust_settings
 from streams.ordering import InOrder
 from streams.reference_reader import ReferenceReader
+from streams.state import put_state
 
 log = logging.getLogger("ledger.streams")
 EXIT_INVARIANT_BROKEN = 70  # EX_SOFTWARE: restart me; nothing was committed past the fault
@@ -83,26 +84,6 @@ def crash(reason: str) -> NoReturn:
     log.critical("invariant broken, stopping the worker: %s", reason)
     logging.shutdown()
     os._exit(EXIT_INVARIANT_BROKEN)
-
-
-async def put_state(table: Any, key: bytes, value: bytes, partition: int) -> None:
-    """Write a table entry: the worker's local store, then its changelog record, handed to the
-    Kafka producer before the event that caused it is acknowledged.
-
-    Not `table[key] = value`: faust sends that changelog record through its ProducerBuffer, and
-    ProducerBuffer.flush gives up after 0.1 s with records still queued (faust 0.15.3,
-    transport/producer.py, flush_atmost). The flush before a commit can then return early, the
-    commit covers commands whose state never reached the changelog, and a kill -9 loses that
-    state for good. Measured: test_kill_9_mid_stream_changes_nothing saw 1,209 purchases
-    rejected as account_unknown after a restart, because the accounts' opening was lost. Sent
-    this way the record is in the producer when the commit's flush runs, so it is covered."""
-
-    def persisted(sent: Any) -> None:
-        metadata = sent.result()  # faust records this offset too, to recover from it
-        table.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
-
-    table.data[key] = value
-    await table.changelog_topic.send(key=key, value=value, partition=partition, callback=persisted)
 
 
 def _is_money(raw: bytes) -> bool:

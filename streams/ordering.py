@@ -26,12 +26,10 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from streams.state import put_state
+
 log = logging.getLogger("ledger.streams.ordering")
 PROGRESS_KEY = b"\x00next-offset"  # ids start with a letter or digit: no clash with a real key
-# Progress is written with every record, before it is acknowledged: so it is never behind the
-# committed offset, and a record above it is always a real gap, never an artefact of progress
-# written lazily (that made a worker taking over a partition see a false gap and restart).
-PROGRESS_EVERY_RECORDS = 1
 EXIT_RESTART = 75  # EX_TEMPFAIL: `ledger worker` starts the worker again
 
 GAPS = Counter(
@@ -58,12 +56,10 @@ class InOrder:
         self._topic = topic
         self._starts = starts
         self._expected: dict[int, int] = {}
-        self._since_written: dict[int, int] = {}
 
     def forget(self) -> None:
         """On a rebalance: what another worker did meanwhile is in the table, not in memory."""
         self._expected.clear()
-        self._since_written.clear()
 
     def _expected_for(self, partition: int) -> int:
         found = self._expected.get(partition)
@@ -88,15 +84,13 @@ class InOrder:
         return False
 
     async def done(self, message: Any) -> None:
-        """The record was processed: move the partition's expectation past it."""
-        from streams.app import put_state
+        """The record was processed: move the partition's expectation past it, and store it.
 
+        Progress is written with every record, before it is acknowledged: so it is never behind
+        the committed offset, and a record above it is always a real gap, never an artefact of
+        progress written lazily (that made a worker taking over a partition see a false gap)."""
         partition, offset = message.partition, message.offset
         if offset + 1 <= self._expected_for(partition):
             return  # a redelivery
         self._expected[partition] = offset + 1
-        count = self._since_written.get(partition, 0) + 1
-        if count >= PROGRESS_EVERY_RECORDS:
-            await put_state(self._table, PROGRESS_KEY, str(offset + 1).encode(), partition)
-            count = 0
-        self._since_written[partition] = count
+        await put_state(self._table, PROGRESS_KEY, str(offset + 1).encode(), partition)

@@ -60,37 +60,6 @@ def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int
         consumer.close()
 
 
-def mark_empty_partitions(bootstrap_servers: str) -> int:
-    """Write the partition marker (ledger/topics.py) at offset 0 of every empty partition the
-    workers read. Returns how many were written."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-    from ledger import topics
-    from ledger.delivery import consumer_config, producer_config
-
-    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-mark", None))
-    try:
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in topics.WORKER_SOURCES
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]
-    finally:
-        consumer.close()
-    if empty:
-        producer = KafkaProducer(**producer_config(bootstrap_servers, "ledger-mark"))
-        try:
-            for tp in empty:
-                producer.send(
-                    tp.topic, key=topics.PARTITION_MARKER_KEY,
-                    value=topics.PARTITION_MARKER_VALUE, partition=tp.partition,
-                ).get(timeout=30)  # fmt: skip
-        finally:
-            producer.close()
-    return len(empty)
-
-
 def _first_is_marker(consumer: object, tp: object) -> bool:
     from ledger import topics
 
@@ -154,6 +123,8 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    from ledger.stack.kafka import mark_empty_partitions
+
     mark_empty_partitions(config.bootstrap_servers)
     seeded = seed_committed_offsets(config.bootstrap_servers, config.app_id)
     if seeded:

@@ -270,6 +270,37 @@ def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
         admin.close()
 
 
+def mark_empty_partitions(bootstrap_servers: str) -> int:
+    """Write the partition marker (ledger/topics.py) at offset 0 of every empty partition the
+    workers read. Returns how many were written."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from ledger import topics as ledger_topics
+    from ledger.delivery import consumer_config, producer_config
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-mark", None))
+    try:
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in ledger_topics.WORKER_SOURCES
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]
+    finally:
+        consumer.close()
+    if empty:
+        producer = KafkaProducer(**producer_config(bootstrap_servers, "ledger-mark"))
+        try:
+            for tp in empty:
+                producer.send(
+                    tp.topic, key=ledger_topics.PARTITION_MARKER_KEY,
+                    value=ledger_topics.PARTITION_MARKER_VALUE, partition=tp.partition,
+                ).get(timeout=30)  # fmt: skip
+        finally:
+            producer.close()
+    return len(empty)
+
+
 def stop(state: KafkaState) -> bool:
     import signal
 

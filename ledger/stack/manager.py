@@ -62,10 +62,8 @@ def up(settings: StackSettings) -> UpReport:
         ready_seconds = time.monotonic() - started
         partitions = current.topic_partitions or settings.topic_partitions
         topics = kafka.ensure_topics(current.kafka.bootstrap_servers, partitions)
-        from streams.worker import mark_empty_partitions
-
         # Before anything produces to them: offset 0 of the workers' partitions is a marker.
-        mark_empty_partitions(current.kafka.bootstrap_servers)
+        kafka.mark_empty_partitions(current.kafka.bootstrap_servers)
         migrations = postgres.ensure_database(current.postgres)
     except StackError:
         stack_state.save(settings.home, current)
