@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     balances.set_defaults(handler=_cmd_balances)
 
     _add_bench_parsers(commands)
+    from ledger import cli_projections
+
+    cli_projections.add_parsers(commands)
     return parser
 
 

@@ -164,3 +164,74 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+_ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}}}},
+}  # fmt: skip
+
+
+def _isp_op(summary: str, ok: dict[str, Any], *errors: int) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"ispKey": []}],
+        "responses": {**ok, **_errors(*errors)},
+    }
+
+
+@cache
+def isp_openapi_document() -> dict[str, Any]:
+    """The ISPs' read API (`ledger isp-api`)."""
+    isp = _path_param("isp_id")
+    invoice = _path_param("invoice_id")
+    csv_ok = {"200": {"description": "the invoice's lines as CSV, with a header row",
+                      "content": {"text/csv": {"schema": {"type": "string"}}}}}  # fmt: skip
+    period_schema = {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
+    period_param = {"name": "period", "in": "query", "required": True, "schema": period_schema}
+    page = [
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    ]  # fmt: skip
+    paths = {
+        "/v1/isps/{isp_id}/periods": {
+            "parameters": [isp],
+            "get": _isp_op(
+                "Your sealed billing periods with their totals",
+                {"200": _response("the periods")},
+                401,
+                404,
+            ),
+        },
+        "/v1/isps/{isp_id}/invoices": {
+            "parameters": [isp, period_param, *page],
+            "get": _isp_op(
+                "Your invoices of a sealed period, by invoice id",
+                {"200": _response("a page of invoices")},
+                400,
+                401,
+                404,
+            ),
+        },
+        "/v1/isps/{isp_id}/invoices/{invoice_id}": {
+            "parameters": [isp, invoice],
+            "get": _isp_op(
+                "One invoice with its lines", {"200": _response("the invoice")}, 401, 404
+            ),
+        },
+        "/v1/isps/{isp_id}/invoices/{invoice_id}.csv": {
+            "parameters": [isp, invoice],
+            "get": _isp_op("One invoice's lines as CSV", csv_ok, 401, 404),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Internet Plus ledger: ISP invoices", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": _ERROR_SCHEMA},
+            "securitySchemes": {"ispKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

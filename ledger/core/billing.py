@@ -220,3 +220,24 @@ def build_statements(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> li
             )
         )
     return statements
+
+
+class _SealOf(msgspec.Struct, frozen=True, array_like=True):
+    kind: str
+    id: str
+    seal: str
+
+
+def period_seal(
+    summary: IspSummary, invoices: Iterable[Invoice], statements: Iterable[Statement]
+) -> str:
+    """The seal of a whole period: its totals and the seal of each invoice and statement, so that
+    a changed line anywhere in the period no longer matches it."""
+    header = (
+        summary.isp_id, summary.period, str(summary.invoices), str(summary.net_cents),
+        str(summary.vat_cents), str(summary.gross_cents), str(summary.commission_cents),
+        str(summary.owed_to_platform_cents),
+    )  # fmt: skip
+    parts = [_SealOf("invoice", i.invoice_id, i.seal) for i in invoices]
+    parts += [_SealOf("statement", s.statement_id, s.seal) for s in statements]
+    return seal(header, parts)

@@ -5,16 +5,14 @@ workers sharing the partitions through a rebalance."""
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ledger import topics
 from ledger.core.balances import decode_balance
-from ledger.core.reference import Reference
 from ledger.core.state import decode_account
 from ledger.partitioning import partition_for
 from ledger.stack.state import StackState
@@ -28,7 +26,6 @@ from schemas.facts import (
     PurchaseRejected,
     RefundRejected,
 )
-from schemas.reference import IspRegistered, PublisherRegistered
 from streams.app import ACCOUNTS_TABLE, ISP_TABLE, PUBLISHER_TABLE
 from tests import builders as b
 from tests.harness import (
@@ -42,49 +39,7 @@ from tests.harness import (
     read_until,
     wait_for,
 )
-
-T0 = datetime(2006, 3, 1, 9, tzinfo=UTC)
-
-
-class World:
-    """Reference data of one test, with ids of its own so that its balances are its alone."""
-
-    def __init__(self) -> None:
-        run = uuid.uuid4().hex[:8]
-        self.run = run
-        self.isp = IspRegistered(
-            isp_id=f"isp-{run}", name="Orange", billing_day=1, commission_bp=1500, occurred_at=T0
-        )
-        self.vod = PublisherRegistered(
-            publisher_id=f"vod-{run}",
-            name="Canalplay",
-            category="vod",
-            revenue_share_bp=6000,
-            vat_category="standard",
-            occurred_at=T0,
-        )
-        self.press = PublisherRegistered(
-            publisher_id=f"press-{run}",
-            name="Le Monde",
-            category="press_archive",
-            revenue_share_bp=7000,
-            vat_category="press_online",
-            occurred_at=T0,
-        )
-        self.shady = PublisherRegistered(
-            publisher_id=f"shady-{run}",
-            name="Shady",
-            category="games",
-            revenue_share_bp=5000,
-            vat_category="standard",
-            occurred_at=T0,
-            blocked=True,
-        )
-        self.records = [self.isp, self.vod, self.press, self.shady]
-        self.reference = Reference.of(self.records)
-
-    def account(self, name: str) -> str:
-        return f"{name}-{self.run}"
+from tests.world import T0, World
 
 
 @pytest.fixture

@@ -1,0 +1,239 @@
+"""`ledger isp-api`: the ISPs' read API over the sealed invoices in PostgreSQL.
+
+Each ISP authenticates with its own API key (Bearer), stored only as a SHA-256 hash. A missing or
+unknown key is a 401; a path of another ISP, or an invoice that is not the caller's, is a 404 that
+says no more than a path that does not exist. Every query is bound to the key's ISP.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from prometheus_client import Counter, Histogram, generate_latest
+from psycopg.rows import dict_row
+
+from ledger.api.keys import key_hash
+
+log = logging.getLogger("ledger.api.isp")
+_PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+PAGE_INVOICES_MAX = 1_000
+STATEMENT_TIMEOUT_MS = 10_000
+REQUESTS = Counter("ledger_isp_api_requests_total", "ISP API requests", ["route", "status"])
+LATENCY = Histogram("ledger_isp_api_request_latency_seconds", "ISP API latency", ["route"])
+
+CSV_COLUMNS = (
+    "invoice_id", "line_no", "kind", "purchase_id", "refund_id", "user_id", "publisher_id",
+    "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents", "gross_cents",
+    "late_for_period",
+)  # fmt: skip
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _json(v) for k, v in row.items()}
+
+
+class IspApi:
+    def __init__(self, dsn: str, schema: str = "ledger") -> None:
+        self.dsn, self.schema = dsn, schema
+        self.conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+
+    async def start(self, _app: web.Application) -> None:
+        await self._connect()
+
+    async def stop(self, _app: web.Application) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10,
+                options=f"-c search_path={self.schema}"
+                        f" -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            )  # fmt: skip
+        return self.conn
+
+    async def query(self, text: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        conn = await self._connect()
+        try:
+            cursor = await conn.execute(text.encode(), params)
+            return await cursor.fetchall()
+        except psycopg.OperationalError:
+            await conn.close()
+            raise
+
+    async def isp_of(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            raise web.HTTPUnauthorized(
+                text='{"error": {"code": "unauthorized", "message": "an ISP API key is needed:'
+                ' Authorization: Bearer <key>"}}', content_type="application/json",
+            )  # fmt: skip
+        rows = await self.query(
+            "SELECT isp_id FROM isp_api_keys WHERE key_sha256 = %s AND revoked_at IS NULL",
+            (key_hash(header[7:].strip()),),
+        )
+        if not rows:
+            raise web.HTTPUnauthorized(
+                text='{"error": {"code": "unauthorized", "message": "unknown or revoked API key"}}',
+                content_type="application/json",
+            )
+        isp_id: str = rows[0]["isp_id"]
+        if request.match_info.get("isp_id") != isp_id:
+            raise _not_found()
+        return isp_id
+
+
+def _not_found() -> web.HTTPNotFound:
+    return web.HTTPNotFound(
+        text='{"error": {"code": "not_found", "message": "no such resource"}}',
+        content_type="application/json",
+    )
+
+
+def routes(api: IspApi) -> web.RouteTableDef:
+    table = web.RouteTableDef()
+
+    @table.get("/v1/isps/{isp_id}/periods")
+    async def periods(request: web.Request) -> web.Response:
+        isp_id = await api.isp_of(request)
+        rows = await api.query(
+            "SELECT period, closed_at, invoices, net_cents, vat_cents, gross_cents,"
+            " commission_cents, owed_to_platform_cents, seal FROM billing_periods"
+            " WHERE isp_id = %s AND state = 'closed' ORDER BY period",
+            (isp_id,),
+        )
+        return web.json_response({"isp_id": isp_id, "periods": [_clean(r) for r in rows]})
+
+    @table.get("/v1/isps/{isp_id}/invoices")
+    async def invoices(request: web.Request) -> web.Response:
+        isp_id = await api.isp_of(request)
+        period = request.query.get("period", "")
+        if not _PERIOD.match(period):
+            return _error(400, "bad_request", "the query needs period=YYYY-MM")
+        after = request.query.get("after", "")
+        try:
+            limit = int(request.query.get("limit", str(PAGE_INVOICES_MAX)))
+        except ValueError:
+            return _error(400, "bad_request", "limit is a whole number")
+        if not 1 <= limit <= PAGE_INVOICES_MAX:
+            return _error(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
+        rows = await api.query(
+            "SELECT invoice_id, account_id, account_kind, company_name, lines, net_cents,"
+            " vat_cents, gross_cents, gross_cents_by_user, seal FROM invoices"
+            " WHERE isp_id = %s AND period = %s AND invoice_id > %s ORDER BY invoice_id LIMIT %s",
+            (isp_id, period, after, limit),
+        )
+        body: dict[str, Any] = {"isp_id": isp_id, "period": period, "invoices": rows}
+        if len(rows) == limit:
+            body["next_after"] = rows[-1]["invoice_id"]
+        return web.json_response(body)
+
+    async def invoice_and_lines(
+        request: web.Request,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        isp_id = await api.isp_of(request)
+        invoice_id = request.match_info["invoice_id"]
+        found = await api.query(
+            "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
+            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal FROM invoices"
+            " WHERE isp_id = %s AND invoice_id = %s",
+            (isp_id, invoice_id),
+        )
+        if not found:
+            raise _not_found()
+        lines = await api.query(
+            "SELECT " + ", ".join(CSV_COLUMNS) + " FROM invoice_lines"
+            " WHERE isp_id = %s AND invoice_id = %s ORDER BY line_no",
+            (isp_id, invoice_id),
+        )
+        return found[0], lines
+
+    # Before the JSON route: an invoice id has dots, and "{invoice_id}" would take ".csv" too.
+    @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}.csv")
+    async def invoice_csv(request: web.Request) -> web.Response:
+        invoice, lines = await invoice_and_lines(request)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for line in lines:
+            writer.writerow(["" if line[c] is None else _json(line[c]) for c in CSV_COLUMNS])
+        return web.Response(
+            text=out.getvalue(), content_type="text/csv", charset="utf-8",
+            headers={"Content-Disposition":
+                     f'attachment; filename="{invoice["invoice_id"]}.csv"'},
+        )  # fmt: skip
+
+    @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}")
+    async def invoice(request: web.Request) -> web.Response:
+        found, lines = await invoice_and_lines(request)
+        return web.json_response({**_clean(found), "invoice_lines": [_clean(x) for x in lines]})
+
+    @table.get("/v1/isps/openapi.json")
+    async def openapi(_request: web.Request) -> web.Response:
+        from ledger.api.openapi import isp_openapi_document
+
+        return web.json_response(isp_openapi_document())
+
+    @table.get("/metrics")
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), content_type="text/plain")
+
+    return table
+
+
+@web.middleware
+async def errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as http:
+        response = http
+    except psycopg.OperationalError as error:
+        log.warning("the database is unreachable: %s", error)
+        response = _error(503, "unavailable", "the invoices are unreachable: try again shortly")
+    except Exception:
+        log.exception("an unexpected error on %s", route)
+        response = _error(500, "internal", "an unexpected error; it was logged")
+    REQUESTS.labels(route, str(response.status)).inc()
+    LATENCY.labels(route).observe(time.perf_counter() - started)
+    plain = response.content_type != "application/json"
+    if isinstance(response, web.HTTPException) and response.status >= 400 and plain:
+        code = "not_found" if response.status == 404 else "error"
+        return _error(response.status, code, response.reason or "error")
+    return response
+
+
+def create_isp_app(api: IspApi) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics])
+    app.add_routes(routes(api))
+    app.on_startup.append(api.start)
+    app.on_cleanup.append(api.stop)
+    return app
+
+
+def run_isp_api(dsn: str, port: int) -> None:
+    web.run_app(create_isp_app(IspApi(dsn)), host="127.0.0.1", port=port, print=None)

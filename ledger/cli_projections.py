@@ -1,0 +1,251 @@
+"""The `ledger` commands of the PostgreSQL side: the projection writer, the billing close,
+replay, reconcile and the ISPs' access."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.errors import LedgerError
+
+EXIT_MISMATCH = 4
+CLOSE_WAIT_SECONDS = 120.0
+_PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True)
+class Connected:
+    bootstrap_servers: str
+    partitions: int
+    dsn: str
+
+
+def connected(args: argparse.Namespace) -> Connected:
+    from ledger.cli import _running
+    from ledger.stack import manager
+
+    running = _running(args)
+    state = manager.connection(running.settings)
+    assert state.postgres is not None
+    return Connected(running.bootstrap_servers, running.partitions, state.postgres.dsn)
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from projections.writer import run_writer
+
+    if args.batch_events_max < 1:
+        raise LedgerError("--batch-events-max must be at least 1")
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stack = connected(args)
+    return run_writer(
+        stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port
+    )
+
+
+def _period(text: str) -> str:
+    if not _PERIOD.match(text):
+        raise argparse.ArgumentTypeError(f"a period is YYYY-MM, got {text!r}")
+    return text
+
+
+def _close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[str, Any] | None:
+    """('closed', summary row), ('rejected', reasons) or None while the close is under way."""
+    import psycopg
+
+    with psycopg.connect(dsn, options="-c search_path=ledger") as db:
+        row = db.execute(
+            "SELECT state, invoices, net_cents, vat_cents, gross_cents, commission_cents,"
+            " owed_to_platform_cents, seal FROM billing_periods WHERE isp_id = %s AND period = %s",
+            (isp_id, period),
+        ).fetchone()
+        if row is not None and row[0] == "closed":
+            return "closed", row
+        reasons = db.execute(
+            "SELECT DISTINCT fact->>'reason' FROM account_facts"
+            " WHERE type = 'command.rejected.v1' AND fact->>'command_id' = %s",
+            (command_id,),
+        ).fetchall()
+        if reasons:
+            return "rejected", sorted(r[0] for r in reasons)
+    return None
+
+
+def _cmd_close_period(args: argparse.Namespace) -> int:
+    from ledger.produce import LedgerProducer, close_commands
+
+    stack = connected(args)
+    command_id = f"close-{args.isp}-{args.period}-{uuid.uuid4().hex[:12]}"
+    commands = close_commands(
+        args.isp, args.period, stack.partitions, command_id, datetime.now(UTC)
+    )
+    with LedgerProducer(stack.bootstrap_servers, stack.partitions, "ledger-close") as producer:
+        for command in commands:
+            producer.send_command(command).get(timeout=30)
+    print(f"close of {args.isp} {args.period} sent to {stack.partitions} partitions ({command_id})")
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.wait_seconds
+    while time.monotonic() < deadline:
+        outcome = _close_outcome(stack.dsn, args.isp, args.period, command_id)
+        if outcome is not None and outcome[0] == "closed":
+            _, row = outcome
+            print(f"period {args.period} of {args.isp} is sealed: {row[1]} invoices")
+            print(f"  excluding VAT {row[2] / 100:>14,.2f} EUR")
+            print(f"  VAT           {row[3] / 100:>14,.2f} EUR")
+            print(f"  including VAT {row[4] / 100:>14,.2f} EUR")
+            print(f"  ISP commission{row[5] / 100:>14,.2f} EUR")
+            print(f"  owed to the platform {row[6] / 100:>7,.2f} EUR")
+            print(f"  seal {row[7]}")
+            return 0
+        if outcome is not None and outcome[0] == "rejected":
+            raise LedgerError(f"the close was refused: {', '.join(outcome[1])}")
+        time.sleep(0.25)
+    raise LedgerError(
+        f"no seal after {args.wait_seconds:.0f} s: are the workers and `ledger project` running?"
+    )
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from projections.replay import drop_schema, progress_bar, replay
+
+    stack = connected(args)
+    result = replay(
+        stack.bootstrap_servers, stack.dsn, args.schema, stack.partitions, progress=progress_bar()
+    )
+    print(
+        f"replayed {result.records:,} records ({result.applied:,} applied, {result.duplicates:,}"
+        f" duplicates) into schema {result.schema} in {result.seconds:.1f} s:"
+        f" {result.events_per_second:,.0f} events/s"
+    )
+    for table, summary in result.summaries.items():
+        print(f"  {table:20} {summary.rows:>12,} rows")
+    if not args.keep:
+        drop_schema(stack.dsn, args.schema)
+    if result.equal:
+        print("replay equals live: same rows, totals and checksums in every table")
+        return 0
+    print("replay DIFFERS from live:")
+    for line in result.differences:
+        print(f"  {line}")
+    return EXIT_MISMATCH
+
+
+def _stream_balances(stack: Connected) -> Any:
+    from ledger.core.balances import decode_balance
+    from ledger.tables import read_table
+    from streams.app import ISP_TABLE, PUBLISHER_TABLE
+
+    def read(party: str) -> dict[str, Any]:
+        table = PUBLISHER_TABLE if party == "publisher" else ISP_TABLE
+        raw = read_table(stack.bootstrap_servers, table, stack.partitions)
+        return {key.decode(): decode_balance(value) for key, value in raw.items()}
+
+    return read
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from projections.reconcile import reconcile
+
+    stack = connected(args)
+    stream = None if args.skip_stream else _stream_balances(stack)
+    deadline = time.monotonic() + args.wait_seconds
+    while True:
+        with psycopg.connect(stack.dsn, options="-c search_path=ledger") as db:
+            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            checks = reconcile(db, stream)
+        failed = [check for check in checks if check.mismatches]
+        # The stream and the projections catch up with the log at their own pace: a difference
+        # between them is looked at again until --wait-seconds have passed.
+        if not failed or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    for check in checks:
+        print(f"{'ok      ' if not check.mismatches else 'MISMATCH'} {check.name}")
+        for line in check.mismatches[:50]:
+            print(f"         {line}")
+    print("the books reconcile" if not failed else f"{len(failed)} check(s) failed")
+    return 0 if not failed else EXIT_MISMATCH
+
+
+def _cmd_isp_access(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from projections.access import grant
+
+    stack = connected(args)
+    with psycopg.connect(stack.dsn) as db:
+        creds = grant(db, args.isp)
+    host_port = stack.dsn.rsplit("@", 1)[1]
+    print(f"credentials of ISP {creds.isp_id} (shown once; earlier API keys are revoked):")
+    print(f"  SQL login     postgresql://{creds.sql_login}:{creds.sql_password}@{host_port}")
+    views = "ledger.isp_periods, ledger.isp_invoices, ledger.isp_invoice_lines"
+    print(f"                reads {views}")
+    print(f"  API key       {creds.api_key}")
+    return 0
+
+
+def _cmd_isp_api(args: argparse.Namespace) -> int:
+    from ledger.api.isp import run_isp_api
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_isp_api(connected(args).dsn, args.port)
+    return 0
+
+
+def add_parsers(commands: Any) -> None:
+    access = commands.add_parser(
+        "isp-access", help="issue an ISP's SQL login and API key (its own invoices only)"
+    )
+    access.add_argument("--isp", required=True, help="the ISP's id")
+    access.set_defaults(handler=_cmd_isp_access)
+
+    isp_api = commands.add_parser("isp-api", help="run the ISPs' invoice read API")
+    isp_api.add_argument("--port", type=int, default=18081, help="on 127.0.0.1 (default 18081)")
+    isp_api.set_defaults(handler=_cmd_isp_api)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild every projection from offset 0 and compare it with live"
+    )
+    replay.add_argument("--schema", default="ledger_replay", help="the fresh schema to build")
+    replay.add_argument("--keep", action="store_true", help="keep the rebuilt schema")
+    replay.set_defaults(handler=_cmd_replay)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="check that invoices, shares, postings and balances agree"
+    )
+    reconcile.add_argument("--skip-stream", action="store_true",
+                           help="do not compare with the faust balances")  # fmt: skip
+    reconcile.add_argument(
+        "--wait-seconds", type=float, default=30.0,
+        help="how long to wait for the stream and projections to agree",
+    )  # fmt: skip
+    reconcile.set_defaults(handler=_cmd_reconcile)
+
+    project = commands.add_parser(
+        "project", help="run the projection writer: ledger.events into PostgreSQL"
+    )
+    project.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    project.add_argument("--batch-events-max", type=int, default=5_000, metavar="N")
+    project.add_argument(
+        "--loglevel", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    project.set_defaults(handler=_cmd_project)
+
+    close = commands.add_parser(
+        "close-period", help="close and seal an ISP's billing period (a command on the stream)"
+    )
+    close.add_argument("--isp", required=True, help="the ISP's id")
+    close.add_argument("--period", required=True, type=_period, help="YYYY-MM")
+    close.add_argument("--no-wait", action="store_true", help="send the close and return")
+    close.add_argument("--wait-seconds", type=float, default=CLOSE_WAIT_SECONDS)
+    close.set_defaults(handler=_cmd_close_period)

@@ -1,0 +1,150 @@
+"""`ledger reconcile`: the books must agree with themselves and with the stream.
+
+- every posting set sums to zero (per event in the journal);
+- per ISP and billing period, the shares (publisher + ISP commission + platform + VAT) add up to
+  the amounts including VAT the accounts owe, and to the purchases net of refunds;
+- per sealed period, the account invoices add up to the ISP's totals, and each invoice to its
+  lines; the statements add up to the period's gross and to what the journal owes publishers;
+- the faust balances (per publisher, per ISP) equal the PostgreSQL balances.
+
+Each check yields the rows that do not agree, named; none means the books reconcile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from ledger.core.balances import Balance
+
+
+@dataclass
+class Check:
+    name: str
+    mismatches: list[str] = field(default_factory=list)
+
+
+def _rows(db: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
+    return db.execute(query).fetchall()
+
+
+def postings_balance(db: psycopg.Connection[Any]) -> Check:
+    check = Check("every posting set sums to zero")
+    for event_id, total in _rows(
+        db, "SELECT event_id, sum(amount_cents) FROM journal GROUP BY event_id"
+        " HAVING sum(amount_cents) <> 0 ORDER BY event_id LIMIT 100"
+    ):  # fmt: skip
+        check.mismatches.append(f"event {event_id}: postings sum to {total}")
+    return check
+
+
+def shares_add_up(db: psycopg.Connection[Any]) -> Check:
+    check = Check("shares + commission + platform + VAT = amounts including VAT, per ISP period")
+    query = """
+        WITH j AS (
+            SELECT isp_id, billing_period,
+                   sum(amount_cents) FILTER (WHERE party = 'account') AS owed_by_accounts,
+                   -sum(amount_cents) FILTER (WHERE party <> 'account') AS shares
+            FROM journal GROUP BY isp_id, billing_period),
+        m AS (
+            SELECT isp_id, billing_period, sum(amount_cents) AS gross FROM (
+                SELECT isp_id, billing_period, amount_cents FROM purchases
+                WHERE decision = 'authorized'
+                UNION ALL
+                SELECT isp_id, billing_period, -amount_cents FROM refunds
+                WHERE decision = 'refunded') x
+            GROUP BY isp_id, billing_period)
+        SELECT coalesce(j.isp_id, m.isp_id), coalesce(j.billing_period, m.billing_period),
+               j.owed_by_accounts, j.shares, m.gross
+        FROM j FULL JOIN m USING (isp_id, billing_period)
+        WHERE j.owed_by_accounts IS DISTINCT FROM j.shares
+           OR j.owed_by_accounts IS DISTINCT FROM m.gross
+        ORDER BY 1, 2"""
+    for isp, period, owed, shares, gross in _rows(db, query):
+        check.mismatches.append(
+            f"isp {isp} period {period}: accounts owe {owed}, shares {shares},"
+            f" purchases net of refunds {gross}"
+        )
+    return check
+
+
+def invoices_add_up(db: psycopg.Connection[Any]) -> Check:
+    check = Check("invoices add up to their lines and to the ISP's totals, per sealed period")
+    for invoice_id, total, lines in _rows(db, """
+        SELECT i.invoice_id, i.gross_cents, coalesce(sum(l.gross_cents), 0)
+        FROM invoices i LEFT JOIN invoice_lines l USING (invoice_id)
+        GROUP BY i.invoice_id, i.gross_cents
+        HAVING i.gross_cents <> coalesce(sum(l.gross_cents), 0) ORDER BY 1"""):  # fmt: skip
+        check.mismatches.append(f"invoice {invoice_id}: total {total}, lines {lines}")
+    for isp, period, count, gross, net, vat, inv_count, inv_gross, inv_net, inv_vat in _rows(db, """
+        SELECT p.isp_id, p.period, p.invoices, p.gross_cents, p.net_cents, p.vat_cents,
+               count(i.invoice_id), coalesce(sum(i.gross_cents), 0),
+               coalesce(sum(i.net_cents), 0), coalesce(sum(i.vat_cents), 0)
+        FROM billing_periods p LEFT JOIN invoices i USING (isp_id, period)
+        WHERE p.state = 'closed'
+        GROUP BY p.isp_id, p.period
+        HAVING p.invoices <> count(i.invoice_id)
+            OR p.gross_cents <> coalesce(sum(i.gross_cents), 0)
+            OR p.net_cents <> coalesce(sum(i.net_cents), 0)
+            OR p.vat_cents <> coalesce(sum(i.vat_cents), 0)
+        ORDER BY 1, 2"""):  # fmt: skip
+        check.mismatches.append(
+            f"isp {isp} period {period}: summary {count} invoices {gross}/{net}/{vat} cents"
+            f" (incl./excl./VAT), invoices {inv_count} {inv_gross}/{inv_net}/{inv_vat}"
+        )
+    for isp, period, gross, owed, st_gross, st_owed in _rows(db, """
+        SELECT p.isp_id, p.period, p.gross_cents,
+               (SELECT coalesce(-sum(j.amount_cents), 0) FROM journal j
+                WHERE j.isp_id = p.isp_id AND j.billing_period = p.period
+                  AND j.party = 'publisher'),
+               coalesce(sum(s.gross_cents), 0), coalesce(sum(s.owed_cents), 0)
+        FROM billing_periods p LEFT JOIN statements s USING (isp_id, period)
+        WHERE p.state = 'closed'
+        GROUP BY p.isp_id, p.period, p.gross_cents
+        ORDER BY 1, 2"""):  # fmt: skip
+        if gross != st_gross or owed != st_owed:
+            check.mismatches.append(
+                f"isp {isp} period {period}: statements gross {st_gross} owed {st_owed},"
+                f" period gross {gross}, journal owes publishers {owed}"
+            )
+    return check
+
+
+def stream_balances_equal(
+    db: psycopg.Connection[Any], party: str, stream: dict[str, Balance]
+) -> Check:
+    check = Check(f"the faust {party} balances equal the PostgreSQL ones")
+    found = {
+        party_id: (purchases, refunds, gross, owed)
+        for party_id, purchases, refunds, gross, owed in db.execute(
+            "SELECT party_id, purchases, refunds, gross_cents, credits_cents - debits_cents"
+            " FROM balances WHERE party = %s",
+            (party,),
+        ).fetchall()
+    }
+    for key in sorted(set(found) | set(stream)):
+        balance = stream.get(key)
+        mine = (
+            None
+            if balance is None
+            else (balance.purchases, balance.refunds, balance.gross_cents, balance.owed_cents)
+        )
+        if mine != found.get(key):
+            check.mismatches.append(
+                f"{party} {key}: faust (purchases, refunds, gross, owed) {mine},"
+                f" PostgreSQL {found.get(key)}"
+            )
+    return check
+
+
+def reconcile(
+    db: psycopg.Connection[Any], stream_balances: Callable[[str], dict[str, Balance]] | None
+) -> list[Check]:
+    checks = [postings_balance(db), shares_add_up(db), invoices_add_up(db)]
+    if stream_balances is not None:
+        for party in ("publisher", "isp"):
+            checks.append(stream_balances_equal(db, party, stream_balances(party)))
+    return checks

@@ -1,0 +1,189 @@
+"""From facts to rows: the pure half of the projection writer.
+
+A batch of new facts (duplicates already taken out) becomes the rows to copy into each table and
+one delta per balance, summed in memory so that a batch touches each balance row once. Nothing
+here imports psycopg (STYLE.md §1); the adapter in `projections.store` writes what this returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from schemas.facts import (
+    AccountBlocked,
+    AccountOpened,
+    AccountUnblocked,
+    CommandRejected,
+    EmployeeAuthorised,
+    EmployeeRevoked,
+    Fact,
+    LimitsSet,
+    PeriodClosed,
+    PurchaseAuthorized,
+    PurchaseRefunded,
+    PurchaseRejected,
+    RefundRejected,
+)
+
+# Columns, in the order the rows below are built (and copied).
+JOURNAL_COLUMNS = (
+    "event_id", "leg", "party", "party_id", "amount_cents", "account_id", "isp_id",
+    "billing_period", "occurred_at",
+)  # fmt: skip
+PURCHASE_COLUMNS = (
+    "event_id", "purchase_id", "account_id", "isp_id", "user_id", "publisher_id", "category",
+    "decision", "reason", "amount_cents", "net_cents", "vat_cents", "vat_rate_bp",
+    "billing_period", "late_for_period", "occurred_at",
+)  # fmt: skip
+REFUND_COLUMNS = (
+    "event_id", "refund_id", "purchase_id", "account_id", "isp_id", "publisher_id", "decision",
+    "reason", "amount_cents", "net_cents", "vat_cents", "billing_period",
+    "purchase_billing_period", "late_for_period", "occurred_at",
+)  # fmt: skip
+MONEY_FACT_COLUMNS = ("event_id", "isp_id", "billing_period", "fact")
+ACCOUNT_COLUMNS = ("account_id", "isp_id", "kind", "company_name", "opened_at")
+ACCOUNT_FACT_COLUMNS = ("event_id", "type", "account_id", "isp_id", "occurred_at", "fact")
+
+Row = tuple[Any, ...]
+
+
+@dataclass
+class BalanceDelta:
+    purchases: int = 0
+    refunds: int = 0
+    gross_cents: int = 0
+    debits_cents: int = 0
+    credits_cents: int = 0
+
+    def as_row(self, party: str, party_id: str) -> Row:
+        return (party, party_id, self.purchases, self.refunds, self.gross_cents,
+                self.debits_cents, self.credits_cents)  # fmt: skip
+
+
+@dataclass
+class Rows:
+    journal: list[Row] = field(default_factory=list)
+    purchases: list[Row] = field(default_factory=list)
+    refunds: list[Row] = field(default_factory=list)
+    money_facts: list[Row] = field(default_factory=list)
+    accounts: list[Row] = field(default_factory=list)
+    account_facts: list[Row] = field(default_factory=list)
+    # The last block state of each account the batch blocked or unblocked: (blocked, reason).
+    blocks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
+    balances: dict[tuple[str, str], BalanceDelta] = field(default_factory=dict)
+    closes: list[PeriodClosed] = field(default_factory=list)
+    # (isp_id, billing_period) of the money facts: none may be billed in a sealed period.
+    billed: set[tuple[str, str]] = field(default_factory=set)
+
+    def balance_rows(self) -> list[Row]:
+        """In key order: concurrent writers lock shared balance rows in one order, so they never
+        deadlock on each other."""
+        return [self.balances[key].as_row(*key) for key in sorted(self.balances)]
+
+
+_json = msgspec.json.Encoder()
+
+
+def _money(rows: Rows, fact: PurchaseAuthorized | PurchaseRefunded, raw: bytes) -> None:
+    sign = 1 if isinstance(fact, PurchaseAuthorized) else -1
+    for leg, posting in enumerate(fact.postings):
+        rows.journal.append((
+            fact.event_id, leg, posting.party, posting.party_id, posting.amount_cents,
+            fact.account_id, fact.isp_id, fact.billing_period, fact.occurred_at,
+        ))  # fmt: skip
+        delta = rows.balances.setdefault((posting.party, posting.party_id), BalanceDelta())
+        if posting.amount_cents >= 0:
+            delta.debits_cents += posting.amount_cents
+        else:
+            delta.credits_cents -= posting.amount_cents
+        if sign > 0:
+            delta.purchases += 1
+        else:
+            delta.refunds += 1
+        delta.gross_cents += sign * fact.amount_cents
+    rows.money_facts.append((fact.event_id, fact.isp_id, fact.billing_period, raw))
+    rows.billed.add((fact.isp_id, fact.billing_period))
+
+
+def _purchase(rows: Rows, fact: PurchaseAuthorized | PurchaseRejected) -> None:
+    if isinstance(fact, PurchaseAuthorized):
+        rows.purchases.append((
+            fact.event_id, fact.purchase_id, fact.account_id, fact.isp_id, fact.user_id,
+            fact.publisher_id, fact.category, "authorized", None, fact.amount_cents,
+            fact.net_cents, fact.vat_cents, fact.vat_rate_bp, fact.billing_period,
+            fact.late_for_period, fact.occurred_at,
+        ))  # fmt: skip
+    else:
+        rows.purchases.append((
+            fact.event_id, fact.purchase_id, fact.account_id, fact.isp_id, fact.user_id,
+            fact.publisher_id, None, "rejected", fact.reason, fact.amount_cents, None, None,
+            None, None, None, fact.occurred_at,
+        ))  # fmt: skip
+
+
+def _refund(rows: Rows, fact: PurchaseRefunded | RefundRejected) -> None:
+    if isinstance(fact, PurchaseRefunded):
+        rows.refunds.append((
+            fact.event_id, fact.refund_id, fact.purchase_id, fact.account_id, fact.isp_id,
+            fact.publisher_id, "refunded", None, fact.amount_cents, fact.net_cents,
+            fact.vat_cents, fact.billing_period, fact.purchase_billing_period,
+            fact.late_for_period, fact.occurred_at,
+        ))  # fmt: skip
+    else:
+        rows.refunds.append((
+            fact.event_id, fact.refund_id, fact.purchase_id, fact.account_id, None, None,
+            "rejected", fact.reason, fact.amount_cents, None, None, None, None, None,
+            fact.occurred_at,
+        ))  # fmt: skip
+
+
+def _account_fact(rows: Rows, fact: Fact, occurred_at: datetime) -> None:
+    tag = fact.__struct_config__.tag
+    account_id = getattr(fact, "account_id", None)
+    isp_id = getattr(fact, "isp_id", None)
+    rows.account_facts.append(
+        (fact.event_id, tag, account_id, isp_id, occurred_at, _json.encode(fact).decode())
+    )
+
+
+def project(facts: Iterable[tuple[Fact, bytes]]) -> Rows:
+    """The rows of new facts, in the order of the log."""
+    rows = Rows()
+    for fact, raw in facts:
+        if isinstance(fact, PurchaseAuthorized):
+            _purchase(rows, fact)
+            _money(rows, fact, raw)
+        elif isinstance(fact, PurchaseRefunded):
+            _refund(rows, fact)
+            _money(rows, fact, raw)
+        elif isinstance(fact, PurchaseRejected):
+            _purchase(rows, fact)
+        elif isinstance(fact, RefundRejected):
+            _refund(rows, fact)
+        elif isinstance(fact, PeriodClosed):
+            rows.closes.append(fact)
+        elif isinstance(fact, AccountOpened):
+            rows.accounts.append(
+                (fact.account_id, fact.isp_id, fact.kind, fact.company_name, fact.occurred_at)
+            )
+        else:
+            if isinstance(fact, AccountBlocked):
+                rows.blocks[fact.account_id] = (True, fact.reason)
+            elif isinstance(fact, AccountUnblocked):
+                rows.blocks[fact.account_id] = (False, None)
+            assert isinstance(
+                fact,
+                AccountBlocked
+                | AccountUnblocked
+                | LimitsSet
+                | EmployeeAuthorised
+                | EmployeeRevoked
+                | CommandRejected,
+            ), f"a fact the projections do not know: {type(fact).__name__}"
+            _account_fact(rows, fact, fact.occurred_at)
+    return rows

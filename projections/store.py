@@ -1,0 +1,322 @@
+"""The PostgreSQL half of the projection writer: one transaction per batch (STYLE.md §5).
+
+The transaction inserts the batch's event ids into applied_events (those already there are
+duplicates: skipped and counted), writes the rows of the new facts, seals the periods whose last
+close mark arrived, and stores the offset after the batch for each partition. It commits all of
+that or nothing, so a writer killed at any instant resumes from the stored offsets and applies
+each fact exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ledger.core import billing
+from projections import rows as projected
+from projections.migrate import check_schema_name
+from schemas import codec
+from schemas.facts import Fact, MoneyFact, PeriodClosed, PurchaseAuthorized, PurchaseRefunded
+
+# A batch that waits this long for a lock is stuck behind something an operator must see.
+LOCK_TIMEOUT_SECONDS = 30
+STATEMENT_TIMEOUT_SECONDS = 120
+
+
+class SealedPeriodChanged(AssertionError):
+    """A money fact billed in a sealed period: the authorizer's close barrier was broken. A
+    broken invariant, not an input error (STYLE.md §6)."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded record of ledger.events."""
+
+    partition: int
+    offset: int
+    fact: Fact
+    raw: bytes
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    duplicates: int = 0
+    sealed: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def connect(dsn: str, schema: str) -> psycopg.AsyncConnection[Any]:
+    check_schema_name(schema)
+    options = (
+        f"-c search_path={schema} -c lock_timeout={LOCK_TIMEOUT_SECONDS}s"
+        f" -c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s"
+    )
+    conn = await psycopg.AsyncConnection.connect(dsn, options=options, connect_timeout=10)
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS incoming"
+        ' (event_id text, partition integer, "offset" bigint) ON COMMIT DELETE ROWS'
+    )
+    await conn.commit()
+    return conn
+
+
+async def stored_offsets(conn: psycopg.AsyncConnection[Any], topic: str) -> dict[int, int]:
+    cursor = await conn.execute(
+        "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s", (topic,)
+    )
+    found = {int(p): int(o) for p, o in await cursor.fetchall()}
+    await conn.commit()
+    return found
+
+
+async def _copy(
+    conn: psycopg.AsyncConnection[Any],
+    table: str,
+    columns: Sequence[str],
+    rows: list[projected.Row],
+) -> None:
+    if not rows:
+        return
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
+async def _new_event_ids(
+    conn: psycopg.AsyncConnection[Any], topic: str, incoming: list[Incoming]
+) -> set[str]:
+    await _copy(
+        conn, "incoming", ("event_id", "partition", "offset"),
+        [(i.fact.event_id, i.partition, i.offset) for i in incoming],
+    )  # fmt: skip
+    cursor = await conn.execute(
+        'INSERT INTO applied_events (event_id, topic, partition, "offset")'
+        ' SELECT event_id, %s, partition, "offset" FROM incoming'
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        (topic,),
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def _balances(conn: psycopg.AsyncConnection[Any], rows: list[projected.Row]) -> None:
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        "INSERT INTO balances AS b (party, party_id, purchases, refunds, gross_cents,"
+        " debits_cents, credits_cents)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
+        " %s::bigint[], %s::bigint[])"
+        " ON CONFLICT (party, party_id) DO UPDATE SET"
+        " purchases = b.purchases + excluded.purchases, refunds = b.refunds + excluded.refunds,"
+        " gross_cents = b.gross_cents + excluded.gross_cents,"
+        " debits_cents = b.debits_cents + excluded.debits_cents,"
+        " credits_cents = b.credits_cents + excluded.credits_cents",
+        [list(column) for column in columns],
+    )
+
+
+async def _blocks(
+    conn: psycopg.AsyncConnection[Any], blocks: dict[str, tuple[bool, str | None]]
+) -> None:
+    if not blocks:
+        return
+    ids = sorted(blocks)
+    await conn.execute(
+        "UPDATE accounts a SET blocked = u.blocked, block_reason = u.reason"
+        " FROM unnest(%s::text[], %s::boolean[], %s::text[]) AS u(account_id, blocked, reason)"
+        " WHERE a.account_id = u.account_id",
+        (ids, [blocks[i][0] for i in ids], [blocks[i][1] for i in ids]),
+    )
+
+
+async def _refuse_sealed(conn: psycopg.AsyncConnection[Any], billed: set[tuple[str, str]]) -> None:
+    if not billed:
+        return
+    pairs = sorted(billed)
+    cursor = await conn.execute(
+        "SELECT isp_id, period FROM billing_periods WHERE state = 'closed'"
+        " AND (isp_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([p[0] for p in pairs], [p[1] for p in pairs]),
+    )
+    sealed = await cursor.fetchall()
+    if sealed:
+        raise SealedPeriodChanged(f"money facts billed in sealed periods {sealed}")
+
+
+async def _offsets(
+    conn: psycopg.AsyncConnection[Any], topic: str, next_offsets: dict[int, int]
+) -> None:
+    partitions = sorted(next_offsets)
+    # GREATEST: a writer that lost a partition in a rebalance never moves it back.
+    await conn.execute(
+        "INSERT INTO projection_offsets AS o (topic, partition, next_offset)"
+        " SELECT %s, * FROM unnest(%s::integer[], %s::bigint[])"
+        " ON CONFLICT (topic, partition) DO UPDATE SET"
+        " next_offset = GREATEST(o.next_offset, excluded.next_offset), updated_at = now()",
+        (topic, partitions, [next_offsets[p] for p in partitions]),
+    )
+
+
+async def apply_batch(
+    conn: psycopg.AsyncConnection[Any],
+    topic: str,
+    incoming: list[Incoming],
+    next_offsets: dict[int, int],
+) -> Outcome:
+    """Apply a batch in one transaction; `next_offsets` covers every record read, facts or not."""
+    outcome = Outcome()
+    async with conn.transaction():
+        unique: dict[str, Incoming] = {}
+        for item in incoming:
+            unique.setdefault(item.fact.event_id, item)
+        new_ids = await _new_event_ids(conn, topic, list(unique.values())) if unique else set()
+        new = [item for item in unique.values() if item.fact.event_id in new_ids]
+        outcome.applied = len(new)
+        outcome.duplicates = len(incoming) - len(new)
+        rows = projected.project((item.fact, item.raw) for item in new)
+        await _refuse_sealed(conn, rows.billed)
+        await _copy(conn, "journal", projected.JOURNAL_COLUMNS, rows.journal)
+        await _copy(conn, "purchases", projected.PURCHASE_COLUMNS, rows.purchases)
+        await _copy(conn, "refunds", projected.REFUND_COLUMNS, rows.refunds)
+        await _copy(conn, "money_facts", projected.MONEY_FACT_COLUMNS, rows.money_facts)
+        await _copy(conn, "accounts", projected.ACCOUNT_COLUMNS, rows.accounts)
+        await _copy(conn, "account_facts", projected.ACCOUNT_FACT_COLUMNS, rows.account_facts)
+        await _blocks(conn, rows.blocks)
+        await _balances(conn, rows.balance_rows())
+        for close in rows.closes:
+            if await _close_mark(conn, close):
+                outcome.sealed.append((close.isp_id, close.period))
+        await _offsets(conn, topic, next_offsets)
+    return outcome
+
+
+# --- billing close ------------------------------------------------------------------------------
+
+
+async def _close_mark(conn: psycopg.AsyncConnection[Any], close: PeriodClosed) -> bool:
+    """Record one partition's close; seal the period when it is the last. Returns True if sealed.
+
+    The period's row is locked first, so that two writers applying the last two marks at once
+    take turns and exactly one of them sees all the marks."""
+    await conn.execute(
+        "INSERT INTO billing_periods (isp_id, period, state, partitions)"
+        " VALUES (%s, %s, 'closing', %s) ON CONFLICT DO NOTHING",
+        (close.isp_id, close.period, close.partitions),
+    )
+    cursor = await conn.execute(
+        "SELECT state, partitions FROM billing_periods WHERE isp_id = %s AND period = %s"
+        " FOR UPDATE",
+        (close.isp_id, close.period),
+    )
+    found = await cursor.fetchone()
+    assert found is not None
+    state, partitions = found
+    assert partitions == close.partitions, (
+        f"period {close.isp_id} {close.period}: closes for {partitions} and "
+        f"{close.partitions} partitions"
+    )
+    await conn.execute(
+        "INSERT INTO period_close_marks (isp_id, period, partition, event_id, command_id,"
+        " occurred_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (close.isp_id, close.period, close.partition, close.event_id, close.command_id,
+         close.occurred_at),
+    )  # fmt: skip
+    cursor = await conn.execute(
+        "SELECT count(*), max(occurred_at) FROM period_close_marks"
+        " WHERE isp_id = %s AND period = %s",
+        (close.isp_id, close.period),
+    )
+    marks = await cursor.fetchone()
+    assert marks is not None
+    if state == "closed" or marks[0] < partitions:
+        return False
+    await seal_period(conn, close.isp_id, close.period, marks[1])
+    return True
+
+
+async def billed_facts(
+    conn: psycopg.AsyncConnection[Any], isp_id: str, period: str
+) -> list[MoneyFact]:
+    cursor = await conn.execute(
+        "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s ORDER BY event_id",
+        (isp_id, period),
+    )
+    facts: list[MoneyFact] = []
+    for (raw,) in await cursor.fetchall():
+        fact = codec.decode_fact(bytes(raw))
+        assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
+        facts.append(fact)
+    return facts
+
+
+def _line_rows(invoice: billing.Invoice) -> list[projected.Row]:
+    return [
+        (invoice.invoice_id, number, invoice.isp_id, line.event_id, line.kind, line.purchase_id,
+         line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
+         line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
+         line.late_for_period)
+        for number, line in enumerate(invoice.lines, start=1)
+    ]  # fmt: skip
+
+
+INVOICE_COLUMNS = (
+    "invoice_id", "isp_id", "period", "account_id", "account_kind", "company_name", "lines",
+    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal",
+)  # fmt: skip
+LINE_COLUMNS = (
+    "invoice_id", "line_no", "isp_id", "event_id", "kind", "purchase_id", "refund_id", "user_id",
+    "publisher_id", "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents",
+    "gross_cents", "late_for_period",
+)  # fmt: skip
+STATEMENT_COLUMNS = (
+    "statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds", "gross_cents",
+    "net_cents", "vat_cents", "owed_cents", "seal",
+)  # fmt: skip
+
+
+async def seal_period(
+    conn: psycopg.AsyncConnection[Any], isp_id: str, period: str, closed_at: datetime
+) -> None:
+    """Write the invoices, the statements and the ISP's summary of a period from its money facts,
+    with the pure core's billing functions, and mark it closed. Called once per period: sealed
+    rows are never updated (the database refuses it)."""
+    facts = await billed_facts(conn, isp_id, period)
+    invoices = billing.build_invoices(isp_id, period, facts)
+    statements = billing.build_statements(isp_id, period, facts)
+    summary = billing.summarize(isp_id, period, facts)
+    cursor = await conn.execute(
+        "SELECT account_id, company_name FROM accounts WHERE account_id = ANY(%s)"
+        " AND company_name IS NOT NULL",
+        ([i.account_id for i in invoices if i.account_kind == "enterprise"],),
+    )
+    companies = dict(await cursor.fetchall())
+    await _copy(conn, "invoices", INVOICE_COLUMNS, [
+        (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
+         companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
+         json.dumps(i.gross_cents_by_user), i.seal)
+        for i in invoices
+    ])  # fmt: skip
+    await _copy(conn, "invoice_lines", LINE_COLUMNS, [r for i in invoices for r in _line_rows(i)])
+    await _copy(conn, "statements", STATEMENT_COLUMNS, [
+        (s.statement_id, s.isp_id, s.period, s.publisher_id, s.purchases, s.refunds,
+         s.gross_cents, s.net_cents, s.vat_cents, s.owed_cents, s.seal)
+        for s in statements
+    ])  # fmt: skip
+    await conn.execute(
+        "UPDATE billing_periods SET state = 'closed', closed_at = %s, invoices = %s,"
+        " net_cents = %s, vat_cents = %s, gross_cents = %s, commission_cents = %s,"
+        " owed_to_platform_cents = %s, seal = %s WHERE isp_id = %s AND period = %s",
+        (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
+         summary.commission_cents, summary.owed_to_platform_cents,
+         billing.period_seal(summary, invoices, statements), isp_id, period),
+    )  # fmt: skip

@@ -1,0 +1,292 @@
+"""`ledger project`: the projection writer, ledger.events → PostgreSQL, in batches.
+
+The loop reads a batch (aiokafka, in a consumer group so that several writers share the
+partitions), decodes it, sets undecodable records aside on ledger.dlq, and applies the rest in
+one transaction with the stored offsets (`projections.store`). Kafka's committed offsets follow,
+as a hint only: on assignment the writer seeks to the offsets stored in PostgreSQL.
+
+A database that goes away (restart, failover) is waited for with a jittered backoff and the
+same batch applied again, up to DB_OUTAGE_SECONDS_MAX; a transaction aborted by a deadlock or a
+lock timeout is retried likewise. Anything else is a bug: the writer exits non-zero, uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from ledger import delivery, topics
+from projections import metrics, store
+from projections.migrate import DEFAULT_SCHEMA
+from schemas import codec
+from schemas.deadletter import DETAIL_MAX, DeadLetter
+
+log = logging.getLogger("ledger.projections")
+GROUP_ID = "internet-plus-ledger-projections"
+# 5,000 events is about 4 MB of facts; measured on this machine, batches above ~5,000 gain
+# nothing in events/s and delay every commit (issue 5 figures).
+BATCH_EVENTS_MAX = 5_000
+POLL_TIMEOUT_MS = 200
+# Shorter than the consumer's max.poll.interval (300 s): a writer waiting longer for the
+# database would be put out of the group anyway; it exits and its supervisor restarts it.
+DB_OUTAGE_SECONDS_MAX = 240.0
+RETRY_BACKOFF_SECONDS_MIN = 0.2
+RETRY_BACKOFF_SECONDS_MAX = 5.0
+FETCH_BYTES_MAX = 32 * 1024 * 1024
+EXIT_GIVE_UP = 75  # EX_TEMPFAIL: the database stayed away; restart me later
+
+
+@dataclass
+class Prepared:
+    incoming: list[store.Incoming] = field(default_factory=list)
+    poison: list[Any] = field(default_factory=list)  # (record, InvalidMessage)
+    markers: int = 0
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    newest_timestamp_ms: int = 0
+
+
+def prepare(records: Iterable[Any]) -> Prepared:
+    """Decode a batch of records (ConsumerRecord-like: partition, offset, key, value, timestamp)."""
+    prepared = Prepared()
+    for record in records:
+        prepared.next_offsets[record.partition] = max(
+            prepared.next_offsets.get(record.partition, 0), record.offset + 1
+        )
+        prepared.newest_timestamp_ms = max(prepared.newest_timestamp_ms, record.timestamp)
+        if topics.is_marker(record.key):
+            prepared.markers += 1
+            continue
+        try:
+            fact = codec.decode_fact(record.value)
+        except codec.InvalidMessage as invalid:
+            prepared.poison.append((record, invalid))
+            continue
+        prepared.incoming.append(
+            store.Incoming(record.partition, record.offset, fact, record.value)
+        )
+    return prepared
+
+
+def dead_letter_of(record: Any, invalid: codec.InvalidMessage) -> DeadLetter:
+    def b64(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode()
+
+    return DeadLetter(
+        reason=invalid.reason,
+        detail=invalid.detail[:DETAIL_MAX],
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        raw_base64=b64(record.value) or "",
+        dead_lettered_at=datetime.now(UTC),
+        key_base64=b64(record.key),
+    )
+
+
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, start each partition at the offset stored with the projections."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, dsn: str, schema: str) -> None:
+        self._consumer, self._dsn, self._schema = consumer, dsn, schema
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        conn = await _connect_patiently(self._dsn, self._schema)
+        try:
+            stored = await store.stored_offsets(conn, topics.EVENTS)
+        finally:
+            await conn.close()
+        for tp in assigned:
+            self._consumer.seek(tp, stored.get(tp.partition, 0))
+        log.info("partitions assigned: %s", {tp.partition: stored.get(tp.partition, 0)
+                                             for tp in assigned})  # fmt: skip
+
+
+def _backoff(attempt: int) -> float:
+    ceiling = min(RETRY_BACKOFF_SECONDS_MAX, RETRY_BACKOFF_SECONDS_MIN * 2**attempt)
+    return random.uniform(ceiling / 2, ceiling)  # jitter, not a secret
+
+
+async def _connect_patiently(dsn: str, schema: str) -> psycopg.AsyncConnection[Any]:
+    deadline = time.monotonic() + DB_OUTAGE_SECONDS_MAX
+    attempt = 0
+    while True:
+        try:
+            return await store.connect(dsn, schema)
+        except psycopg.OperationalError as error:
+            if time.monotonic() > deadline:
+                raise
+            metrics.DB_RETRIES.labels("unreachable").inc()
+            log.warning("the database is unreachable (%s): trying again", str(error).strip())
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+
+class Writer:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        dsn: str,
+        schema: str = DEFAULT_SCHEMA,
+        batch_events_max: int = BATCH_EVENTS_MAX,
+        client_id: str = "ledger-projections",
+    ) -> None:
+        self.bootstrap_servers, self.dsn, self.schema = bootstrap_servers, dsn, schema
+        self.batch_events_max = batch_events_max
+        self.client_id = client_id
+        self.stopping = asyncio.Event()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _apply(self, prepared: Prepared) -> store.Outcome:
+        """Apply one batch, reconnecting and trying again as long as the database is away."""
+        deadline = time.monotonic() + DB_OUTAGE_SECONDS_MAX
+        attempt = 0
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await _connect_patiently(self.dsn, self.schema)
+                return await store.apply_batch(
+                    self._conn, topics.EVENTS, prepared.incoming, prepared.next_offsets
+                )
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
+                    psycopg.errors.SerializationFailure) as error:  # fmt: skip
+                reason = type(error).__name__
+            except psycopg.OperationalError as error:
+                reason = "unreachable"
+                log.warning("the database went away (%s): trying again", str(error).strip())
+                if self._conn is not None:
+                    await self._conn.close()
+                self._conn = None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no database for {DB_OUTAGE_SECONDS_MAX:.0f} s")
+            metrics.DB_RETRIES.labels(reason).inc()
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, prepared: Prepared) -> None:
+        # Before the batch commits: a crash in between sets the same record aside again, never
+        # loses it (the dead letter names its source offset, so a reader can tell).
+        for record, invalid in prepared.poison:
+            letter = dead_letter_of(record, invalid)
+            await producer.send_and_wait(
+                topics.DLQ, key=record.key, value=codec.encode(letter), partition=0
+            )
+            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition,
+                        record.offset, invalid)  # fmt: skip
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer, next_offsets: dict[int, int]) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and tp.partition in next_offsets:
+                metrics.LAG.labels(str(tp.partition)).set(
+                    max(0, highwater - next_offsets[tp.partition])
+                )
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=GROUP_ID,
+            client_id=self.client_id,
+            enable_auto_commit=delivery.CONSUMER_ENABLE_AUTO_COMMIT,
+            auto_offset_reset=delivery.CONSUMER_AUTO_OFFSET_RESET,
+            isolation_level=delivery.CONSUMER_ISOLATION_LEVEL,
+            session_timeout_ms=delivery.CONSUMER_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=delivery.CONSUMER_HEARTBEAT_INTERVAL_MS,
+            max_poll_interval_ms=delivery.CONSUMER_MAX_POLL_INTERVAL_MS,
+            fetch_max_bytes=FETCH_BYTES_MAX,
+            max_partition_fetch_bytes=FETCH_BYTES_MAX // 4,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-dlq",
+            acks=delivery.PRODUCER_ACKS,
+            enable_idempotence=delivery.PRODUCER_ENABLE_IDEMPOTENCE,
+        )
+        consumer.subscribe([topics.EVENTS], listener=_SeekToStored(consumer, self.dsn, self.schema))
+        await consumer.start()
+        await producer.start()
+        committed: dict[int, int] = {}
+        try:
+            while not self.stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=self.batch_events_max
+                )
+                records = [r for part in batches.values() for r in part]
+                if not records:
+                    await self._report_lag(consumer, committed)
+                    continue
+                committed.update(await self._one_batch(consumer, producer, records))
+                await self._report_lag(consumer, committed)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+            if self._conn is not None:
+                await self._conn.close()
+
+    async def _one_batch(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, records: list[Any]
+    ) -> dict[int, int]:
+        """Apply one batch; returns the offsets now stored."""
+        started = time.perf_counter()
+        prepared = prepare(records)
+        await self._dead_letter(producer, prepared)
+        outcome = await self._apply(prepared)
+        now = time.time()
+        metrics.BATCHES.inc()
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.CONSUMED.inc(len(records))
+        metrics.RECORDS.labels("applied").inc(outcome.applied)
+        metrics.RECORDS.labels("duplicate").inc(outcome.duplicates)
+        metrics.RECORDS.labels("dead_lettered").inc(len(prepared.poison))
+        metrics.RECORDS.labels("marker").inc(prepared.markers)
+        for record in records:
+            metrics.COMMIT_LATENCY.observe(max(0.0, now - record.timestamp / 1000))
+        for isp_id, period in outcome.sealed:
+            metrics.PERIODS_SEALED.inc()
+            log.info("period %s of %s sealed", period, isp_id)
+        try:  # a hint for tools that read the group's offsets; the stored ones are the truth
+            await consumer.commit({
+                TopicPartition(topics.EVENTS, p): OffsetAndMetadata(o, "")
+                for p, o in prepared.next_offsets.items()
+            })  # fmt: skip
+        except Exception as error:  # a rebalance in progress: the next batch commits again
+            log.info("kafka commit skipped: %s", error)
+        return prepared.next_offsets
+
+
+def run_writer(
+    bootstrap_servers: str, dsn: str, schema: str, batch_events_max: int, metrics_port: int | None
+) -> int:
+    """The process's main: runs until SIGTERM or SIGINT (a batch in progress is finished)."""
+    from prometheus_client import start_http_server
+
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    writer = Writer(bootstrap_servers, dsn, schema, batch_events_max)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, writer.stopping.set)
+        await writer.run()
+
+    try:
+        asyncio.run(main())
+    except TimeoutError as error:
+        log.error("giving up: %s", error)
+        return EXIT_GIVE_UP
+    return 0
