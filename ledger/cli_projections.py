@@ -45,9 +45,11 @@ def _cmd_project(args: argparse.Namespace) -> int:
         level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stack = connected(args)
+    name = None if args.dynamic else args.name
     return run_writer(
-        stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port
-    )
+        stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port,
+        name,
+    )  # fmt: skip
 
 
 def _period(text: str) -> str:
@@ -78,10 +80,23 @@ def _close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple
     return None
 
 
+def _print_summary(isp_id: str, period: str, row: Any) -> None:
+    print(f"period {period} of {isp_id} is sealed: {row[1]} invoices")
+    for label, cents in (("excluding VAT", row[2]), ("VAT", row[3]), ("including VAT", row[4]),
+                         ("ISP commission", row[5]), ("owed to the platform", row[6])):  # fmt: skip
+        print(f"  {label:22} {cents / 100:>16,.2f} EUR")
+    print(f"  seal {row[7]}")
+
+
 def _cmd_close_period(args: argparse.Namespace) -> int:
     from ledger.produce import LedgerProducer, close_commands
 
     stack = connected(args)
+    before = _close_outcome(stack.dsn, args.isp, args.period, "")
+    if before is not None and before[0] == "closed":
+        print(f"period {args.period} of {args.isp} is already sealed: nothing was sent")
+        _print_summary(args.isp, args.period, before[1])
+        return 0
     command_id = f"close-{args.isp}-{args.period}-{uuid.uuid4().hex[:12]}"
     commands = close_commands(
         args.isp, args.period, stack.partitions, command_id, datetime.now(UTC)
@@ -96,14 +111,7 @@ def _cmd_close_period(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         outcome = _close_outcome(stack.dsn, args.isp, args.period, command_id)
         if outcome is not None and outcome[0] == "closed":
-            _, row = outcome
-            print(f"period {args.period} of {args.isp} is sealed: {row[1]} invoices")
-            print(f"  excluding VAT {row[2] / 100:>14,.2f} EUR")
-            print(f"  VAT           {row[3] / 100:>14,.2f} EUR")
-            print(f"  including VAT {row[4] / 100:>14,.2f} EUR")
-            print(f"  ISP commission{row[5] / 100:>14,.2f} EUR")
-            print(f"  owed to the platform {row[6] / 100:>7,.2f} EUR")
-            print(f"  seal {row[7]}")
+            _print_summary(args.isp, args.period, outcome[1])
             return 0
         if outcome is not None and outcome[0] == "rejected":
             raise LedgerError(f"the close was refused: {', '.join(outcome[1])}")
@@ -233,6 +241,13 @@ def add_parsers(commands: Any) -> None:
 
     project = commands.add_parser(
         "project", help="run the projection writer: ledger.events into PostgreSQL"
+    )
+    project.add_argument(
+        "--name", default="p1",
+        help="unique per writer: a restart under the same name resumes its partitions at once",
+    )  # fmt: skip
+    project.add_argument(
+        "--dynamic", action="store_true", help="dynamic group membership instead of static"
     )
     project.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     project.add_argument("--batch-events-max", type=int, default=5_000, metavar="N")

@@ -144,10 +144,14 @@ class Writer:
         schema: str = DEFAULT_SCHEMA,
         batch_events_max: int = BATCH_EVENTS_MAX,
         client_id: str = "ledger-projections",
+        name: str | None = None,
     ) -> None:
         self.bootstrap_servers, self.dsn, self.schema = bootstrap_servers, dsn, schema
         self.batch_events_max = batch_events_max
         self.client_id = client_id
+        # Static membership (KIP-345): a writer killed and restarted under the same name takes
+        # its partitions back at once, instead of after the session timeout of its dead self.
+        self.group_instance_id = None if name is None else f"projections-{name}"
         self.stopping = asyncio.Event()
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -200,6 +204,7 @@ class Writer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=GROUP_ID,
+            group_instance_id=self.group_instance_id,
             client_id=self.client_id,
             enable_auto_commit=delivery.CONSUMER_ENABLE_AUTO_COMMIT,
             auto_offset_reset=delivery.CONSUMER_AUTO_OFFSET_RESET,
@@ -269,14 +274,19 @@ class Writer:
 
 
 def run_writer(
-    bootstrap_servers: str, dsn: str, schema: str, batch_events_max: int, metrics_port: int | None
+    bootstrap_servers: str,
+    dsn: str,
+    schema: str,
+    batch_events_max: int,
+    metrics_port: int | None,
+    name: str | None,
 ) -> int:
     """The process's main: runs until SIGTERM or SIGINT (a batch in progress is finished)."""
     from prometheus_client import start_http_server
 
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
-    writer = Writer(bootstrap_servers, dsn, schema, batch_events_max)
+    writer = Writer(bootstrap_servers, dsn, schema, batch_events_max, name=name)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -289,4 +299,11 @@ def run_writer(
     except TimeoutError as error:
         log.error("giving up: %s", error)
         return EXIT_GIVE_UP
+    # A static member does not leave the group when it stops (KIP-345): its partitions would
+    # wait for its session to expire before another writer got them. A stop takes it out now;
+    # a kill -9 does not, and the restart under the same name takes the partitions back.
+    if writer.group_instance_id is not None:
+        from ledger.groups import leave_group
+
+        leave_group(bootstrap_servers, GROUP_ID, writer.group_instance_id)
     return 0

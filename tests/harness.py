@@ -53,24 +53,22 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
-class Worker:
-    """A `ledger worker` process of our own, known by its pid."""
+class LedgerProcess:
+    """A `ledger` process of our own, known by its pid, its output in a log file."""
 
-    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.data_dir = data_dir
         self.metrics_port = free_port()
-        self.log_path = data_dir.parent / f"{name}.log"
+        self.log_path = log_dir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Worker:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "ledger.cli", "worker", "--name", self.name,
-            "--data-dir", str(self.data_dir), "--metrics-port", str(self.metrics_port),
-            "--loglevel", "warning",
-        ]  # fmt: skip
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> LedgerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "ledger.cli", *self.arguments()]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -125,6 +123,35 @@ class Worker:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+class Worker(LedgerProcess):
+    """A `ledger worker`: the faust authorizer and balances."""
+
+    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(name, data_dir.parent, env)
+        self.data_dir = data_dir
+
+    def arguments(self) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            "worker", "--name", self.name, "--data-dir", str(self.data_dir),
+            "--metrics-port", str(self.metrics_port), "--loglevel", "warning",
+        ]  # fmt: skip
+
+
+class Projector(LedgerProcess):
+    """A `ledger project`: the projection writer, under a name of its own (static member)."""
+
+    def __init__(self, name: str, log_dir: Path, batch_events_max: int = 5_000) -> None:
+        super().__init__(name, log_dir)
+        self.batch_events_max = batch_events_max
+
+    def arguments(self) -> list[str]:
+        return [
+            "project", "--name", self.name, "--metrics-port", str(self.metrics_port),
+            "--batch-events-max", str(self.batch_events_max), "--loglevel", "info",
+        ]  # fmt: skip
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
