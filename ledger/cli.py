@@ -319,6 +319,27 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_projections(args: argparse.Namespace) -> int:
+    from ledger.bench import projections
+    from ledger.stack import manager
+
+    if args.accounts < 1 or args.purchases < 1:
+        raise LedgerError("--accounts and --purchases must be at least 1")
+    running = _running(args)
+    state = manager.connection(running.settings)
+    assert state.postgres is not None
+    figures = projections.run(
+        running.bootstrap_servers, state.postgres.dsn, running.partitions, args.accounts,
+        args.purchases, args.seed,
+    )  # fmt: skip
+    print(projections.report(figures))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(projections.as_json(figures), out, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_port_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka-port",
@@ -365,6 +386,14 @@ def _add_bench_parsers(commands: Any) -> None:
     bench_stream.add_argument("--seed", type=int, default=2006)
     bench_stream.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench_stream.set_defaults(handler=_cmd_bench_stream)
+    bench_proj = bench_commands.add_parser(
+        "projections", help="events/s into PostgreSQL: the live writer and replay"
+    )
+    bench_proj.add_argument("--accounts", type=int, default=20_000)
+    bench_proj.add_argument("--purchases", type=int, default=200_000)
+    bench_proj.add_argument("--seed", type=int, default=2006)
+    bench_proj.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench_proj.set_defaults(handler=_cmd_bench_projections)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,19 +63,19 @@ def drop_schema(dsn: str, schema: str) -> None:
         db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def live_offsets(db: psycopg.Connection[Any], live: str) -> dict[int, int]:
+def live_offsets(db: psycopg.Connection[Any], live: str, topic: str) -> dict[int, int]:
     rows = db.execute(
         sql.SQL("SELECT partition, next_offset FROM {} WHERE topic = %s").format(
             sql.Identifier(live, "projection_offsets")
         ),
-        (topics.EVENTS,),
+        (topic,),
     ).fetchall()
     return {int(p): int(o) for p, o in rows}
 
 
 class _Replayer:
-    def __init__(self, bootstrap_servers: str, dsn: str, schema: str, progress: Progress) -> None:
-        self.bootstrap_servers, self.dsn, self.schema = bootstrap_servers, dsn, schema
+    def __init__(self, topic: str, progress: Progress) -> None:
+        self.topic = topic
         self.progress = progress
         self.position: dict[int, int] = {}
         self.records = self.applied = self.duplicates = 0
@@ -88,7 +88,7 @@ class _Replayer:
         to_do = sum(max(0, o - self.position.get(p, 0)) for p, o in target.items())
         done = 0
         for p, offset in target.items():
-            tp = TopicPartition(topics.EVENTS, p)
+            tp = TopicPartition(self.topic, p)
             if self.position.get(p, 0) < offset:
                 consumer.resume(tp)
             else:
@@ -110,7 +110,7 @@ class _Replayer:
             if records:
                 prepared = prepare(records)  # poison was dead-lettered live: here it is skipped
                 outcome = await store.apply_batch(
-                    conn, topics.EVENTS, prepared.incoming, prepared.next_offsets
+                    conn, self.topic, prepared.incoming, prepared.next_offsets
                 )
                 self.position.update(prepared.next_offsets)
                 self.applied += outcome.applied
@@ -124,9 +124,9 @@ class _Replayer:
 
 async def _replay(
     bootstrap_servers: str, dsn: str, schema: str, live: str, partition_count: int,
-    progress: Progress,
+    progress: Progress, topic: str,
 ) -> ReplayResult:  # fmt: skip
-    replayer = _Replayer(bootstrap_servers, dsn, schema, progress)
+    replayer = _Replayer(topic, progress)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, client_id="ledger-replay",
         enable_auto_commit=False, isolation_level=delivery.CONSUMER_ISOLATION_LEVEL,
@@ -137,17 +137,17 @@ async def _replay(
     started = time.perf_counter()
     try:
         partitions = list(range(partition_count))
-        tps = [TopicPartition(topics.EVENTS, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         for _ in range(CATCH_UP_ROUNDS_MAX):
             with psycopg.connect(dsn) as db:
-                target = {p: live_offsets(db, live).get(p, 0) for p in partitions}
+                target = {p: live_offsets(db, live, topic).get(p, 0) for p in partitions}
             await replayer.run_to(consumer, conn, target)
             seconds = time.perf_counter() - started
             with psycopg.connect(dsn) as db:
                 db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                now = {p: live_offsets(db, live).get(p, 0) for p in partitions}
+                now = {p: live_offsets(db, live, topic).get(p, 0) for p in partitions}
                 if now != target:
                     continue  # the live writer moved on: follow it
                 left, right = compare.summarize(db, live), compare.summarize(db, schema)
@@ -196,7 +196,8 @@ def replay(
     partitions: int,
     live: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    topic: str = topics.EVENTS,
 ) -> ReplayResult:
     fresh_schema(dsn, schema)
     progress = progress or _no_progress
-    return asyncio.run(_replay(bootstrap_servers, dsn, schema, live, partitions, progress))
+    return asyncio.run(_replay(bootstrap_servers, dsn, schema, live, partitions, progress, topic))

@@ -98,8 +98,8 @@ def dead_letter_of(record: Any, invalid: codec.InvalidMessage) -> DeadLetter:
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, start each partition at the offset stored with the projections."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, dsn: str, schema: str) -> None:
-        self._consumer, self._dsn, self._schema = consumer, dsn, schema
+    def __init__(self, consumer: AIOKafkaConsumer, dsn: str, schema: str, topic: str) -> None:
+        self._consumer, self._dsn, self._schema, self._topic = consumer, dsn, schema, topic
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -107,7 +107,7 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         conn = await _connect_patiently(self._dsn, self._schema)
         try:
-            stored = await store.stored_offsets(conn, topics.EVENTS)
+            stored = await store.stored_offsets(conn, self._topic)
         finally:
             await conn.close()
         for tp in assigned:
@@ -145,7 +145,10 @@ class Writer:
         batch_events_max: int = BATCH_EVENTS_MAX,
         client_id: str = "ledger-projections",
         name: str | None = None,
+        topic: str = topics.EVENTS,
+        group_id: str = GROUP_ID,
     ) -> None:
+        self.topic, self.group_id = topic, group_id
         self.bootstrap_servers, self.dsn, self.schema = bootstrap_servers, dsn, schema
         self.batch_events_max = batch_events_max
         self.client_id = client_id
@@ -164,7 +167,7 @@ class Writer:
                 if self._conn is None or self._conn.closed:
                     self._conn = await _connect_patiently(self.dsn, self.schema)
                 return await store.apply_batch(
-                    self._conn, topics.EVENTS, prepared.incoming, prepared.next_offsets
+                    self._conn, self.topic, prepared.incoming, prepared.next_offsets
                 )
             except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
                     psycopg.errors.SerializationFailure) as error:  # fmt: skip
@@ -203,7 +206,7 @@ class Writer:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
-            group_id=GROUP_ID,
+            group_id=self.group_id,
             group_instance_id=self.group_instance_id,
             client_id=self.client_id,
             enable_auto_commit=delivery.CONSUMER_ENABLE_AUTO_COMMIT,
@@ -221,7 +224,8 @@ class Writer:
             acks=delivery.PRODUCER_ACKS,
             enable_idempotence=delivery.PRODUCER_ENABLE_IDEMPOTENCE,
         )
-        consumer.subscribe([topics.EVENTS], listener=_SeekToStored(consumer, self.dsn, self.schema))
+        listener = _SeekToStored(consumer, self.dsn, self.schema, self.topic)
+        consumer.subscribe([self.topic], listener=listener)
         await consumer.start()
         await producer.start()
         committed: dict[int, int] = {}
@@ -265,7 +269,7 @@ class Writer:
             log.info("period %s of %s sealed", period, isp_id)
         try:  # a hint for tools that read the group's offsets; the stored ones are the truth
             await consumer.commit({
-                TopicPartition(topics.EVENTS, p): OffsetAndMetadata(o, "")
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, "")
                 for p, o in prepared.next_offsets.items()
             })  # fmt: skip
         except Exception as error:  # a rebalance in progress: the next batch commits again

@@ -235,14 +235,19 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
     by_publisher = app.topic(topics.BY_PUBLISHER, partitions=partitions, **raw)
     by_isp = app.topic(topics.BY_ISP, partitions=partitions, **raw)
 
-    async def forward(raw_fact: bytes) -> None:
+    async def forward(message: Any) -> None:
+        raw_fact = message.value
         if not _is_money(raw_fact):
             return
         try:
             fact = codec.decode_fact(raw_fact)
-            assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
-        except Exception as error:  # the authorizer wrote it: a broken invariant
-            crash(f"group-by-party: {type(error).__name__}: {error}")
+        except codec.InvalidMessage as invalid:
+            # Not the authorizer's: something else wrote to ledger.events. Set it aside, with
+            # its reason, and go on (a crash would only come back to it: a crash loop).
+            await dead_letter(message, invalid.reason, invalid.detail)
+            return
+        if not isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
+            crash(f"group-by-party: a {type(fact).__name__} tagged as a money fact")
         for topic, key in ((by_publisher, fact.publisher_id), (by_isp, fact.isp_id)):
             await topic.send(
                 key=key.encode(), value=raw_fact, partition=partition_for(key, partitions)
@@ -253,7 +258,7 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
         async for event in stream.noack().events():
             if event_order.admit(event.message):
                 if not topics.is_marker(event.message.key):
-                    await forward(event.message.value)
+                    await forward(event.message)
                 await event_order.done(event.message)
                 event.ack()
             yield None

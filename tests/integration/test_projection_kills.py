@@ -35,10 +35,10 @@ from tests.harness import (
 from tests.world import T0, World
 
 ACCOUNTS = 150
-PURCHASES = 20_000
-DUPLICATES = 2_000
+PURCHASES = 10_000
+DUPLICATES = 1_000
 KILLS = 6
-BATCH_EVENTS = 100
+BATCH_EVENTS = 50
 
 
 def _workload(world: World, rng: random.Random) -> tuple[list[bytes], list[str]]:
