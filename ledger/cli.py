@@ -92,24 +92,45 @@ def _cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ledger import smoke
+    from ledger import demo, simulate
     from ledger.stack import manager
 
-    settings = _settings(args)
+    try:
+        shape = simulate.Scale(months=args.months, scale=args.scale, seed=args.seed)
+    except ValueError as error:
+        raise LedgerError(str(error)) from error
     _cmd_stack_up(args)
-    state = manager.connection(settings)
-    assert state.kafka is not None and state.postgres is not None
-    trip = smoke.kafka_round_trip(state.kafka.bootstrap_servers, count=args.records)
-    print(
-        f"kafka round trip: {trip.sent} records produced to {trip.topic} (acks=all, idempotent),"
-        f" {trip.received} consumed back, in order: {trip.in_order}, {trip.seconds * 1000:.0f} ms"
-    )
-    db = smoke.db_round_trip(state.postgres.dsn)
-    migrations = ", ".join(db.migrations)
-    print(f"database round trip: migrations {migrations}; wrote {db.written}, read {db.read}")
-    ok = trip.received == trip.sent and trip.in_order and db.read == db.written
-    print("demo: OK" if ok else "demo: FAILED")
-    return 0 if ok else EXIT_ERROR
+    running = _running(args)
+    state = manager.connection(running.settings)
+    assert state.postgres is not None
+    demo.run(
+        running.bootstrap_servers, state.postgres.dsn, running.partitions,
+        running.settings.home, shape,
+    )  # fmt: skip
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from ledger import demo, simulate
+
+    try:
+        shape = simulate.Scale(months=args.months, scale=args.scale, seed=args.seed)
+    except ValueError as error:
+        raise LedgerError(str(error)) from error
+    workload = simulate.generate(shape)
+    if args.output:
+        from schemas import codec
+
+        with open(args.output, "wb") as out:
+            for item in [*workload.reference, *workload.setup,
+                         *(x for month in workload.months for x in month)]:  # fmt: skip
+                out.write((item if isinstance(item, bytes) else codec.encode(item)) + b"\n")
+        print(f"wrote the workload to {args.output}")
+        return 0
+    running = _running(args)
+    sent, malformed = demo._send(running.bootstrap_servers, running.partitions, workload)
+    print(f"sent {sent:,} commands and {malformed} malformed messages")
+    return 0
 
 
 def _cmd_schemas_export(args: argparse.Namespace) -> int:
@@ -340,6 +361,15 @@ def _cmd_bench_projections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_shape_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--months", type=int, default=1, help="months of traffic (1 to 24)")
+    parser.add_argument(
+        "--scale", type=float, default=0.01,
+        help="share of the real platform: 1 is 1.1 million subscribers, 550,000 purchases a month",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=2006, help="the same seed, the same workload")
+
+
 def _add_port_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka-port",
@@ -417,10 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_stack_status)
 
-    demo = commands.add_parser("demo", help="bring the stack up and show it working end to end")
+    demo = commands.add_parser(
+        "demo", help="the main job: a simulated month through the whole ledger, then a summary"
+    )
     _add_port_flags(demo)
-    demo.add_argument("--records", type=int, default=10, help="records in the Kafka round trip")
+    _add_shape_flags(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    simulate = commands.add_parser(
+        "simulate", help="send a seeded Internet Plus workload (or write it with --output)"
+    )
+    _add_shape_flags(simulate)
+    simulate.add_argument("--output", metavar="FILE", help="write JSON lines instead of sending")
+    simulate.set_defaults(handler=_cmd_simulate)
 
     schemas = commands.add_parser("schemas", help="the message types' JSON Schema files")
     schema_commands = schemas.add_subparsers(

@@ -82,8 +82,11 @@ def up(settings: StackSettings) -> UpReport:
 
 def down(settings: StackSettings, purge: bool = False) -> list[str]:
     """Stop the processes this stack started, by pid. Returns what was stopped."""
+    from ledger import services
+
+    # The ledger's own processes first: they would only retry against a stopped broker.
+    stopped: list[str] = services.stop_all(settings.home)
     recorded = stack_state.load(settings.home)
-    stopped: list[str] = []
     if recorded is not None:
         if recorded.kafka is not None and proc.is_running(recorded.kafka.process):
             killed = kafka.stop(recorded.kafka)

@@ -1,0 +1,193 @@
+"""`ledger demo` (`make demo`): a simulated month of Internet Plus through the whole ledger.
+
+It brings the stack up, starts a worker, the projection writer and both APIs in the background,
+sends a seeded month of traffic (`ledger simulate`), waits for every purchase to be decided and
+projected, closes the billing periods of every ISP, and prints what an operator and the ISPs'
+billing teams look at. Everything keeps running until `ledger stack down`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import psycopg
+
+from ledger import services, simulate
+from ledger.errors import LedgerError
+from ledger.produce import LedgerProducer, close_commands
+from ledger.services import Service
+from schemas.commands import PurchaseRequested, RefundRequested
+
+DECIDE_SECONDS_MAX = 900.0
+SEAL_SECONDS_MAX = 300.0
+SERVICES = (
+    Service("worker-w1", ("worker", "--name", "w1", "--metrics-port", "9101"),
+            "http://127.0.0.1:9101/metrics"),
+    Service("projections-p1", ("project", "--name", "p1", "--metrics-port", "9201"),
+            "http://127.0.0.1:9201/metrics"),
+    Service("checkout-api", ("api", "--port", "18080"), "http://127.0.0.1:18080/v1/openapi.json"),
+    Service("isp-api", ("isp-api", "--port", "18081"),
+            "http://127.0.0.1:18081/v1/isps/openapi.json"),
+)  # fmt: skip
+
+
+def _send(bootstrap: str, partitions: int, workload: simulate.Workload) -> tuple[int, int]:
+    """Send the workload; returns (commands sent, malformed messages sent)."""
+    sent = malformed = 0
+    with LedgerProducer(bootstrap, partitions, client_id="ledger-simulate") as producer:
+        for record in workload.reference:
+            producer.send_reference(record)
+        producer.flush()
+        for command in workload.setup:
+            producer.send_command(command)
+            sent += 1
+        for month in workload.months:
+            for item in month:
+                if isinstance(item, bytes):
+                    producer.send_raw("ledger.commands", b"simulated-garbage", item, 0)
+                    malformed += 1
+                else:
+                    producer.send_command(item)
+                    sent += 1
+        producer.flush()
+    return sent, malformed
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    rate = done / max(1e-6, time.monotonic() - started)
+    filled = 40 * done // max(1, total)
+    sys.stderr.write(f"\rdecided and projected [{'#' * filled}{'.' * (40 - filled)}]"
+                     f" {done:,}/{total:,}  {rate:,.0f}/s ")  # fmt: skip
+    sys.stderr.flush()
+
+
+def _wait_decided(dsn: str, purchases: list[str], refunds: list[str]) -> float:
+    started = time.monotonic()
+    total = len(purchases) + len(refunds)
+    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+        while time.monotonic() - started < DECIDE_SECONDS_MAX:
+            row = db.execute(
+                "SELECT (SELECT count(DISTINCT purchase_id) FROM purchases"
+                "        WHERE purchase_id = ANY(%s))"
+                "     + (SELECT count(DISTINCT refund_id) FROM refunds WHERE refund_id = ANY(%s))",
+                (purchases, refunds),
+            ).fetchone()
+            done = int(row[0]) if row else 0
+            _progress(done, total, started)
+            if done >= total:
+                sys.stderr.write("\n")
+                return time.monotonic() - started
+            time.sleep(0.5)
+    raise LedgerError("the purchases were not all decided in time: see .ledger/logs/")
+
+
+def _close_all(dsn: str, bootstrap: str, partitions: int) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+        open_periods = db.execute(
+            "SELECT DISTINCT m.isp_id, m.billing_period FROM money_facts m"
+            " WHERE NOT EXISTS (SELECT 1 FROM billing_periods p WHERE p.isp_id = m.isp_id"
+            "                   AND p.period = m.billing_period AND p.state = 'closed')"
+            " ORDER BY 1, 2"
+        ).fetchall()
+    with LedgerProducer(bootstrap, partitions, client_id="ledger-demo-close") as producer:
+        from datetime import UTC, datetime
+
+        for isp_id, period in open_periods:
+            command_id = f"demo-close-{isp_id}-{period}-{int(time.time())}"
+            for command in close_commands(isp_id, period, partitions, command_id,
+                                          datetime.now(UTC)):  # fmt: skip
+                producer.send_command(command)
+        producer.flush()
+    deadline = time.monotonic() + SEAL_SECONDS_MAX
+    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+        while time.monotonic() < deadline:
+            sealed = db.execute(
+                "SELECT count(*) FROM billing_periods WHERE state = 'closed'"
+                " AND (isp_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([i for i, _ in open_periods], [p for _, p in open_periods]),
+            ).fetchone()
+            if sealed and sealed[0] == len(open_periods):
+                return [(str(i), str(p)) for i, p in open_periods]
+            time.sleep(0.5)
+    raise LedgerError("the periods were not all sealed in time: see .ledger/logs/")
+
+
+def _euros(cents: Any) -> str:
+    return f"{int(cents or 0) / 100:>14,.2f} EUR"
+
+
+def summary(dsn: str) -> str:
+    lines: list[str] = []
+    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+
+        def one(query: str) -> Any:
+            row = db.execute(query.encode()).fetchone()
+            assert row is not None
+            return row
+
+        total, authorized, revenue = one(
+            "SELECT count(*), count(*) FILTER (WHERE decision = 'authorized'),"
+            " sum(amount_cents) FILTER (WHERE decision = 'authorized') FROM purchases"
+        )
+        refunded = one("SELECT coalesce(sum(amount_cents), 0) FROM refunds"
+                       " WHERE decision = 'refunded'")[0]  # fmt: skip
+        lines += [
+            f"transactions decided   {total:>14,}",
+            f"authorized             {authorized:>14,}",
+            f"revenue incl. VAT      {_euros(revenue)}  (refunded {int(refunded) / 100:,.2f})",
+            f"average basket         {_euros((revenue or 0) / max(1, authorized))}",
+            "", "rejections by reason",
+        ]  # fmt: skip
+        for reason, count in db.execute(
+            "SELECT reason, count(*) FROM purchases WHERE decision = 'rejected'"
+            " GROUP BY reason ORDER BY 2 DESC"
+        ).fetchall():
+            lines.append(f"  {reason:28} {count:>8,}")
+        lines += ["", "invoices per ISP (sealed periods)",
+                  f"  {'isp':14} {'period':8} {'invoices':>9} {'excl. VAT':>14} {'VAT':>12}"
+                  f" {'incl. VAT':>14} {'commission':>12}"]  # fmt: skip
+        for isp, period, invoices, net, vat, gross, commission in db.execute(
+            "SELECT isp_id, period, invoices, net_cents, vat_cents, gross_cents,"
+            " commission_cents FROM billing_periods WHERE state = 'closed' ORDER BY 1, 2"
+        ).fetchall():
+            money = f"{net / 100:>14,.2f} {vat / 100:>12,.2f} {gross / 100:>14,.2f}"
+            lines.append(f"  {isp:14} {period:8} {invoices:>9,} {money} {commission / 100:>12,.2f}")
+        lines += ["", "top publishers (owed, all periods)"]
+        for publisher, purchases, owed in db.execute(
+            "SELECT publisher_id, purchases, owed_cents FROM publisher_balances"
+            " ORDER BY owed_cents DESC LIMIT 5"
+        ).fetchall():
+            lines.append(f"  {publisher:28} {purchases:>8,} purchases {_euros(owed)}")
+    return "\n".join(lines)
+
+
+def run(bootstrap: str, dsn: str, partitions: int, home: Any, shape: simulate.Scale) -> None:
+    for service in SERVICES:
+        pid = services.start(home, service)
+        print(f"started {service.name:16} pid {pid}")
+    workload = simulate.generate(shape)
+    purchases = sorted({c.purchase_id for m in workload.months for c in m
+                        if isinstance(c, PurchaseRequested)})  # fmt: skip
+    refunds = sorted({c.refund_id for m in workload.months for c in m
+                      if isinstance(c, RefundRequested)})  # fmt: skip
+    started = time.monotonic()
+    sent, malformed = _send(bootstrap, partitions, workload)
+    print(f"simulated {shape.months} month(s) at scale {shape.scale} (seed {shape.seed}):"
+          f" {sent:,} commands and {malformed} malformed messages sent in"
+          f" {time.monotonic() - started:.1f} s")  # fmt: skip
+    seconds = _wait_decided(dsn, purchases, refunds)
+    print(f"{len(purchases) + len(refunds):,} purchases and refunds decided and projected in"
+          f" {seconds:.1f} s")  # fmt: skip
+    closed = _close_all(dsn, bootstrap, partitions)
+    print(f"sealed {len(closed)} billing periods: "
+          + ", ".join(f"{isp} {period}" for isp, period in closed))  # fmt: skip
+    print()
+    print(summary(dsn))
+    print()
+    for service in SERVICES:
+        print(f"{service.name:16} {service.url}")
+    print("ISP credentials:  .venv/bin/ledger isp-access --isp orange")
+    print("books:            .venv/bin/ledger reconcile")
+    print("stop everything:  .venv/bin/ledger stack down")
