@@ -20,6 +20,7 @@ from ledger.produce import LedgerProducer, close_commands
 from ledger.services import Service
 from schemas.commands import PurchaseRequested, RefundRequested
 
+ISP_IDS = [isp[0] for isp in simulate.ISPS]  # the simulated ISPs: the demo closes and sums these
 DECIDE_SECONDS_MAX = 900.0
 SEAL_SECONDS_MAX = 300.0
 SERVICES = (
@@ -66,6 +67,7 @@ def _progress(done: int, total: int, started: float) -> None:
 def _wait_decided(dsn: str, purchases: list[str], refunds: list[str]) -> float:
     started = time.monotonic()
     total = len(purchases) + len(refunds)
+    last = -1
     with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
         while time.monotonic() - started < DECIDE_SECONDS_MAX:
             row = db.execute(
@@ -75,7 +77,9 @@ def _wait_decided(dsn: str, purchases: list[str], refunds: list[str]) -> float:
                 (purchases, refunds),
             ).fetchone()
             done = int(row[0]) if row else 0
-            _progress(done, total, started)
+            if done != last:
+                _progress(done, total, started)
+                last = done
             if done >= total:
                 sys.stderr.write("\n")
                 return time.monotonic() - started
@@ -87,9 +91,10 @@ def _close_all(dsn: str, bootstrap: str, partitions: int) -> list[tuple[str, str
     with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
         open_periods = db.execute(
             "SELECT DISTINCT m.isp_id, m.billing_period FROM money_facts m"
-            " WHERE NOT EXISTS (SELECT 1 FROM billing_periods p WHERE p.isp_id = m.isp_id"
-            "                   AND p.period = m.billing_period AND p.state = 'closed')"
-            " ORDER BY 1, 2"
+            " WHERE m.isp_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM billing_periods p"
+            "   WHERE p.isp_id = m.isp_id AND p.period = m.billing_period AND p.state = 'closed')"
+            " ORDER BY 1, 2",
+            (ISP_IDS,),
         ).fetchall()
     with LedgerProducer(bootstrap, partitions, client_id="ledger-demo-close") as producer:
         from datetime import UTC, datetime
@@ -123,16 +128,17 @@ def summary(dsn: str) -> str:
     with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
 
         def one(query: str) -> Any:
-            row = db.execute(query.encode()).fetchone()
+            row = db.execute(query.encode(), (ISP_IDS,)).fetchone()
             assert row is not None
             return row
 
         total, authorized, revenue = one(
             "SELECT count(*), count(*) FILTER (WHERE decision = 'authorized'),"
             " sum(amount_cents) FILTER (WHERE decision = 'authorized') FROM purchases"
+            " WHERE isp_id = ANY(%s)"
         )
         refunded = one("SELECT coalesce(sum(amount_cents), 0) FROM refunds"
-                       " WHERE decision = 'refunded'")[0]  # fmt: skip
+                       " WHERE decision = 'refunded' AND isp_id = ANY(%s)")[0]  # fmt: skip
         lines += [
             f"transactions decided   {total:>14,}",
             f"authorized             {authorized:>14,}",
@@ -142,7 +148,8 @@ def summary(dsn: str) -> str:
         ]  # fmt: skip
         for reason, count in db.execute(
             "SELECT reason, count(*) FROM purchases WHERE decision = 'rejected'"
-            " GROUP BY reason ORDER BY 2 DESC"
+            " AND (isp_id = ANY(%s) OR isp_id IS NULL) GROUP BY reason ORDER BY 2 DESC",
+            (ISP_IDS,),
         ).fetchall():
             lines.append(f"  {reason:28} {count:>8,}")
         lines += ["", "invoices per ISP (sealed periods)",
@@ -150,14 +157,17 @@ def summary(dsn: str) -> str:
                   f" {'incl. VAT':>14} {'commission':>12}"]  # fmt: skip
         for isp, period, invoices, net, vat, gross, commission in db.execute(
             "SELECT isp_id, period, invoices, net_cents, vat_cents, gross_cents,"
-            " commission_cents FROM billing_periods WHERE state = 'closed' ORDER BY 1, 2"
+            " commission_cents FROM billing_periods WHERE state = 'closed' AND isp_id = ANY(%s)"
+            " ORDER BY 1, 2",
+            (ISP_IDS,),
         ).fetchall():
             money = f"{net / 100:>14,.2f} {vat / 100:>12,.2f} {gross / 100:>14,.2f}"
             lines.append(f"  {isp:14} {period:8} {invoices:>9,} {money} {commission / 100:>12,.2f}")
         lines += ["", "top publishers (owed, all periods)"]
         for publisher, purchases, owed in db.execute(
             "SELECT publisher_id, purchases, owed_cents FROM publisher_balances"
-            " ORDER BY owed_cents DESC LIMIT 5"
+            " WHERE publisher_id = ANY(%s) ORDER BY owed_cents DESC LIMIT 5",
+            ([r.publisher_id for r in simulate.reference() if hasattr(r, "publisher_id")],),
         ).fetchall():
             lines.append(f"  {publisher:28} {purchases:>8,} purchases {_euros(owed)}")
     return "\n".join(lines)
