@@ -13,7 +13,6 @@ lock timeout is retried likewise. Anything else is a bug: the writer exits non-z
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import signal
@@ -31,7 +30,7 @@ from ledger import delivery, topics
 from projections import metrics, store
 from projections.migrate import DEFAULT_SCHEMA
 from schemas import codec
-from schemas.deadletter import DETAIL_MAX, DeadLetter
+from schemas.deadletter import DeadLetter, set_aside
 
 log = logging.getLogger("ledger.projections")
 GROUP_ID = "internet-plus-ledger-projections"
@@ -80,19 +79,10 @@ def prepare(records: Iterable[Any]) -> Prepared:
 
 
 def dead_letter_of(record: Any, invalid: codec.InvalidMessage) -> DeadLetter:
-    def b64(raw: bytes | None) -> str | None:
-        return None if raw is None else base64.b64encode(raw).decode()
-
-    return DeadLetter(
-        reason=invalid.reason,
-        detail=invalid.detail[:DETAIL_MAX],
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        raw_base64=b64(record.value) or "",
-        dead_lettered_at=datetime.now(UTC),
-        key_base64=b64(record.key),
-    )
+    return set_aside(
+        invalid.reason, invalid.detail, record.topic, record.partition, record.offset,
+        record.key, record.value, datetime.now(UTC),
+    )  # fmt: skip
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]

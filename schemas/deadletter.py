@@ -3,6 +3,8 @@ and its bytes, so that nothing is lost and an operator can fix and replay it."""
 
 from __future__ import annotations
 
+import base64
+from datetime import datetime
 from typing import Annotated
 
 from msgspec import Meta
@@ -22,3 +24,30 @@ class DeadLetter(Message, frozen=True, tag="dead_letter.v1"):
     raw_base64: str
     dead_lettered_at: Timestamp  # wall clock of the worker that set it aside
     key_base64: str | None = None
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode()
+
+
+def set_aside(
+    reason: str,
+    detail: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    at: datetime,
+) -> DeadLetter:
+    """The dead letter of a record: its bytes whole, the detail cut to DETAIL_MAX."""
+    return DeadLetter(
+        reason=reason,
+        detail=detail[:DETAIL_MAX],
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        raw_base64=_b64(value) or "",
+        dead_lettered_at=at,
+        key_base64=_b64(key),
+    )

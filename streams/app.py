@@ -11,7 +11,6 @@ the worker stops at once, uncommitted, and its restart replays deterministically
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ from ledger.core.state import ClosedPeriods, decode_account, decode_closed, enco
 from ledger.partitioning import partition_for
 from schemas import codec
 from schemas.commands import PeriodCloseRequested
-from schemas.deadletter import DETAIL_MAX, DeadLetter
+from schemas.deadletter import set_aside
 from schemas.facts import (
     CommandRejected,
     Fact,
@@ -73,10 +72,6 @@ class LedgerApp(faust.App):
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _b64(raw: bytes | None) -> str | None:
-    return None if raw is None else base64.b64encode(raw).decode()
 
 
 def crash(reason: str) -> NoReturn:
@@ -126,16 +121,10 @@ def create_app(config: WorkerConfig) -> LedgerApp:  # noqa: PLR0915 - one wiring
     last_offsets: dict[tuple[str, int], int] = {}
 
     async def dead_letter(message: Any, reason: str, detail: str) -> None:
-        letter = DeadLetter(
-            reason=reason,
-            detail=detail[:DETAIL_MAX],
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            raw_base64=_b64(message.value) or "",
-            dead_lettered_at=_now(),
-            key_base64=_b64(message.key),
-        )
+        letter = set_aside(
+            reason, detail, message.topic, message.partition, message.offset, message.key,
+            message.value, _now(),
+        )  # fmt: skip
         await dlq_topic.send(key=message.key, value=codec.encode(letter), partition=0)
         metrics.DEAD_LETTERS.labels(message.topic, reason).inc()
         log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition,

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram, generate_latest
 from psycopg.rows import dict_row
 
+from ledger.api.errors import ApiError, error_response
 from ledger.api.keys import key_hash
 
 log = logging.getLogger("ledger.api.isp")
@@ -35,10 +36,6 @@ CSV_COLUMNS = (
     "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents", "gross_cents",
     "late_for_period",
 )  # fmt: skip
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 def _json(value: Any) -> Any:
@@ -84,30 +81,23 @@ class IspApi:
     async def isp_of(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
-            raise web.HTTPUnauthorized(
-                text='{"error": {"code": "unauthorized", "message": "an ISP API key is needed:'
-                ' Authorization: Bearer <key>"}}', content_type="application/json",
-            )  # fmt: skip
+            raise ApiError(
+                401, "unauthorized", "an ISP API key is needed: Authorization: Bearer <key>"
+            )
         rows = await self.query(
             "SELECT isp_id FROM isp_api_keys WHERE key_sha256 = %s AND revoked_at IS NULL",
             (key_hash(header[7:].strip()),),
         )
         if not rows:
-            raise web.HTTPUnauthorized(
-                text='{"error": {"code": "unauthorized", "message": "unknown or revoked API key"}}',
-                content_type="application/json",
-            )
+            raise ApiError(401, "unauthorized", "unknown or revoked API key")
         isp_id: str = rows[0]["isp_id"]
         if request.match_info.get("isp_id") != isp_id:
             raise _not_found()
         return isp_id
 
 
-def _not_found() -> web.HTTPNotFound:
-    return web.HTTPNotFound(
-        text='{"error": {"code": "not_found", "message": "no such resource"}}',
-        content_type="application/json",
-    )
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "no such resource")
 
 
 def routes(api: IspApi) -> web.RouteTableDef:
@@ -129,14 +119,14 @@ def routes(api: IspApi) -> web.RouteTableDef:
         isp_id = await api.isp_of(request)
         period = request.query.get("period", "")
         if not _PERIOD.match(period):
-            return _error(400, "bad_request", "the query needs period=YYYY-MM")
+            return error_response(400, "bad_request", "the query needs period=YYYY-MM")
         after = request.query.get("after", "")
         try:
             limit = int(request.query.get("limit", str(PAGE_INVOICES_MAX)))
         except ValueError:
-            return _error(400, "bad_request", "limit is a whole number")
+            return error_response(400, "bad_request", "limit is a whole number")
         if not 1 <= limit <= PAGE_INVOICES_MAX:
-            return _error(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
+            return error_response(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
         rows = await api.query(
             "SELECT invoice_id, account_id, account_kind, company_name, lines, net_cents,"
             " vat_cents, gross_cents, gross_cents_by_user, seal FROM invoices"
@@ -210,20 +200,20 @@ async def errors_and_metrics(
     started = time.perf_counter()
     try:
         response = await handler(request)
-    except web.HTTPException as http:
-        response = http
+    except ApiError as error:
+        response = error_response(error.status, error.code, error.message)
+    except web.HTTPException as error:  # aiohttp's own: no such route, method not allowed
+        response = error_response(error.status, "http_error", error.reason)
     except psycopg.OperationalError as error:
         log.warning("the database is unreachable: %s", error)
-        response = _error(503, "unavailable", "the invoices are unreachable: try again shortly")
+        response = error_response(
+            503, "unavailable", "the invoices are unreachable: try again shortly"
+        )
     except Exception:
         log.exception("an unexpected error on %s", route)
-        response = _error(500, "internal", "an unexpected error; it was logged")
+        response = error_response(500, "internal", "an unexpected error; it was logged")
     REQUESTS.labels(route, str(response.status)).inc()
     LATENCY.labels(route).observe(time.perf_counter() - started)
-    plain = response.content_type != "application/json"
-    if isinstance(response, web.HTTPException) and response.status >= 400 and plain:
-        code = "not_found" if response.status == 404 else "error"
-        return _error(response.status, code, response.reason or "error")
     return response
 
 

@@ -36,6 +36,7 @@ from ledger.api.bodies import (
     PurchaseBody,
     RefundBody,
 )
+from ledger.api.errors import ApiError, error_response
 from ledger.api.listener import DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
 from ledger.core.authorizer import fingerprint
@@ -65,16 +66,6 @@ LATENCY = Histogram(
     "ledger_api_request_latency_seconds", "HTTP request latency", ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )  # fmt: skip
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 @dataclass
@@ -384,12 +375,12 @@ async def errors_and_metrics(
     try:
         response = await handler(request)
     except ApiError as error:
-        response = _error(error.status, error.code, error.message)
+        response = error_response(error.status, error.code, error.message)
     except web.HTTPException as error:
-        response = _error(error.status, "http_error", error.reason)
+        response = error_response(error.status, "http_error", error.reason)
     except Exception:
         log.exception("an unexpected error on %s", route)
-        response = _error(500, "internal_error", "an unexpected error; nothing was changed")
+        response = error_response(500, "internal_error", "an unexpected error; nothing was changed")
     REQUESTS.labels(route, str(response.status)).inc()
     LATENCY.labels(route).observe(time.perf_counter() - started)
     return response
