@@ -38,6 +38,8 @@ def _running(args: argparse.Namespace) -> Running:
     from ledger.stack import manager
 
     settings = _settings(args)
+    if settings.external_bootstrap is not None:
+        return Running(settings, settings.external_bootstrap, settings.topic_partitions)
     state = manager.connection(settings)
     assert state.kafka is not None
     partitions = state.topic_partitions or settings.topic_partitions
@@ -64,6 +66,28 @@ def _cmd_stack_up(args: argparse.Namespace) -> int:
     if report.migrations_applied:
         print(f"migrations applied: {', '.join(report.migrations_applied)}")
     print("stop it with: ledger stack down")
+    return 0
+
+
+def _cmd_stack_init(args: argparse.Namespace) -> int:
+    from ledger.stack import manager
+
+    if args.replication < 1:
+        raise LedgerError("--replication must be at least 1")
+    created, migrations = manager.init_external(_settings(args), args.replication)
+    print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    print(f"migrations applied: {', '.join(migrations) or 'none (up to date)'}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ledger import services, status
+    from ledger.cli_projections import connected
+
+    stack = connected(args)
+    settings = _settings(args)
+    found = status.gather(stack.bootstrap_servers, stack.dsn, services.running(settings.home))
+    print(json.dumps(found.as_json(), indent=2) if args.json else status.render(found))
     return 0
 
 
@@ -426,18 +450,21 @@ def _add_bench_parsers(commands: Any) -> None:
     bench_proj.set_defaults(handler=_cmd_bench_projections)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ledger",
-        description="The Internet Plus ledger: purchases on Kafka, invoices in PostgreSQL.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_stack_parsers(commands: Any) -> None:
     stack = commands.add_parser("stack", help="the local Kafka broker and PostgreSQL")
     stack_commands = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_commands.add_parser("up", help="start the stack (reuses what already runs)")
     _add_port_flags(up)
     up.set_defaults(handler=_cmd_stack_up)
+    init = stack_commands.add_parser(
+        "init",
+        help="create the topics and apply the migrations on a stack run elsewhere "
+        "(LEDGER_BOOTSTRAP_SERVERS, LEDGER_DATABASE_URL)",
+    )
+    init.add_argument(
+        "--replication", type=int, default=3, help="replicas of each topic (default 3)"
+    )
+    init.set_defaults(handler=_cmd_stack_init)
     down = stack_commands.add_parser("down", help="stop the processes the stack started")
     down.add_argument(
         "--purge", action="store_true", help="also delete the broker's log and the database"
@@ -446,6 +473,22 @@ def build_parser() -> argparse.ArgumentParser:
     status = stack_commands.add_parser("status", help="what runs, with pids and addresses")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_stack_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="The Internet Plus ledger: purchases on Kafka, invoices in PostgreSQL.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_stack_parsers(commands)
+    status = commands.add_parser(
+        "status",
+        help="lag per partition, throughput, the last decision, dead letters, billing periods",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_status)
 
     demo = commands.add_parser(
         "demo", help="the main job: a simulated month through the whole ledger, then a summary"

@@ -31,6 +31,10 @@ def connected(args: argparse.Namespace) -> Connected:
     from ledger.stack import manager
 
     running = _running(args)
+    if running.settings.external_dsn is not None:
+        return Connected(
+            running.bootstrap_servers, running.partitions, running.settings.external_dsn
+        )
     state = manager.connection(running.settings)
     assert state.postgres is not None
     return Connected(running.bootstrap_servers, running.partitions, state.postgres.dsn)

@@ -64,7 +64,17 @@ def _progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def _wait_decided(dsn: str, purchases: list[str], refunds: list[str]) -> float:
+def _check_services(home: Any) -> None:
+    alive = services.running(home)
+    for service in SERVICES:
+        if service.name not in alive:
+            sys.stderr.write("\n")
+            raise LedgerError(
+                f"the {service.name} service stopped: see {home / 'logs' / service.name}.log"
+            )
+
+
+def _wait_decided(home: Any, dsn: str, purchases: list[str], refunds: list[str]) -> float:
     started = time.monotonic()
     total = len(purchases) + len(refunds)
     last = -1
@@ -83,6 +93,7 @@ def _wait_decided(dsn: str, purchases: list[str], refunds: list[str]) -> float:
             if done >= total:
                 sys.stderr.write("\n")
                 return time.monotonic() - started
+            _check_services(home)
             time.sleep(0.5)
     raise LedgerError("the purchases were not all decided in time: see .ledger/logs/")
 
@@ -187,7 +198,7 @@ def run(bootstrap: str, dsn: str, partitions: int, home: Any, shape: simulate.Sc
     print(f"simulated {shape.months} month(s) at scale {shape.scale} (seed {shape.seed}):"
           f" {sent:,} commands and {malformed} malformed messages sent in"
           f" {time.monotonic() - started:.1f} s")  # fmt: skip
-    seconds = _wait_decided(dsn, purchases, refunds)
+    seconds = _wait_decided(home, dsn, purchases, refunds)
     print(f"{len(purchases) + len(refunds):,} purchases and refunds decided and projected in"
           f" {seconds:.1f} s")  # fmt: skip
     closed = _close_all(dsn, bootstrap, partitions)

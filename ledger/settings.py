@@ -34,6 +34,10 @@ class StackSettings:
     postgres_port: int
     topic_partitions: int
     kafka_heap_mb: int
+    # A stack run elsewhere (a cluster: see deploy/cluster): when both are set, the ledger's
+    # processes use them and do not look for a local stack.
+    external_bootstrap: str | None = None
+    external_dsn: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -113,4 +117,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> StackSettings:
         ),
     )
     _check_ports(settings)
-    return settings
+    external_bootstrap = env.get("LEDGER_BOOTSTRAP_SERVERS") or None
+    external_dsn = env.get("LEDGER_DATABASE_URL") or None
+    if (external_bootstrap is None) != (external_dsn is None):
+        raise ConfigError(
+            "an external stack needs both LEDGER_BOOTSTRAP_SERVERS (host:port,...) and "
+            "LEDGER_DATABASE_URL (postgresql://...); set both or neither"
+        )
+    if external_dsn is not None and not external_dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"LEDGER_DATABASE_URL must be a postgresql:// URL, got {external_dsn.split('@')[-1]!r}"
+        )
+    return replace(settings, external_bootstrap=external_bootstrap, external_dsn=external_dsn)
+
+
+def listen_host(env: Mapping[str, str] | None = None) -> str:
+    """Where the metrics endpoints and the APIs listen: loopback on a developer machine, all
+    interfaces in a pod (LEDGER_LISTEN_HOST=0.0.0.0)."""
+    env = os.environ if env is None else env
+    return env.get("LEDGER_LISTEN_HOST") or "127.0.0.1"

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import OffsetAndMetadata
 
 from ledger import delivery, topics
+from ledger.settings import listen_host
 from projections import metrics, store
 from projections.migrate import DEFAULT_SCHEMA
 from schemas import codec
@@ -279,7 +280,7 @@ def run_writer(
     from prometheus_client import start_http_server
 
     if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=listen_host())
     writer = Writer(bootstrap_servers, dsn, schema, batch_events_max, name=name)
 
     async def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from ledger.groups import leave_group
+from ledger.settings import listen_host
 from streams.config import StoreKind, WorkerConfig, instance_id
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -136,7 +137,7 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
     )
     app = create_app(config)
     if config.metrics_port is not None:
-        start_http_server(config.metrics_port, addr="127.0.0.1")
+        start_http_server(config.metrics_port, addr=listen_host())
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

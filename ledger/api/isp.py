@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from ledger.api.errors import ApiError, error_response
 from ledger.api.keys import key_hash
+from ledger.settings import listen_host
 
 log = logging.getLogger("ledger.api.isp")
 _PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
@@ -226,4 +227,4 @@ def create_isp_app(api: IspApi) -> web.Application:
 
 
 def run_isp_api(dsn: str, port: int) -> None:
-    web.run_app(create_isp_app(IspApi(dsn)), host="127.0.0.1", port=port, print=None)
+    web.run_app(create_isp_app(IspApi(dsn)), host=listen_host(), port=port, print=None)

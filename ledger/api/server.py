@@ -41,6 +41,7 @@ from ledger.api.listener import DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
 from ledger.core.authorizer import fingerprint
 from ledger.partitioning import partition_for
+from ledger.settings import listen_host
 from schemas import codec
 from schemas.commands import (
     AccountBlockRequested,
@@ -397,4 +398,4 @@ def create_web_app(api: Api) -> web.Application:
 def run_api(bootstrap_servers: str, partitions: int, admin_key_sha256: str, port: int) -> None:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = Api(bootstrap_servers, partitions, admin_key_sha256)
-    web.run_app(create_web_app(api), host="127.0.0.1", port=port, print=None)
+    web.run_app(create_web_app(api), host=listen_host(), port=port, print=None)

@@ -149,6 +149,10 @@ def start(settings: StackSettings) -> KafkaState:
     ]
     if not (log_dir / "meta.properties").exists():
         _format_storage(java, jars, config, log4j, logs)
+        # A new cluster: the workers' local table state (RocksDB) belongs to the old one, whose
+        # changelogs are gone; faust refuses to start on it (ConsistencyError). It is a cache of
+        # those changelogs, so it goes with them.
+        shutil.rmtree(settings.home / "workers", ignore_errors=True)
     for port in (settings.kafka_port, settings.kafka_controller_port):
         if not proc.port_is_free(port):
             raise StackError(
@@ -243,7 +247,7 @@ def wait_ready(state: KafkaState, deadline_seconds: float = READY_DEADLINE_SECON
     )
 
 
-def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
+def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1) -> list[str]:
     """Create the ledger's topics that do not exist yet. Returns the names created."""
     from kafka.admin import KafkaAdminClient
 
@@ -257,7 +261,7 @@ def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
         wanted = {
             spec.name: {
                 "num_partitions": spec.partitions(partitions),
-                "replication_factor": 1,
+                "replication_factor": replication,
                 "configs": spec.configs,
             }
             for spec in TOPICS

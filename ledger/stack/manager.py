@@ -80,6 +80,23 @@ def up(settings: StackSettings) -> UpReport:
     )
 
 
+def init_external(settings: StackSettings, replication: int) -> tuple[list[str], list[str]]:
+    """On a stack run elsewhere (LEDGER_BOOTSTRAP_SERVERS, LEDGER_DATABASE_URL): create the
+    topics and apply the migrations, as `up` does locally. Returns (topics, migrations)."""
+    from projections.migrate import apply_migrations
+
+    if settings.external_bootstrap is None or settings.external_dsn is None:
+        raise StackError(
+            "`ledger stack init` prepares a stack run elsewhere: set LEDGER_BOOTSTRAP_SERVERS and "
+            "LEDGER_DATABASE_URL (a local stack is prepared by `ledger stack up`)"
+        )
+    created = kafka.ensure_topics(
+        settings.external_bootstrap, settings.topic_partitions, replication
+    )
+    kafka.mark_empty_partitions(settings.external_bootstrap)
+    return created, apply_migrations(settings.external_dsn)
+
+
 def down(settings: StackSettings, purge: bool = False) -> list[str]:
     """Stop the processes this stack started, by pid. Returns what was stopped."""
     from ledger import services
@@ -102,6 +119,7 @@ def down(settings: StackSettings, purge: bool = False) -> list[str]:
 
         postgres.purge(settings)
         shutil.rmtree(settings.home / "kafka", ignore_errors=True)
+        shutil.rmtree(settings.home / "workers", ignore_errors=True)
     return stopped
 
 

@@ -390,3 +390,61 @@ def test_reconcile_names_a_mismatch(sealed: Sealed) -> None:
     finally:
         with _db(sealed.dsn) as db:
             db.execute("DELETE FROM journal WHERE event_id = %s", (bad,))
+
+
+def _dlq_size(bootstrap: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ledger.delivery import consumer_config
+
+    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-tests", group_id=None))
+    try:
+        tps = [TopicPartition(topics.DLQ, p) for p in consumer.partitions_for_topic(topics.DLQ)]
+        ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        return sum(ends[tp] - begins[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+def test_status_shows_lag_periods_dead_letters_and_the_last_decision(sealed: Sealed) -> None:
+    assert sealed.stack.kafka is not None
+    bootstrap = sealed.stack.kafka.bootstrap_servers
+    isp = sealed.world.isp.isp_id
+
+    seen: list[dict[str, Any]] = []
+
+    def caught_up() -> bool:
+        done = ledger_cli("status", "--json", timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        seen.append(json.loads(done.stdout))
+        return all(lag["lag"] == 0 for lag in seen[-1]["lags"] if lag["reader"] == "projections")
+
+    wait_for(caught_up, 120, "the projection writer's lag at zero in `ledger status`")
+    found = seen[-1]
+    ends = end_offsets(bootstrap, topics.EVENTS)
+    projections = {lag["partition"]: lag for lag in found["lags"] if lag["reader"] == "projections"}
+    assert {p: lag["end_offset"] for p, lag in projections.items()} == ends
+    assert {p: lag["position"] for p, lag in projections.items()} == ends
+    assert sorted(
+        lag["partition"] for lag in found["lags"] if lag["reader"] == "workers"
+    ) == sorted(ends)
+    assert found["dead_letters"] == _dlq_size(bootstrap)
+    assert found["last_decision"] is not None
+    periods = {(p["isp_id"], p["period"]): p for p in found["periods"]}
+    march, april = periods[(isp, MARCH)], periods[(isp, APRIL)]
+    assert march["state"] == "closed"
+    assert march["invoices"] == _count(
+        sealed.dsn, "SELECT count(*) FROM invoices WHERE isp_id = %s AND period = %s", isp, MARCH
+    )
+    assert april["state"] == "open" and april["invoices"] is None
+    assert april["purchases"] == _count(
+        sealed.dsn,
+        "SELECT count(*) FROM purchases WHERE isp_id = %s AND billing_period = %s"
+        " AND decision = 'authorized'",
+        isp,
+        APRIL,
+    )
+    screen = ledger_cli("status", timeout=60)
+    assert screen.returncode == 0, screen.stderr
+    assert f"{isp:<16} {MARCH}  closed" in screen.stdout
+    assert "total lag: workers" in screen.stdout
