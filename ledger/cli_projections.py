@@ -50,9 +50,11 @@ def _cmd_project(args: argparse.Namespace) -> int:
     )
     stack = connected(args)
     name = None if args.dynamic else args.name
+    if args.reconcile_seconds < 0:
+        raise LedgerError("--reconcile-seconds must be 0 (never) or more")
     return run_writer(
         stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port,
-        name,
+        name, args.reconcile_seconds,
     )  # fmt: skip
 
 
@@ -255,6 +257,10 @@ def add_parsers(commands: Any) -> None:
     )
     project.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     project.add_argument("--batch-events-max", type=int, default=5_000, metavar="N")
+    project.add_argument(
+        "--reconcile-seconds", type=float, default=300.0, metavar="S",
+        help="check the books in PostgreSQL every S seconds, for the metrics (0: never)",
+    )  # fmt: skip
     project.add_argument(
         "--loglevel", default="info", choices=["debug", "info", "warning", "error"]
     )

@@ -13,6 +13,8 @@ RECORDS = Counter(
     "Records of ledger.events read by the projection writer, by what became of them",
     ["outcome"],  # applied | duplicate | dead_lettered | marker
 )
+for _outcome in ("applied", "duplicate", "dead_lettered", "marker"):  # series from zero on
+    RECORDS.labels(_outcome)
 CONSUMED = Counter(
     "ledger_projection_records_consumed_total", "Records of ledger.events read and committed"
 )
@@ -35,4 +37,12 @@ DB_RETRIES = Counter(
     "ledger_projection_db_retries_total",
     "Batches tried again after the database was unreachable or a transaction was aborted",
     ["reason"],
+)
+# The writer reconciles the books in PostgreSQL now and then (projections/reconcile.py, the
+# database's checks): an alert fires on a failed check, or when no run succeeded for long.
+RECONCILE_FAILED_CHECKS = Gauge(
+    "ledger_reconcile_failed_checks", "Checks of the books that failed at the last reconciliation"
+)
+RECONCILE_LAST_RUN = Gauge(
+    "ledger_reconcile_last_run_timestamp_seconds", "When the last reconciliation finished"
 )

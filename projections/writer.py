@@ -127,6 +127,22 @@ async def _connect_patiently(dsn: str, schema: str) -> psycopg.AsyncConnection[A
             attempt += 1
 
 
+def reconcile_once(dsn: str, schema: str) -> int:
+    """The database's checks of the books, in one snapshot; sets the gauges. Returns the number
+    of failed checks."""
+    from projections.reconcile import reconcile
+
+    with psycopg.connect(dsn, options=f"-c search_path={schema}", connect_timeout=10) as db:
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        checks = reconcile(db, None)
+    failed = [check for check in checks if check.mismatches]
+    for check in failed:
+        log.error("reconciliation: %s failed: %s", check.name, "; ".join(check.mismatches[:5]))
+    metrics.RECONCILE_FAILED_CHECKS.set(len(failed))
+    metrics.RECONCILE_LAST_RUN.set(time.time())
+    return len(failed)
+
+
 class Writer:
     def __init__(
         self,
@@ -138,8 +154,10 @@ class Writer:
         name: str | None = None,
         topic: str = topics.EVENTS,
         group_id: str = GROUP_ID,
+        reconcile_seconds: float = 0.0,
     ) -> None:
         self.topic, self.group_id = topic, group_id
+        self.reconcile_seconds = reconcile_seconds
         self.bootstrap_servers, self.dsn, self.schema = bootstrap_servers, dsn, schema
         self.batch_events_max = batch_events_max
         self.client_id = client_id
@@ -220,6 +238,9 @@ class Writer:
         await consumer.start()
         await producer.start()
         committed: dict[int, int] = {}
+        reconciler = (
+            asyncio.create_task(self._reconcile_now_and_then()) if self.reconcile_seconds else None
+        )
         try:
             while not self.stopping.is_set():
                 batches = await consumer.getmany(
@@ -232,10 +253,20 @@ class Writer:
                 committed.update(await self._one_batch(consumer, producer, records))
                 await self._report_lag(consumer, committed)
         finally:
+            if reconciler is not None:
+                reconciler.cancel()
             await producer.stop()
             await consumer.stop()
             if self._conn is not None:
                 await self._conn.close()
+
+    async def _reconcile_now_and_then(self) -> None:
+        while True:
+            try:  # in a thread: the checks are blocking queries, the batches go on meanwhile
+                await asyncio.to_thread(reconcile_once, self.dsn, self.schema)
+            except psycopg.Error as error:
+                log.warning("reconciliation not run: %s", str(error).strip())
+            await asyncio.sleep(self.reconcile_seconds)
 
     async def _one_batch(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, records: list[Any]
@@ -275,13 +306,17 @@ def run_writer(
     batch_events_max: int,
     metrics_port: int | None,
     name: str | None,
+    reconcile_seconds: float = 0.0,
 ) -> int:
     """The process's main: runs until SIGTERM or SIGINT (a batch in progress is finished)."""
     from prometheus_client import start_http_server
 
     if metrics_port is not None:
         start_http_server(metrics_port, addr=listen_host())
-    writer = Writer(bootstrap_servers, dsn, schema, batch_events_max, name=name)
+    writer = Writer(
+        bootstrap_servers, dsn, schema, batch_events_max, name=name,
+        reconcile_seconds=reconcile_seconds,
+    )  # fmt: skip
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from ledger import topics
+from schemas.codec import InvalidReason
 
 COMMANDS_CONSUMED = Counter(
     "ledger_commands_consumed_total", "Commands read from ledger.commands", ["type"]
@@ -36,3 +41,9 @@ EVENT_TIME_LAG = Histogram(
 STATE_KEYS = Gauge(
     "ledger_state_keys", "Keys held in a table's partitions on this worker", ["table"]
 )
+
+# A labelled counter has no series until its first increment, and Prometheus's increase() does
+# not count that first appearance: the dead letters of the commands start at zero, so that the
+# alert on them (deploy/prometheus/alerts.yml) sees the very first one.
+for _reason in get_args(InvalidReason):
+    DEAD_LETTERS.labels(topics.COMMANDS, _reason)

@@ -143,14 +143,19 @@ class Worker(LedgerProcess):
 class Projector(LedgerProcess):
     """A `ledger project`: the projection writer, under a name of its own (static member)."""
 
-    def __init__(self, name: str, log_dir: Path, batch_events_max: int = 5_000) -> None:
+    def __init__(
+        self, name: str, log_dir: Path, batch_events_max: int = 5_000,
+        reconcile_seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__(name, log_dir)
         self.batch_events_max = batch_events_max
+        self.reconcile_seconds = reconcile_seconds
 
     def arguments(self) -> list[str]:
         return [
             "project", "--name", self.name, "--metrics-port", str(self.metrics_port),
             "--batch-events-max", str(self.batch_events_max), "--loglevel", "info",
+            "--reconcile-seconds", str(self.reconcile_seconds),
         ]  # fmt: skip
 
 

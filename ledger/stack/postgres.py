@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ledger.errors import StackError
 from ledger.settings import StackSettings
-from ledger.stack import proc
+from ledger.stack import apt, proc
 from ledger.stack.state import PostgresState
 
 DATABASE = "ledger"
@@ -25,7 +25,6 @@ OS_USER_WHEN_ROOT = "postgres"  # PostgreSQL refuses to run as root
 # Root's folders (and pytest's temporary ones) are closed to the postgres user, so a stack started
 # by root keeps its cluster here, in a folder named after the stack's home.
 ROOT_DATA_BASE = Path("/var/lib/internet-plus-ledger")
-APT_TIMEOUT_SECONDS = 900
 START_TIMEOUT_SECONDS = 60
 STOP_DEADLINE_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 10
@@ -62,30 +61,7 @@ def ensure_installed() -> Path:
     bindir = find_bindir()
     if bindir is not None:
         return bindir
-    if os.geteuid() != 0:
-        raise StackError(
-            "the PostgreSQL server is not installed: run `sudo apt-get install postgresql` "
-            "(Debian/Ubuntu), then run the command again"
-        )
-    print("installing PostgreSQL from Debian's packages (apt-get)", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-    ):
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=APT_TIMEOUT_SECONDS,
-            check=False,
-        )
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise StackError(
-                f"`{' '.join(command)}` failed ({tail}): install PostgreSQL by hand, then run again"
-            )
+    apt.install("postgresql", "the PostgreSQL server")
     bindir = find_bindir()
     if bindir is None:
         raise StackError(
