@@ -55,7 +55,8 @@ def test_promtool_accepts_the_config_and_the_rules_and_the_alert_tests_pass(
     tools: tuple[Path, Path],
 ) -> None:
     _, promtool = tools
-    for args in (("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"),
+    for args in (("check", "config", "prometheus.yml"),
+                 ("check", "config", "prometheus-cluster.yml"), ("check", "rules", "alerts.yml"),
                  ("test", "rules", "alerts_test.yml")):  # fmt: skip
         done = _promtool(promtool, *args)
         assert done.returncode == 0, f"promtool {' '.join(args)}: {done.stdout}{done.stderr}"
