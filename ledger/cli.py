@@ -324,6 +324,29 @@ def _peak_rss_mib(pid: int) -> float:
     return total
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ledger.bench import e2e
+
+    try:
+        counts = [int(n) for n in args.workers.split(",")]
+    except ValueError:
+        raise LedgerError(
+            f"--workers is a list of worker counts like 1,2; got {args.workers!r}"
+        ) from None
+    if not counts or min(counts) < 1 or max(counts) > 8:
+        raise LedgerError(f"--workers counts must be from 1 to 8, got {args.workers!r}")
+    if args.accounts < 1 or args.purchases < 100:
+        raise LedgerError("--accounts must be at least 1 and --purchases at least 100")
+    figures = e2e.run(counts, args.accounts, args.purchases, args.seed, args.port_base)
+    print()
+    print(e2e.report(figures))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(e2e.as_json(figures), out, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_bench_stream(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
@@ -422,8 +445,23 @@ def _add_port_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_parsers(commands: Any) -> None:
-    bench = commands.add_parser("bench", help="benchmarks that report figures")
-    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks that report figures: the whole ledger end to end (no WHAT), or a part",
+        description="Without WHAT: commands → decisions → PostgreSQL on stacks of its own, with "
+        "1 and 2 workers (throughput, decision latency at half load, replay, peak memory).",
+    )
+    bench.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2 or 2")
+    bench.add_argument("--accounts", type=int, default=20_000)
+    bench.add_argument("--purchases", type=int, default=40_000, help="the backlog per run")
+    bench.add_argument("--seed", type=int, default=2006)
+    bench.add_argument(
+        "--port-base", type=int, default=29092,
+        help="its stacks' ports: broker PORT, controller PORT+1, PostgreSQL PORT+2",
+    )  # fmt: skip
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.set_defaults(handler=_cmd_bench)
+    bench_commands = bench.add_subparsers(dest="bench_command", required=False, metavar="WHAT")
     bench_core = bench_commands.add_parser(
         "core", help="decisions/s of the pure authorizer and encode/decode rates, on one core"
     )
