@@ -38,7 +38,7 @@ integration: setup
 	$(BIN)/python -m pytest tests/integration
 
 fault: setup
-	$(BIN)/python -m pytest -m fault tests
+	$(BIN)/python -m pytest -m "fault or fault_subset" -s tests/fault
 
 bench: setup
 	$(BIN)/python -m pytest -m bench -s tests/bench

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
@@ -143,6 +144,12 @@ def reconcile_once(dsn: str, schema: str) -> int:
     return len(failed)
 
 
+# Fault injection for the fault suite only: the writer exits (as if killed) right after the
+# database commit of this batch, before its Kafka commit. Unset in every real deployment.
+_CRASH_AFTER_DB_COMMIT = int(os.environ.get("LEDGER_FAULT_EXIT_AFTER_DB_COMMIT_BATCH") or 0)
+EXIT_INJECTED_CRASH = 137
+
+
 class Writer:
     def __init__(
         self,
@@ -165,6 +172,7 @@ class Writer:
         # its partitions back at once, instead of after the session timeout of its dead self.
         self.group_instance_id = None if name is None else f"projections-{name}"
         self.stopping = asyncio.Event()
+        self._batches_committed = 0
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def _apply(self, prepared: Prepared) -> store.Outcome:
@@ -276,6 +284,13 @@ class Writer:
         prepared = prepare(records)
         await self._dead_letter(producer, prepared)
         outcome = await self._apply(prepared)
+        self._batches_committed += 1
+        if self._batches_committed == _CRASH_AFTER_DB_COMMIT:
+            # Fault injection (tests/fault): die between the database commit and the Kafka
+            # commit, the window where a batch is stored but the group does not know it.
+            log.warning("fault injection: exiting after the database commit of batch %d",
+                        self._batches_committed)  # fmt: skip
+            os._exit(EXIT_INJECTED_CRASH)
         now = time.time()
         metrics.BATCHES.inc()
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

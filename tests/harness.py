@@ -128,15 +128,19 @@ class LedgerProcess:
 class Worker(LedgerProcess):
     """A `ledger worker`: the faust authorizer and balances."""
 
-    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, data_dir: Path, env: dict[str, str] | None = None, static: bool = False
+    ) -> None:
         super().__init__(name, data_dir.parent, env)
         self.data_dir = data_dir
+        self.static = static
 
     def arguments(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return [
             "worker", "--name", self.name, "--data-dir", str(self.data_dir),
             "--metrics-port", str(self.metrics_port), "--loglevel", "warning",
+            *(["--static"] if self.static else []),
         ]  # fmt: skip
 
 
@@ -145,9 +149,9 @@ class Projector(LedgerProcess):
 
     def __init__(
         self, name: str, log_dir: Path, batch_events_max: int = 5_000,
-        reconcile_seconds: float = 0.0,
+        reconcile_seconds: float = 0.0, env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(name, log_dir)
+        super().__init__(name, log_dir, env)
         self.batch_events_max = batch_events_max
         self.reconcile_seconds = reconcile_seconds
 

@@ -302,7 +302,13 @@ def report(figures: list[RunFigures]) -> str:
     row("replay equals live", [str(f.replay_equal) for f in figures])
     names = sorted({name for f in figures for name in f.peak_rss_mib})
     for name in names:
-        row(f"peak RSS {name}", [f"{f.peak_rss_mib.get(name, 0):,.0f} MiB" for f in figures])
+        row(
+            f"peak RSS {name}",
+            [
+                f"{f.peak_rss_mib[name]:,.0f} MiB" if name in f.peak_rss_mib else "-"
+                for f in figures
+            ],
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in

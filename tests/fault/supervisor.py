@@ -1,0 +1,179 @@
+"""The fault suite's supervisor: a stack of its own (broker and PostgreSQL in a temporary home, on
+ports of their own, so that killing the broker harms nobody else), the workers and the projection
+writer as processes it owns by pid, and the faults it injects into them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger.settings import StackSettings, load_settings
+from ledger.stack import manager, proc
+from ledger.stack.state import StackState
+from tests.harness import Projector, Worker, wait_for
+
+PORT_BASE = int(os.environ.get("LEDGER_FAULT_PORT_BASE") or 39092)
+
+
+@dataclass
+class FaultLog:
+    """What was done, when (seconds since the scenario started), for the JSON result."""
+
+    started: float = field(default_factory=time.monotonic)
+    entries: list[tuple[float, str]] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        at = round(time.monotonic() - self.started, 2)
+        self.entries.append((at, what))
+        print(f"[fault {at:7.2f} s] {what}", flush=True)
+
+
+class Supervisor:
+    def __init__(self, home: Path, log: FaultLog) -> None:
+        self.home = home
+        self.log = log
+        self.settings: StackSettings = load_settings().with_overrides(
+            home=home,
+            kafka_port=PORT_BASE,
+            kafka_controller_port=PORT_BASE + 1,
+            postgres_port=PORT_BASE + 2,
+        )
+        self.env = {
+            "LEDGER_HOME": str(home),
+            "LEDGER_KAFKA_PORT": str(PORT_BASE),
+            "LEDGER_KAFKA_CONTROLLER_PORT": str(PORT_BASE + 1),
+            "LEDGER_POSTGRES_PORT": str(PORT_BASE + 2),
+            "LEDGER_BOOTSTRAP_SERVERS": "",
+            "LEDGER_DATABASE_URL": "",
+        }
+        self.workers: dict[str, Worker] = {}
+        self.writer: Projector | None = None
+        self.state: StackState = StackState()
+
+    # -- the stack -----------------------------------------------------------------------------
+    def up(self) -> None:
+        self.state = manager.up(self.settings).state
+        assert self.state.kafka is not None and self.state.postgres is not None
+
+    @property
+    def bootstrap(self) -> str:
+        assert self.state.kafka is not None
+        return self.state.kafka.bootstrap_servers
+
+    @property
+    def dsn(self) -> str:
+        assert self.state.postgres is not None
+        return self.state.postgres.dsn
+
+    @property
+    def partitions(self) -> int:
+        return self.state.topic_partitions or self.settings.topic_partitions
+
+    def down(self) -> None:
+        for worker in self.workers.values():
+            worker.stop(timeout=30)
+        if self.writer is not None:
+            self.writer.stop(timeout=30)
+        manager.down(self.settings, purge=True)
+
+    # -- the ledger's processes ----------------------------------------------------------------
+    def start_worker(self, name: str) -> Worker:
+        worker = Worker(name, self.home / "workers" / name, env=self.env, static=True)
+        worker.start()
+        self.workers[name] = worker
+        self.log.note(f"worker {name} started (pid {worker.pid})")
+        return worker
+
+    def start_writer(self, crash_after_db_commit_batch: int = 0, batch_events: int = 200) -> None:
+        env = dict(self.env)
+        if crash_after_db_commit_batch:
+            env["LEDGER_FAULT_EXIT_AFTER_DB_COMMIT_BATCH"] = str(crash_after_db_commit_batch)
+        self.writer = Projector("writer", self.home, batch_events_max=batch_events, env=env)
+        self.writer.start()
+        what = (
+            f", exits after the DB commit of batch {crash_after_db_commit_batch}"
+            if (crash_after_db_commit_batch)
+            else ""
+        )
+        self.log.note(f"projection writer started (pid {self.writer.pid}){what}")
+
+    # -- faults --------------------------------------------------------------------------------
+    def kill_worker(self, name: str) -> None:
+        worker = self.workers[name]
+        pids = [worker.pid, *_children(worker.pid)]
+        for pid in pids:  # the supervisor and its faust child, at once: a machine lost
+            _signal(pid, signal.SIGKILL)
+        worker.wait_gone()
+        self.log.note(f"worker {name} killed with -9 (pids {pids})")
+
+    def stop_worker(self, name: str) -> None:
+        code = self.workers[name].stop(timeout=90)
+        self.log.note(f"worker {name} stopped gracefully (exit {code})")
+
+    def pause_worker(self, name: str, seconds: float) -> None:
+        worker = self.workers[name]
+        pids = [worker.pid, *_children(worker.pid)]
+        for pid in pids:
+            _signal(pid, signal.SIGSTOP)
+        self.log.note(f"worker {name} paused (SIGSTOP) for {seconds:.0f} s")
+        time.sleep(seconds)
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+        self.log.note(f"worker {name} resumed (SIGCONT)")
+
+    def kill_writer(self) -> None:
+        assert self.writer is not None
+        self.writer.kill()
+        self.writer.wait_gone()
+        self.log.note("projection writer killed with -9")
+
+    def writer_exited(self) -> bool:
+        return self.writer is not None and not self.writer.alive()
+
+    def kill_broker(self, down_seconds: float) -> None:
+        assert self.state.kafka is not None
+        record = self.state.kafka.process
+        _signal(record.pid, signal.SIGKILL)
+        wait_for(lambda: not proc.is_running(record), 30, "the broker to die")
+        self.log.note(f"broker killed with -9 (pid {record.pid}); down for {down_seconds:.0f} s")
+        time.sleep(down_seconds)
+        self.up()
+        self.log.note("broker restarted")
+
+    def stop_postgres(self, down_seconds: float) -> None:
+        assert self.state.postgres is not None
+        record = self.state.postgres.process
+        _signal(record.pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown: no checkpoint
+        wait_for(lambda: not proc.is_running(record), 30, "PostgreSQL to stop")
+        self.log.note(f"PostgreSQL stopped immediately (pid {record.pid}) for {down_seconds:.0f} s")
+        time.sleep(down_seconds)
+        self.up()
+        self.log.note("PostgreSQL restarted")
+
+    def check_alive(self) -> None:
+        for name, worker in self.workers.items():
+            if worker.process is not None and not worker.alive() and worker.process.returncode:
+                raise AssertionError(f"worker {name} died: {worker.log_tail()}")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def run_quietly(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False
+    )

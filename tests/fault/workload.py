@@ -1,0 +1,167 @@
+"""A seeded workload for the fault scenarios, sent in chunks between faults, with a log of every
+command the broker acknowledged (the checker's ground truth of what must not be lost).
+
+It holds consumer and enterprise accounts, purchases that probe the caps and velocity, exact
+resends of a command (duplicates), a resend with another body, purchases whose occurred_at runs
+backwards (out of order), refunds (some too large), a close of March mid-stream so that the March
+purchases sent after it are late, and poison messages."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ledger import topics
+from ledger.partitioning import partition_for
+from ledger.produce import LedgerProducer, close_commands
+from schemas.commands import Command, PurchaseRequested
+from tests import builders as b
+from tests.world import T0, World
+
+POISON = (
+    b"{not json",
+    b'{"type":"purchase.requested.v9","purchase_id":"x"}',
+    b"\xff\xfe\x00",
+    b'{"type":"purchase.requested.v1","amount_cents":-5}',
+)
+
+
+@dataclass
+class Workload:
+    world: World
+    setup: list[Command]
+    chunks: list[list[Command | bytes]]  # bytes: a poison message
+    close_after_chunk: int  # March is closed after this chunk is sent
+
+
+@dataclass
+class Sent:
+    acknowledged: list[dict[str, Any]] = field(default_factory=list)
+    poison: set[tuple[str, int, int]] = field(default_factory=set)
+
+
+def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
+    rng = random.Random(seed)
+    world = World()
+    consumers = [world.account(f"c{i}") for i in range(accounts)]
+    companies = [world.account(f"e{i}") for i in range(max(1, accounts // 20))]
+    setup: list[Command] = [b.open_account(a, world.isp.isp_id) for a in consumers]
+    setup += [b.open_account(c, world.isp.isp_id, kind="enterprise") for c in companies]
+    setup += [b.authorise(c, f"emp{n}", T0) for c in companies for n in range(3)]
+    stream: list[Command | bytes] = []
+    bought: list[PurchaseRequested] = []
+    clock = T0 + timedelta(hours=1)
+    for i in range(purchases):
+        clock += timedelta(seconds=rng.choice((2, 5, 30, 600, 3600)))
+        if rng.random() < 0.3:
+            company = rng.choice(companies)
+            command = b.purchase(
+                company,
+                rng.randint(15, 2_000),
+                clock,
+                publisher_id=world.press.publisher_id,
+                user_id=f"emp{rng.randrange(4)}",
+            )
+        else:
+            when = clock - timedelta(hours=rng.randint(1, 30)) if rng.random() < 0.03 else clock
+            command = b.purchase(
+                rng.choice(consumers),
+                rng.choice((99, 266, 499, 990, 1500)),
+                when,
+                publisher_id=rng.choice((world.vod.publisher_id, world.press.publisher_id)),
+            )
+        stream.append(command)
+        bought.append(command)
+        roll = rng.random()
+        if roll < 0.03:
+            stream.append(command)  # the same purchase sent again: one decision
+        elif roll < 0.035:
+            stream.append(
+                b.purchase(
+                    command.account_id,
+                    command.amount_cents + 1,
+                    command.occurred_at,
+                    purchase_id=command.purchase_id,
+                    publisher_id=command.publisher_id,
+                )
+            )
+        elif roll < 0.065:
+            earlier = rng.choice(bought)
+            stream.append(
+                b.refund(
+                    earlier.account_id,
+                    earlier.purchase_id,
+                    rng.randint(1, earlier.amount_cents + 50),
+                    clock + timedelta(seconds=1),
+                )
+            )
+        if i % max(1, purchases // len(POISON)) == 7:
+            stream.append(POISON[(i // 7) % len(POISON)])
+    size = -(-len(stream) // chunks)
+    parts = [stream[n : n + size] for n in range(0, len(stream), size)]
+    return Workload(world, setup, parts, close_after_chunk=len(parts) * 2 // 3 - 1)
+
+
+class Sender:
+    """Sends and logs what the broker acknowledged (JSON lines, one per acknowledged command)."""
+
+    def __init__(self, bootstrap: str, partitions: int, log_path: Path) -> None:
+        self.bootstrap, self.partitions, self.log_path = bootstrap, partitions, log_path
+        self.sent = Sent()
+
+    def send(self, items: list[Any]) -> None:
+        with LedgerProducer(self.bootstrap, self.partitions, client_id="ledger-fault") as producer:
+            futures = []
+            for item in items:
+                if isinstance(item, bytes):
+                    partition = len(item) % self.partitions
+                    futures.append(
+                        (producer.send_raw(topics.COMMANDS, b"poison", item, partition), None)
+                    )
+                else:
+                    futures.append((producer.send_command(item), item))
+            producer.flush()
+        with self.log_path.open("a") as log:
+            for future, item in futures:
+                meta = future.get(timeout=60)
+                if item is None:
+                    if meta.topic == topics.COMMANDS:
+                        self.sent.poison.add((meta.topic, meta.partition, meta.offset))
+                    continue
+                entry = {
+                    "type": item.__struct_config__.tag,
+                    "id": _command_id(item),
+                    "account_id": getattr(item, "account_id", None),
+                    "partition": meta.partition,
+                    "offset": meta.offset,
+                }
+                self.sent.acknowledged.append(entry)
+                log.write(json.dumps(entry) + "\n")
+
+    def send_reference(self, records: list[Any]) -> None:
+        with LedgerProducer(self.bootstrap, self.partitions, client_id="ledger-fault") as producer:
+            for record in records:
+                producer.send_reference(record)
+
+    def close_march(self, world: World) -> None:
+        from datetime import UTC, datetime
+
+        commands = close_commands(
+            world.isp.isp_id, "2006-03", self.partitions, f"close-{world.run}", datetime.now(UTC)
+        )
+        self.send(list(commands))
+
+
+def _command_id(command: Any) -> str:
+    for name in ("purchase_id", "refund_id", "command_id"):
+        if hasattr(command, name) and not (name == "purchase_id" and hasattr(command, "refund_id")):
+            return str(getattr(command, name))
+    raise AssertionError(f"no id in {command!r}")
+
+
+def home_partition(account_id: str, partitions: int) -> int:
+    return partition_for(account_id, partitions)
