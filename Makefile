@@ -23,7 +23,7 @@ demo: setup
 # Lint, then every test but the benchmarks and the long fault scenarios (`make fault`); the
 # test session brings the stack up.
 test: setup lint
-	$(BIN)/python -m pytest -m "not bench and not fault" --cov --cov-report=term-missing:skip-covered
+	$(BIN)/python -m pytest -m "not fault" --cov --cov-report=term-missing:skip-covered
 
 lint: setup
 	$(BIN)/ruff check .
@@ -41,7 +41,8 @@ fault: setup
 	$(BIN)/python -m pytest -m "fault or fault_subset" -s tests/fault
 
 bench: setup
-	$(BIN)/python -m pytest -m bench -s tests/bench
+	@mkdir -p bench-results
+	$(BIN)/ledger bench --json bench-results/bench.json
 
 stop:
 	$(BIN)/ledger stack down

@@ -18,11 +18,21 @@ def _response(description: str, schema: dict[str, Any] | None = None) -> dict[st
     return {"description": description, **body}
 
 
+# A 422 is either a body the API refused (an Error) or a command the ledger decided against (the
+# rejection fact, with its typed reason).
+_REJECTED_OR_ERROR: dict[str, Any] = {"anyOf": [
+    {"$ref": "#/components/schemas/Error"},
+    {"type": "object", "required": ["type", "reason"],
+     "properties": {"type": {"type": "string"}, "reason": {"type": "string"}}},
+]}  # fmt: skip
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "bad request", 401: "no or wrong API key", 403: "not yours", 404: "not found",
              409: "same id, different body", 413: "body too large", 422: "invalid body or rejected",
              503: "the ledger could not take the command: send the same request again"}  # fmt: skip
-    return {str(code): _response(words[code], _ERROR) for code in statuses}
+    return {str(code): _response(words[code], _REJECTED_OR_ERROR if code == 422 else _ERROR)
+            for code in statuses}  # fmt: skip
 
 
 def _body(name: str) -> dict[str, Any]:
@@ -149,7 +159,9 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/admin/accounts/{account_id}/employees/{user_id}": {
             "parameters": [*account, _path_param("user_id")],
-            "delete": _op("Revoke an employee", None, {**fact, **pending}, (401, 503), admin=True),
+            "delete": _op(
+                "Revoke an employee", None, {**fact, **pending}, (401, 422, 503), admin=True
+            ),
         },
     }
     return {

@@ -123,10 +123,11 @@ class Api:
 
     async def decide(self, command: Command, wait: WaitKey) -> Fact | None:
         """Put a command on the log and wait for its fact; None when it takes too long."""
+        encoded = _checked(codec.encode(command), codec.decode_command)
         future = self.listener.expect(wait)
         try:
             account = command.account_id  # type: ignore[union-attr]
-            await self._send(topics.COMMANDS, account, codec.encode(command),
+            await self._send(topics.COMMANDS, account, encoded,
                              partition_for(account, self.partitions))  # fmt: skip
             return await asyncio.wait_for(asyncio.shield(future), DECISION_TIMEOUT_SECONDS)
         except TimeoutError:
@@ -135,7 +136,8 @@ class Api:
             self.listener.forget(wait, future)
 
     async def publish_reference(self, record: ReferenceRecord) -> None:
-        await self._send(topics.REFERENCE, reference_key(record), codec.encode(record), 0)
+        encoded = _checked(codec.encode(record), codec.decode_reference)
+        await self._send(topics.REFERENCE, reference_key(record), encoded, 0)
 
     # --- authentication ------------------------------------------------------------------------
 
@@ -158,6 +160,17 @@ class Api:
     def require_admin(self, request: web.Request) -> None:
         if not keys.matches(self._bearer(request), self.admin_key_sha256):
             raise ApiError(401, "unauthenticated", "this API key is not the admin key")
+
+
+def _checked(encoded: bytes, decode: Callable[[bytes], object]) -> bytes:
+    """What the workers will read, read here first: a command built from the path (an account id
+    of control characters, say) is refused now with a 422, instead of being set aside on the
+    dead-letter topic while its caller waits for a decision that never comes."""
+    try:
+        decode(encoded)
+    except codec.InvalidMessage as invalid:
+        raise ApiError(422, "invalid_request", invalid.detail) from None
+    return encoded
 
 
 async def _body(request: web.Request, kind: type[Body]) -> Any:

@@ -12,9 +12,11 @@ a temporary home, on ports of their own, purged afterwards: the developer's stac
 3. latency: purchases paced at half that throughput; the decision latency of each is its fact's
    record timestamp (appended by the worker) minus the moment it was sent (both this machine's
    clock);
-4. replay: `ledger replay`'s code rebuilds the projections from ledger.events into a fresh schema
+4. the checkout API: purchases over HTTP from a few clients at once, each answered through the
+   stream (request → command → decision → answer), p50 and p99;
+5. replay: `ledger replay`'s code rebuilds the projections from ledger.events into a fresh schema
    and compares them with the live ones;
-5. the peak resident memory (VmHWM) of every process: workers (supervisor and faust child),
+6. the peak resident memory (VmHWM) of every process: workers (supervisor and faust child),
    writer, broker, PostgreSQL (its largest process).
 """
 
@@ -39,6 +41,8 @@ from streams.config import APP_ID
 
 DEADLINE_SECONDS = 1_800.0
 PACED_SECONDS = 20.0
+API_REQUESTS = 1_000
+API_CLIENTS = 4
 POLL_SECONDS = 0.25
 
 
@@ -53,6 +57,10 @@ class RunFigures:
     decision_latency_p99_seconds: float
     decision_latency_max_seconds: float
     paced_rate_per_second: float
+    api_requests: int
+    api_latency_p50_seconds: float
+    api_latency_p99_seconds: float
+    api_answers: dict[str, int]
     replay_events_per_second: float
     replay_events: int
     replay_equal: bool
@@ -151,6 +159,7 @@ def _start(settings: StackSettings, workers: int) -> list[_Process]:
 
 @dataclass
 class _Measured:
+    run: str
     purchases: int
     throughput: float
     decisions: float
@@ -204,7 +213,93 @@ def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_Process
         )
     finally:
         watcher.close()
-    return _Measured(len(backlog), throughput, decisions, rate, latencies)
+    return _Measured(run, len(backlog), throughput, decisions, rate, latencies)
+
+
+class _Checkout:
+    """A `ledger api` process of the bench's own, and an HTTP client of it."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        import secrets
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.admin = f"admin_{secrets.token_hex(16)}"
+        env = {**os.environ, "LEDGER_HOME": str(settings.home), "LEDGER_ADMIN_KEY": self.admin,
+               "LEDGER_KAFKA_PORT": str(settings.kafka_port),
+               "LEDGER_POSTGRES_PORT": str(settings.postgres_port)}  # fmt: skip
+        self.process = _Process("checkout-api", ["api", "--port", str(self.port)], env,
+                                settings.home / "logs")  # fmt: skip
+
+    def call(self, path: str, body: dict[str, Any], key: str) -> tuple[int, float, bytes]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, time.perf_counter() - started, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, time.perf_counter() - started, b""
+        except OSError:
+            return 0, time.perf_counter() - started, b""
+
+    def until(self, path: str, body: dict[str, Any], key: str, wanted: tuple[int, ...]) -> bytes:
+        deadline = time.monotonic() + 120
+        while True:
+            self.process.check()
+            status, _, answer = self.call(path, body, key)
+            if status in wanted:
+                return answer
+            if time.monotonic() > deadline:
+                raise LedgerError(f"the checkout API answered {status} to {path} for 120 s")
+            time.sleep(0.5)
+
+
+def _api_latency(
+    settings: StackSettings, run: str, accounts: int
+) -> tuple[float, float, dict[str, int]]:
+    """Purchases through the checkout API (HTTP → command → decision → answer), from
+    API_CLIENTS clients at once: (p50, p99, answers by HTTP status)."""
+    import json
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    checkout = _Checkout(settings)
+    publisher = f"pub-api-{run}"
+    rnd = random.Random(run)
+
+    def body(n: int) -> dict[str, Any]:
+        return {"purchase_id": f"api{n}-{run}", "account_id": f"a{rnd.randrange(accounts)}-{run}",
+                "user_id": "u", "publisher_id": publisher, "amount_cents": 99, "category": "vod",
+                "description": "episode", "occurred_at": datetime.now(UTC).isoformat()}  # fmt: skip
+
+    try:
+        registration = {"publisher_id": publisher, "name": "Bench", "category": "vod",
+                        "revenue_share_bp": 6000, "vat_category": "standard"}  # fmt: skip
+        registered = checkout.until("/v1/admin/publishers", registration, checkout.admin, (201,))
+        key = json.loads(registered)["api_key"]
+        # The new publisher reaches the workers' reference data and the API its key first.
+        checkout.until("/v1/purchases", body(-1), key, (200, 402))
+        bodies = [body(n) for n in range(API_REQUESTS)]
+        with ThreadPoolExecutor(API_CLIENTS) as pool:
+            answers = list(pool.map(lambda b: checkout.call("/v1/purchases", b, key)[:2], bodies))
+    finally:
+        checkout.process.stop()
+    latencies = sorted(seconds for _, seconds in answers)
+    by_status: dict[str, int] = {}
+    for status, _ in answers:
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    return latencies[len(latencies) // 2], p99, by_status
 
 
 def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: int,
@@ -220,6 +315,8 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
     try:
         measured = _measure(bootstrap, dsn, settings.topic_partitions, processes, accounts,
                             purchases, seed, say)  # fmt: skip
+        say(f"  {workers} worker(s): {API_REQUESTS} purchases through the checkout API")
+        api = _api_latency(settings, measured.run, accounts)
         say(f"  {workers} worker(s): replaying ledger.events into a fresh schema")
         try:
             result = replay(bootstrap, dsn, "ledger_bench_replay", settings.topic_partitions)
@@ -240,6 +337,8 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
         decision_latency_p50_seconds=latencies[len(latencies) // 2],
         decision_latency_p99_seconds=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         decision_latency_max_seconds=latencies[-1], paced_rate_per_second=measured.rate,
+        api_requests=API_REQUESTS, api_latency_p50_seconds=api[0], api_latency_p99_seconds=api[1],
+        api_answers=api[2],
         replay_events_per_second=result.events_per_second, replay_events=result.records,
         replay_equal=result.equal, peak_rss_mib=peaks,
     )  # fmt: skip
@@ -298,6 +397,17 @@ def report(figures: list[RunFigures]) -> str:
                        ("decision latency p99", "decision_latency_p99_seconds"),
                        ("decision latency max", "decision_latency_max_seconds")):  # fmt: skip
         row(name, [f"{getattr(f, attr) * 1000:,.0f} ms" for f in figures])
+    row(
+        f"checkout API p50 / p99 ({API_CLIENTS} clients)",
+        [
+            f"{f.api_latency_p50_seconds * 1000:,.0f} / {f.api_latency_p99_seconds * 1000:,.0f} ms"
+            for f in figures
+        ],
+    )
+    row(
+        "checkout API answers",
+        [" ".join(f"{k}:{v}" for k, v in sorted(f.api_answers.items())) for f in figures],
+    )
     row("replay", [f"{f.replay_events_per_second:,.0f} events/s" for f in figures])
     row("replay equals live", [str(f.replay_equal) for f in figures])
     names = sorted({name for f in figures for name in f.peak_rss_mib})

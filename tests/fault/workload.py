@@ -30,6 +30,9 @@ POISON = (
 )
 
 
+LATE_PURCHASES = 20
+
+
 @dataclass
 class Workload:
     world: World
@@ -103,6 +106,12 @@ def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
             stream.append(POISON[(i // 7) % len(POISON)])
     size = -(-len(stream) // chunks)
     parts = [stream[n : n + size] for n in range(0, len(stream), size)]
+    # Sent after March is closed (in the last chunk): late, billed in the next period.
+    parts[-1] += [
+        b.purchase(rng.choice(consumers), 99, T0 + timedelta(days=rng.randint(5, 25)),
+                   publisher_id=world.vod.publisher_id)
+        for _ in range(LATE_PURCHASES)
+    ]  # fmt: skip
     return Workload(world, setup, parts, close_after_chunk=len(parts) * 2 // 3 - 1)
 
 

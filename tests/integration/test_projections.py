@@ -448,3 +448,26 @@ def test_status_shows_lag_periods_dead_letters_and_the_last_decision(sealed: Sea
     assert screen.returncode == 0, screen.stderr
     assert f"{isp:<16} {MARCH}  closed" in screen.stdout
     assert "total lag: workers" in screen.stdout
+
+
+def test_the_isp_api_fuzzed_from_its_openapi_document_answers_no_5xx_and_leaks_nothing(
+    sealed: Sealed, credentials: dict[str, IspCredentials], isp_api: IspApi
+) -> None:
+    from tests.fuzz import fuzz
+
+    mine, theirs = sealed.world.isp.isp_id, sealed.isp2.isp_id
+    key = credentials[mine].api_key
+    invoices_before = _count(sealed.dsn, "SELECT count(*) FROM invoices")
+
+    def before(case: Any) -> str:
+        if case.path_parameters and "isp_id" in case.path_parameters:
+            case.path_parameters["isp_id"] = mine  # past the 404 of others' paths
+        return key
+
+    def after(case: Any, response: Any) -> None:
+        assert theirs.encode() not in response.content, f"{case.path} leaked {theirs}"
+
+    seen = fuzz(f"http://127.0.0.1:{isp_api.port}", "/v1/isps/openapi.json", 15, before, after)
+    print(f"ISP API fuzzed; answers by status: {dict(sorted(seen.items()))}")
+    assert 200 in seen, seen
+    assert _count(sealed.dsn, "SELECT count(*) FROM invoices") == invoices_before
