@@ -167,6 +167,13 @@ def _cmd_schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(path: str | None, figures: Any) -> None:
+    if path:
+        with open(path, "w") as out:
+            json.dump(figures, out, indent=2)
+        print(f"wrote {path}")
+
+
 def _cmd_bench_core(args: argparse.Namespace) -> int:
     from ledger.bench import core
 
@@ -174,10 +181,7 @@ def _cmd_bench_core(args: argparse.Namespace) -> int:
         raise LedgerError("--accounts and --purchases must be at least 1")
     figures = core.run(accounts=args.accounts, purchases=args.purchases, seed=args.seed)
     print(core.report(figures))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(core.as_json(figures), out, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, core.as_json(figures))
     return 0
 
 
@@ -340,10 +344,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     figures = e2e.run(counts, args.accounts, args.purchases, args.seed, args.port_base)
     print()
     print(e2e.report(figures))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(e2e.as_json(figures), out, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, e2e.as_json(figures))
     return 0
 
 
@@ -380,10 +381,7 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
             worker.wait(timeout=120)
     print(stream.report(figures))
     print(f"{'worker peak resident memory':<41}  {rss:>11,.0f} MiB")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(stream.as_json(figures) | {"worker_peak_rss_mib": rss}, out, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, stream.as_json(figures) | {"worker_peak_rss_mib": rss})
     return 0
 
 
@@ -401,10 +399,7 @@ def _cmd_bench_projections(args: argparse.Namespace) -> int:
         args.purchases, args.seed,
     )  # fmt: skip
     print(projections.report(figures))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(projections.as_json(figures), out, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, projections.as_json(figures))
     return 0
 
 

@@ -36,7 +36,6 @@ from ledger.bench import stream
 from ledger.errors import LedgerError
 from ledger.produce import LedgerProducer
 from ledger.settings import StackSettings, load_settings
-from schemas.commands import PurchaseRequested
 from streams.config import APP_ID
 
 DEADLINE_SECONDS = 1_800.0
@@ -205,7 +204,7 @@ def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_Process
             paced = stream.purchases(run, accounts, int(rate * PACED_SECONDS), seed + 1, purchases)
             say(f"  {workers} worker(s): {len(paced):,} purchases paced at {rate:,.0f}/s")
             before = watcher.seen
-            sent_ms = _paced(producer, watcher, paced, rate)
+            sent_ms = stream.send_paced(producer, watcher, paced, rate)
             watcher.wait_for(before + len(paced), DEADLINE_SECONDS)
         _wait_projected(dsn, run, len(backlog) + len(paced), processes, "purchases")
         latencies = sorted(
@@ -342,24 +341,6 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
         replay_events_per_second=result.events_per_second, replay_events=result.records,
         replay_equal=result.equal, peak_rss_mib=peaks,
     )  # fmt: skip
-
-
-def _paced(producer: LedgerProducer, watcher: stream.FactWatcher,
-           paced: list[Any], rate: float) -> dict[str, int]:  # fmt: skip
-    sent_ms: dict[str, int] = {}
-    started = time.monotonic()
-    for index, command in enumerate(paced):
-        due = started + index / rate
-        while (ahead := due - time.monotonic()) > 0:
-            if ahead > 0.02:
-                watcher.poll(timeout_ms=0)
-            else:
-                time.sleep(ahead)
-        assert isinstance(command, PurchaseRequested)
-        sent_ms[command.purchase_id] = int(time.time() * 1000)
-        producer.send_command(command)
-    producer.flush()
-    return sent_ms
 
 
 def run(worker_counts: list[int], accounts: int, purchases: int, seed: int, port_base: int,

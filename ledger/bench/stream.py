@@ -113,6 +113,27 @@ class FactWatcher:
         self._consumer.close()
 
 
+def send_paced(
+    producer: LedgerProducer, watcher: FactWatcher, paced: list[Command], rate: float
+) -> dict[str, int]:
+    """Send purchases at `rate` per second, reading facts meanwhile; returns purchase id → the
+    wall-clock millisecond it was sent."""
+    sent_ms: dict[str, int] = {}
+    started = time.monotonic()
+    for index, command in enumerate(paced):
+        due = started + index / rate
+        while (ahead := due - time.monotonic()) > 0:
+            if ahead > 0.02:
+                watcher.poll(timeout_ms=0)
+            else:
+                time.sleep(ahead)
+        assert isinstance(command, PurchaseRequested)
+        sent_ms[command.purchase_id] = int(time.time() * 1000)
+        producer.send_command(command)
+    producer.flush()
+    return sent_ms
+
+
 def wait_idle(bootstrap: str, group_id: str, deadline_seconds: float) -> None:
     """Until the workers have committed every record of every topic they read: the balances'
     backlog must not compete with the latency measurement."""
@@ -167,20 +188,8 @@ def run(bootstrap: str, partitions: int, accounts: int = 20_000, commands: int =
             # Latency at half that rate, paced.
             rate = throughput / 2
             paced = purchases(run_id, accounts, min(commands, int(rate * 20)), seed + 1, commands)
-            sent_ms: dict[str, int] = {}
             base = watcher.seen
-            started = time.monotonic()
-            for index, command in enumerate(paced):
-                due = started + index / rate
-                while (ahead := due - time.monotonic()) > 0:
-                    if ahead > 0.02:
-                        watcher.poll(timeout_ms=0)
-                    else:
-                        time.sleep(ahead)
-                assert isinstance(command, PurchaseRequested)
-                sent_ms[command.purchase_id] = int(time.time() * 1000)
-                producer.send_command(command)
-            producer.flush()
+            sent_ms = send_paced(producer, watcher, paced, rate)
             watcher.wait_for(base + len(paced), deadline_seconds)
         latencies = [
             max(0.0, (watcher.decided_at_ms[pid] - sent) / 1000) for pid, sent in sent_ms.items()

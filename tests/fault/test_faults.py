@@ -234,86 +234,19 @@ def _broker(sup: Supervisor, index: int, rng: random.Random) -> None:
         sup.kill_broker(rng.uniform(3, 10))
 
 
-@pytest.mark.fault_subset
-@pytest.mark.timeout(900)
-def test_mixed_kills_writer_crash_postgres_outage_and_garbage(tmp_path: Path) -> None:
-    run(
-        Scenario(
-            "mixed",
-            workers=1,
-            accounts=60,
-            purchases=6_000,
-            chunks=8,
-            writer_crash_batch=4,
-            fault=_mixed,
-        ),
-        tmp_path,
-    )
+_FULL = (pytest.mark.fault, pytest.mark.timeout(1800))
+SCENARIOS = [
+    # name, workers, accounts, purchases, chunks, writer crash batch, faults
+    pytest.param(Scenario("mixed", 1, 60, 6_000, 8, 4, _mixed),
+                 marks=(pytest.mark.fault_subset, pytest.mark.timeout(900)), id="mixed"),
+    pytest.param(Scenario("many-kills", 2, 60, 5_000, 10, 7, _many_kills), marks=_FULL,
+                 id="many-kills"),
+    pytest.param(Scenario("handover", 2, 40, 3_000, 6, 0, _handover), marks=_FULL, id="handover"),
+    pytest.param(Scenario("pause", 2, 40, 3_000, 5, 0, _pause), marks=_FULL, id="pause"),
+    pytest.param(Scenario("broker", 1, 40, 3_000, 5, 0, _broker), marks=_FULL, id="broker"),
+]  # fmt: skip
 
 
-@pytest.mark.fault
-@pytest.mark.timeout(1800)
-def test_many_worker_and_writer_kills(tmp_path: Path) -> None:
-    run(
-        Scenario(
-            "many-kills",
-            workers=2,
-            accounts=60,
-            purchases=5_000,
-            chunks=10,
-            writer_crash_batch=7,
-            fault=_many_kills,
-        ),
-        tmp_path,
-    )
-
-
-@pytest.mark.fault
-@pytest.mark.timeout(1200)
-def test_graceful_handover_between_two_workers(tmp_path: Path) -> None:
-    run(
-        Scenario(
-            "handover",
-            workers=2,
-            accounts=40,
-            purchases=3_000,
-            chunks=6,
-            writer_crash_batch=0,
-            fault=_handover,
-        ),
-        tmp_path,
-    )
-
-
-@pytest.mark.fault
-@pytest.mark.timeout(1200)
-def test_a_worker_paused_past_its_session_timeout(tmp_path: Path) -> None:
-    run(
-        Scenario(
-            "pause",
-            workers=2,
-            accounts=40,
-            purchases=3_000,
-            chunks=5,
-            writer_crash_batch=0,
-            fault=_pause,
-        ),
-        tmp_path,
-    )
-
-
-@pytest.mark.fault
-@pytest.mark.timeout(1200)
-def test_the_broker_killed_and_restarted(tmp_path: Path) -> None:
-    run(
-        Scenario(
-            "broker",
-            workers=1,
-            accounts=40,
-            purchases=3_000,
-            chunks=5,
-            writer_crash_batch=0,
-            fault=_broker,
-        ),
-        tmp_path,
-    )
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_nothing_lost_nothing_counted_twice(scenario: Scenario, tmp_path: Path) -> None:
+    run(scenario, tmp_path)
