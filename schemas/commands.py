@@ -29,9 +29,13 @@ class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=False
     """Base of every message on the ledger's topics."""
 
 
-class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v1"):
+class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v2", omit_defaults=True):
     """A user clicked "Internet Plus" at a publisher's checkout. purchase_id is the client's
-    idempotency key: the same id with the same body gets the same decision again."""
+    idempotency key: the same id with the same body gets the same decision again.
+
+    v2 adds `content_id`, the publisher's reference of what was bought (optional, left out when
+    null). A v1 purchase is read as a v2 one without it (`upcast`): the same body, whichever
+    version carried it, is the same purchase."""
 
     purchase_id: Id
     account_id: Id
@@ -41,6 +45,28 @@ class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v1"):
     category: Category
     description: Text
     occurred_at: Timestamp
+    content_id: Id | None = None
+
+
+class PurchaseRequestedV1(Message, frozen=True, tag="purchase.requested.v1"):
+    """The first version of PurchaseRequested, still read from the log and from older
+    producers; never written by this code."""
+
+    purchase_id: Id
+    account_id: Id
+    user_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents
+    category: Category
+    description: Text
+    occurred_at: Timestamp
+
+    def upcast(self) -> PurchaseRequested:
+        return PurchaseRequested(
+            purchase_id=self.purchase_id, account_id=self.account_id, user_id=self.user_id,
+            publisher_id=self.publisher_id, amount_cents=self.amount_cents,
+            category=self.category, description=self.description, occurred_at=self.occurred_at,
+        )  # fmt: skip
 
 
 class RefundRequested(Message, frozen=True, tag="refund.requested.v1"):
@@ -155,6 +181,9 @@ AccountCommand = (
     | EmployeeRevokeRequested
 )
 Command = AccountCommand | PeriodCloseRequested
+
+# Older versions still read (and upcast to the current one by schemas.codec.decode_command).
+OLDER_COMMAND_TYPES: tuple[type[Message], ...] = (PurchaseRequestedV1,)
 
 COMMAND_TYPES: tuple[type[Message], ...] = (
     PurchaseRequested,

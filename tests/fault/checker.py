@@ -91,8 +91,9 @@ def _day(stamp: datetime) -> str:
 
 
 def check(
-    bootstrap: str, dsn: str, acknowledged: list[dict[str, Any]], poison: set[tuple[str, int, int]]
-) -> Checked:
+    bootstrap: str, dsn: str, acknowledged: list[dict[str, Any]],
+    poison: set[tuple[str, int, int]], different_body: set[str],
+) -> Checked:  # fmt: skip
     result = Checked()
     events = read_topic(bootstrap, "ledger.events")
     facts: dict[str, dict[str, Any]] = {}
@@ -119,6 +120,17 @@ def check(
         "no acknowledged command is missing", not missing, f"{len(missing)}: {missing[:5]}"
     )
 
+    conflicts_seen = {
+        f["purchase_id"]
+        for f in facts.values()
+        if f.get("reason") == "duplicate_with_different_body"
+    }
+    result.figures["different_body_rejections"] = len(conflicts_seen)
+    result.prove(
+        "a purchase resent as v1 or v2 with the same body is not a different body",
+        conflicts_seen <= different_body,
+        f"{sorted(conflicts_seen - different_body)[:5]}",
+    )
     late = [f for f in facts.values() if f.get("late_for_period")]
     result.figures["late_facts"] = len(late)
     result.prove(

@@ -115,7 +115,13 @@ def _checker_sees_forgery(sup: Supervisor, sender: Sender) -> bool:
     with psycopg.connect(sup.dsn, autocommit=True) as db:
         db.execute(forge.encode(), (1,))
     try:
-        again = checker.check(sup.bootstrap, sup.dsn, sender.sent.acknowledged, sender.sent.poison)
+        again = checker.check(
+            sup.bootstrap,
+            sup.dsn,
+            sender.sent.acknowledged,
+            sender.sent.poison,
+            sender.sent.different_body,
+        )
     finally:
         with psycopg.connect(sup.dsn, autocommit=True) as db:
             db.execute(forge.encode(), (-1,))
@@ -138,6 +144,7 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
         sup.start_writer(scenario.writer_crash_batch)
         work = build(seed, scenario.accounts, scenario.purchases, scenario.chunks)
         sender = Sender(sup.bootstrap, sup.partitions, tmp / "acknowledged.jsonl")
+        sender.sent.different_body = work.different_body
         _send_all(sup, scenario, work, sender, rng)
         healed = time.monotonic()
         log.note("faults healed: every process runs; waiting for the lag to return to zero")
@@ -146,7 +153,11 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
         recovery = time.monotonic() - healed
         log.note(f"lag back to zero {recovery:.1f} s after the faults healed")
         checked = checker.check(
-            sup.bootstrap, sup.dsn, sender.sent.acknowledged, sender.sent.poison
+            sup.bootstrap,
+            sup.dsn,
+            sender.sent.acknowledged,
+            sender.sent.poison,
+            sender.sent.different_body,
         )
         agree = _metrics_agree(sup)
         checked.prove(

@@ -3,7 +3,8 @@ command the broker acknowledged (the checker's ground truth of what must not be 
 
 It holds consumer and enterprise accounts, purchases that probe the caps and velocity, exact
 resends of a command (duplicates), a resend with another body, purchases whose occurred_at runs
-backwards (out of order), refunds (some too large), a close of March mid-stream so that the March
+backwards (out of order), a tenth of the purchases sent as v1 (an older producer: the workers read
+v2), refunds (some too large), a close of March mid-stream so that the March
 purchases sent after it are late, and poison messages."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from ledger import topics
 from ledger.partitioning import partition_for
 from ledger.produce import LedgerProducer, close_commands
-from schemas.commands import Command, PurchaseRequested
+from schemas import codec
+from schemas.commands import Command, PurchaseRequested, PurchaseRequestedV1
 from tests import builders as b
 from tests.world import T0, World
 
@@ -33,18 +35,27 @@ POISON = (
 LATE_PURCHASES = 20
 
 
+@dataclass(frozen=True)
+class OldVersion:
+    """A purchase sent as v1, the way a producer not yet upgraded sends it."""
+
+    command: PurchaseRequested
+
+
 @dataclass
 class Workload:
     world: World
     setup: list[Command]
-    chunks: list[list[Command | bytes]]  # bytes: a poison message
+    chunks: list[list[Command | OldVersion | bytes]]  # bytes: a poison message
     close_after_chunk: int  # March is closed after this chunk is sent
+    different_body: set[str]  # purchase ids sent again with another body
 
 
 @dataclass
 class Sent:
     acknowledged: list[dict[str, Any]] = field(default_factory=list)
     poison: set[tuple[str, int, int]] = field(default_factory=set)
+    different_body: set[str] = field(default_factory=set)  # ids resent with another body
 
 
 def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
@@ -55,7 +66,8 @@ def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
     setup: list[Command] = [b.open_account(a, world.isp.isp_id) for a in consumers]
     setup += [b.open_account(c, world.isp.isp_id, kind="enterprise") for c in companies]
     setup += [b.authorise(c, f"emp{n}", T0) for c in companies for n in range(3)]
-    stream: list[Command | bytes] = []
+    stream: list[Command | OldVersion | bytes] = []
+    different_body: set[str] = set()
     bought: list[PurchaseRequested] = []
     clock = T0 + timedelta(hours=1)
     for i in range(purchases):
@@ -77,12 +89,13 @@ def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
                 when,
                 publisher_id=rng.choice((world.vod.publisher_id, world.press.publisher_id)),
             )
-        stream.append(command)
+        stream.append(OldVersion(command) if rng.random() < 0.1 else command)
         bought.append(command)
         roll = rng.random()
-        if roll < 0.03:
-            stream.append(command)  # the same purchase sent again: one decision
+        if roll < 0.03:  # the same purchase sent again, as v1 or v2: one decision
+            stream.append(OldVersion(command) if rng.random() < 0.5 else command)
         elif roll < 0.035:
+            different_body.add(command.purchase_id)
             stream.append(
                 b.purchase(
                     command.account_id,
@@ -112,7 +125,7 @@ def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
                    publisher_id=world.vod.publisher_id)
         for _ in range(LATE_PURCHASES)
     ]  # fmt: skip
-    return Workload(world, setup, parts, close_after_chunk=len(parts) * 2 // 3 - 1)
+    return Workload(world, setup, parts, len(parts) * 2 // 3 - 1, different_body)
 
 
 class Sender:
@@ -126,7 +139,11 @@ class Sender:
         with LedgerProducer(self.bootstrap, self.partitions, client_id="ledger-fault") as producer:
             futures = []
             for item in items:
-                if isinstance(item, bytes):
+                if isinstance(item, OldVersion):
+                    futures.append(
+                        (_send_v1(producer, item.command, self.partitions), item.command)
+                    )
+                elif isinstance(item, bytes):
                     partition = len(item) % self.partitions
                     futures.append(
                         (producer.send_raw(topics.COMMANDS, b"poison", item, partition), None)
@@ -163,6 +180,17 @@ class Sender:
             world.isp.isp_id, "2006-03", self.partitions, f"close-{world.run}", datetime.now(UTC)
         )
         self.send(list(commands))
+
+
+def _send_v1(producer: LedgerProducer, command: PurchaseRequested, partitions: int) -> Any:
+    old = PurchaseRequestedV1(
+        purchase_id=command.purchase_id, account_id=command.account_id, user_id=command.user_id,
+        publisher_id=command.publisher_id, amount_cents=command.amount_cents,
+        category=command.category, description=command.description,
+        occurred_at=command.occurred_at,
+    )  # fmt: skip
+    return producer.send_raw(topics.COMMANDS, command.account_id.encode(), codec.encode(old),
+                             partition_for(command.account_id, partitions))  # fmt: skip
 
 
 def _command_id(command: Any) -> str:
