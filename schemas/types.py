@@ -27,7 +27,9 @@ BasisPoints = Annotated[int, Meta(ge=0, le=10_000, description="1/100 of a perce
 Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
 PeriodKey = Annotated[str, Meta(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 Category = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$", description="a content category")]
-Text = Annotated[str, Meta(max_length=200)]
+# No control characters but tab and line breaks: PostgreSQL refuses a NUL in text, and a fact
+# that decodes must be storable (found by fuzzing the API).
+Text = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
 Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
 PartitionNumber = Annotated[int, Meta(ge=0, le=1023)]
 PartitionCount = Annotated[int, Meta(ge=1, le=1024)]
