@@ -83,7 +83,8 @@ class Supervisor:
 
     # -- the ledger's processes ----------------------------------------------------------------
     def start_worker(self, name: str) -> Worker:
-        worker = Worker(name, self.home / "workers" / name, env=self.env, static=True)
+        # Not under <home>/workers, which a purge deletes: the logs must outlive the scenario.
+        worker = Worker(name, self.home / "worker-state" / name, env=self.env, static=True)
         worker.start()
         self.workers[name] = worker
         self.log.note(f"worker {name} started (pid {worker.pid})")
