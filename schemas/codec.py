@@ -6,7 +6,8 @@ of schemas/types.py, so what comes out is valid or an InvalidMessage was raised.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, timedelta
 from typing import Literal
 
 import msgspec
@@ -22,6 +23,7 @@ from schemas.commands import (
 from schemas.deadletter import DeadLetter
 from schemas.facts import FACT_TYPES, Fact
 from schemas.reference import REFERENCE_TYPES, ReferenceRecord
+from schemas.types import TEXT_PATTERN
 
 InvalidReason = Literal[
     "malformed_json", "unknown_type", "invalid_field", "wrong_topic", "wrong_partition"
@@ -81,22 +83,41 @@ def _classify(raw: bytes, error: msgspec.DecodeError, family: str) -> InvalidMes
 # found by fuzzing the API), nothing before the Unix epoch, and nothing so late that converting
 # it to another zone overflows (9999-12-31T23:00-14:00 is past year 9999 in UTC).
 OFFSET_MAX = timedelta(hours=14)
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+YEAR_FIRST, YEAR_LAST = 1970, 2099  # in the time's own offset: within 14 h of it in UTC
+
+
+_CONTROL = re.compile(TEXT_PATTERN)
+# In JSON a control character (U+0000 to U+001F) is always escaped: \u000X, \u001X, \b or \f
+# (\t \n \r are allowed). Raw bytes without any of these cannot hold one.
+_CONTROL_ESCAPE = re.compile(rb"\\(?:u00[01]|[bf])")
+
+
+def _check_texts(raw: bytes, message: Message) -> None:
+    if b"\\" not in raw or not _CONTROL_ESCAPE.search(raw):  # nearly always: no escape at all
+        return
+    for name in message.__struct_fields__:
+        value = getattr(message, name)
+        if isinstance(value, str) and not _CONTROL.match(value):
+            raise InvalidMessage(
+                "invalid_field",
+                f"`$.{name}`: a text holds no control character but tab and newline",
+            )
 
 
 def _check_time(message: Message) -> None:
     at = getattr(message, "occurred_at", None)
     if at is None:
         return
-    offset = at.utcoffset()
-    if offset is not None and abs(offset) > OFFSET_MAX:
+    if at.tzinfo is not UTC:  # "Z", the usual case, needs no look at the offset
+        offset = at.utcoffset()
+        if offset is not None and abs(offset) > OFFSET_MAX:
+            raise InvalidMessage(
+                "invalid_field", f"occurred_at {at.isoformat()}: a UTC offset is within ±14:00"
+            )
+    if not YEAR_FIRST <= at.year <= YEAR_LAST:
         raise InvalidMessage(
-            "invalid_field", f"occurred_at {at.isoformat()}: a UTC offset is within ±14:00"
-        )
-    if not EARLIEST <= at < LATEST:
-        raise InvalidMessage(
-            "invalid_field", f"occurred_at {at.isoformat()} is not between 1970 and 2100"
+            "invalid_field",
+            f"occurred_at {at.isoformat()} is not between {YEAR_FIRST} and {YEAR_LAST}",
         )
 
 
@@ -107,6 +128,7 @@ def decode_command(raw: bytes) -> Command:
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "command") from None
     _check_time(command)
+    _check_texts(raw, command)
     return command.upcast() if isinstance(command, PurchaseRequestedV1) else command
 
 
@@ -131,6 +153,7 @@ def decode_fact(raw: bytes) -> Fact:
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "fact") from None
     _check_time(fact)
+    _check_texts(raw, fact)
     return fact
 
 
@@ -150,4 +173,5 @@ def decode_reference(raw: bytes) -> ReferenceRecord:
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "reference record") from None
     _check_time(record)
+    _check_texts(raw, record)
     return record
