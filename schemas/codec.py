@@ -137,13 +137,8 @@ def body(message: Message) -> bytes:
     content. A v2 purchase without content_id is encoded as the v1 it equals, so that a purchase
     sent as v1 and again as v2 is one purchase, and every fingerprint remembered before v2 existed
     still holds (tests/unit/test_schemas.py)."""
-    if isinstance(message, PurchaseRequested) and message.content_id is None:
-        return encode(PurchaseRequestedV1(
-            purchase_id=message.purchase_id, account_id=message.account_id,
-            user_id=message.user_id, publisher_id=message.publisher_id,
-            amount_cents=message.amount_cents, category=message.category,
-            description=message.description, occurred_at=message.occurred_at,
-        ))  # fmt: skip
+    if isinstance(message, PurchaseRequested) and (older := message.downcast()) is not None:
+        return encode(older)
     return encode(message)
 
 

@@ -47,6 +47,16 @@ class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v2", omit_
     occurred_at: Timestamp
     content_id: Id | None = None
 
+    def downcast(self) -> PurchaseRequestedV1 | None:
+        """The v1 purchase this one equals, if any (none once it has a content_id)."""
+        if self.content_id is not None:
+            return None
+        return PurchaseRequestedV1(
+            purchase_id=self.purchase_id, account_id=self.account_id, user_id=self.user_id,
+            publisher_id=self.publisher_id, amount_cents=self.amount_cents,
+            category=self.category, description=self.description, occurred_at=self.occurred_at,
+        )  # fmt: skip
+
 
 class PurchaseRequestedV1(Message, frozen=True, tag="purchase.requested.v1"):
     """The first version of PurchaseRequested, still read from the log and from older

@@ -20,7 +20,7 @@ from ledger import topics
 from ledger.partitioning import partition_for
 from ledger.produce import LedgerProducer, close_commands
 from schemas import codec
-from schemas.commands import Command, PurchaseRequested, PurchaseRequestedV1
+from schemas.commands import Command, PurchaseRequested
 from tests import builders as b
 from tests.world import T0, World
 
@@ -183,12 +183,8 @@ class Sender:
 
 
 def _send_v1(producer: LedgerProducer, command: PurchaseRequested, partitions: int) -> Any:
-    old = PurchaseRequestedV1(
-        purchase_id=command.purchase_id, account_id=command.account_id, user_id=command.user_id,
-        publisher_id=command.publisher_id, amount_cents=command.amount_cents,
-        category=command.category, description=command.description,
-        occurred_at=command.occurred_at,
-    )  # fmt: skip
+    old = command.downcast()
+    assert old is not None
     return producer.send_raw(topics.COMMANDS, command.account_id.encode(), codec.encode(old),
                              partition_for(command.account_id, partitions))  # fmt: skip
 
