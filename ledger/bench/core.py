@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+from ledger.bench import table
 from ledger.core.reference import Reference
 from ledger.core.runner import LocalAuthorizer
 from schemas import codec
@@ -181,8 +182,7 @@ def report(figures: CoreFigures) -> str:
         ("facts decoded/s (JSON → typed)", f"{figures.fact_decode_per_second:,.0f}"),
         ("share of facts authorized", f"{figures.authorized_share:.1%}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value:>12}" for name, value in rows)
+    return table(rows)
 
 
 def as_json(figures: CoreFigures) -> dict[str, float]:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.bench import stream
+from ledger.bench import stream, table
 from ledger.errors import LedgerError
 from ledger.produce import LedgerProducer
 from ledger.settings import StackSettings, load_settings
@@ -180,21 +180,15 @@ def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_Process
                 producer.send_reference(record)
             producer.flush()
             time.sleep(2)  # the workers' reference readers see the ISP and publishers
-            for command in opens:
-                producer.send_command(command)
-            producer.flush()
-            say(f"  {workers} worker(s): {accounts:,} accounts sent; waiting for them")
+            say(f"  {workers} worker(s): {accounts:,} accounts; waiting for them")
+            stream.send_and_wait(producer, watcher, opens, DEADLINE_SECONDS)
             _wait_projected(dsn, run, accounts, processes, "accounts")
-            watcher.wait_for(len(opens), DEADLINE_SECONDS)
             backlog = stream.purchases(run, accounts, purchases, seed)
             say(f"  {workers} worker(s): {purchases:,} purchases, as fast as they go")
-            base = watcher.seen
             started = time.monotonic()
-            for command in backlog:
-                producer.send_command(command)
-            producer.flush()
-            watcher.wait_for(base + len(backlog), DEADLINE_SECONDS)
-            decisions = len(backlog) / (time.monotonic() - started)
+            decisions = len(backlog) / stream.send_and_wait(
+                producer, watcher, backlog, DEADLINE_SECONDS
+            )
             _wait_projected(dsn, run, len(backlog), processes, "purchases")
             # Sustained means all the work kept up: the balance tables (the group-by of the
             # facts by publisher and ISP) too, or their backlog would only move the cost later.
@@ -400,12 +394,7 @@ def report(figures: list[RunFigures]) -> str:
                 for f in figures
             ],
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                  enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    )  # fmt: skip
+    return table(rows)
 
 
 def as_json(figures: list[RunFigures]) -> dict[str, Any]:

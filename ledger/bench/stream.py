@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger import topics
+from ledger.bench import table
 from ledger.delivery import consumer_config
 from ledger.produce import LedgerProducer
 from schemas.commands import AccountOpenRequested, Command, PurchaseRequested
@@ -113,6 +114,20 @@ class FactWatcher:
         self._consumer.close()
 
 
+def send_and_wait(
+    producer: LedgerProducer, watcher: FactWatcher, commands: list[Command], deadline_seconds: float
+) -> float:
+    """Send commands as fast as the producer goes and wait for a fact of each; returns the
+    seconds from the first send to the last fact."""
+    base = watcher.seen
+    started = time.monotonic()
+    for command in commands:
+        producer.send_command(command)
+    producer.flush()
+    watcher.wait_for(base + len(commands), deadline_seconds)
+    return time.monotonic() - started
+
+
 def send_paced(
     producer: LedgerProducer, watcher: FactWatcher, paced: list[Command], rate: float
 ) -> dict[str, int]:
@@ -171,19 +186,10 @@ def run(bootstrap: str, partitions: int, accounts: int = 20_000, commands: int =
                 producer.send_reference(record)
             producer.flush()
             time.sleep(2)  # the workers' reference readers see the new ISP and publishers
-            for command in opens:
-                producer.send_command(command)
-            producer.flush()
-            watcher.wait_for(len(opens), deadline_seconds)
+            send_and_wait(producer, watcher, opens, deadline_seconds)
             # Throughput: a backlog produced as fast as we can, decided as fast as the worker can.
             backlog = purchases(run_id, accounts, commands, seed)
-            base = watcher.seen
-            started = time.monotonic()
-            for command in backlog:
-                producer.send_command(command)
-            producer.flush()
-            watcher.wait_for(base + len(backlog), deadline_seconds)
-            throughput = len(backlog) / (time.monotonic() - started)
+            throughput = len(backlog) / send_and_wait(producer, watcher, backlog, deadline_seconds)
             wait_idle(bootstrap, APP_ID, deadline_seconds)
             # Latency at half that rate, paced.
             rate = throughput / 2
@@ -217,8 +223,7 @@ def report(figures: StreamFigures) -> str:
         ("decision latency p99", f"{figures.latency_p99_seconds * 1000:,.1f} ms"),
         ("decision latency max", f"{figures.latency_max_seconds * 1000:,.1f} ms"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value:>14}" for name, value in rows)
+    return table(rows)
 
 
 def as_json(figures: StreamFigures) -> dict[str, float]:
