@@ -21,7 +21,7 @@ from schemas.commands import (
     PurchaseRequestedV1,
 )
 from schemas.deadletter import DeadLetter
-from schemas.facts import FACT_TYPES, Fact
+from schemas.facts import FACT_TYPES, Fact, upcast_event_id
 from schemas.reference import REFERENCE_TYPES, ReferenceRecord
 from schemas.types import TEXT_PATTERN
 
@@ -143,13 +143,15 @@ def body(message: Message) -> bytes:
 
 
 def decode_fact(raw: bytes) -> Fact:
+    """A fact as the ledger reads it now: a rejection written under an id of the old scheme is
+    read under its id of today (issue 12, schemas.facts.upcast_event_id)."""
     try:
         fact = _fact_decoder.decode(raw)
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "fact") from None
     _check_time(fact)
     _check_texts(raw, fact)
-    return fact
+    return upcast_event_id(fact)
 
 
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)

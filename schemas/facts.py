@@ -2,13 +2,17 @@
 changed, only compensated (a refund compensates a purchase), and every money fact carries its
 postings, which sum to zero.
 
-`event_id` is a deterministic function of the command, so that a fact emitted again (after a
-restart, or for a duplicate request) is identical, id and content, and downstream deduplicates it.
+`event_id` names one fact (issue 12): it is a deterministic function of the command and of what
+was decided (`event_id_of` below), so that a fact emitted again (after a restart, or for a duplicate
+request decided the same way) is identical, id and content, and downstream deduplicates it, while
+two facts that differ in anything have two ids.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import hashlib
+import re
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -230,3 +234,82 @@ FACT_TYPES: tuple[type[Message], ...] = (
     CommandRejected,
     PeriodClosed,
 )
+
+
+# --- event ids (issue 12) ----------------------------------------------------------------------
+
+
+def event_id_of(
+    kind: str, key: str, body_fingerprint: str, reason: str | None = None,
+    origin: int | None = None,
+) -> str:  # fmt: skip
+    """The id of a decision on the command `key` (a purchase, refund or command id) whose body has
+    this fingerprint: `{kind}.{key}.{fingerprint16}` for what was accepted; a rejection adds
+    `.rejected.{reason}`, so that a command rejected and later accepted (an ISP registered in
+    between, an account opened) gives two facts under two ids; and a rejection that is decided
+    afresh each time the command comes (the authorizer passes its `origin` only then) adds the
+    origin, which tells those decisions apart."""
+    base = f"{kind}.{key}.{body_fingerprint[:16]}"
+    if reason is None:
+        return base
+    if origin is None:
+        return f"{base}.rejected.{reason}"
+    return f"{base}.rejected.{reason}.{origin}"
+
+
+_FINGERPRINT16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def upcast_event_id(fact: Fact) -> Fact:
+    """The rule for facts written before issue 12, when a rejection's id did not name its outcome
+    (`{kind}.{key}.{fingerprint16}`, `.{origin}` after it for a rejection decided afresh each
+    time): such a rejection is read with the id the authorizer gives it now. So an old log that
+    holds a rejection and the acceptance of the same command under one id projects both facts,
+    and a rejection emitted again after the upgrade is a duplicate of the one emitted before.
+    Accepted facts kept their ids; a new id is never matched (it names `rejected`)."""
+    if isinstance(fact, PurchaseRejected | RefundRejected):
+        kind, key = (
+            ("purchase", fact.purchase_id)
+            if isinstance(fact, PurchaseRejected)
+            else ("refund", fact.refund_id)
+        )
+        base = f"{kind}.{key}.{fact.body_fingerprint[:16]}"
+        if fact.event_id == base:
+            return msgspec.structs.replace(fact, event_id=f"{base}.rejected.{fact.reason}")
+        if fact.origin is not None and fact.event_id == f"{base}.{fact.origin}":
+            new = f"{base}.rejected.{fact.reason}.{fact.origin}"
+            return msgspec.structs.replace(fact, event_id=new)
+    elif isinstance(fact, CommandRejected):
+        # The old id holds the command's fingerprint, which the fact does not carry: matched by
+        # its shape, the command id followed by 16 hexadecimal digits and nothing else.
+        prefix = f"command.{fact.command_id}."
+        if fact.event_id.startswith(prefix) and _FINGERPRINT16.match(fact.event_id[len(prefix) :]):
+            return msgspec.structs.replace(fact, event_id=f"{fact.event_id}.rejected.{fact.reason}")
+    return fact
+
+
+# --- the canonical form of a fact --------------------------------------------------------------
+
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def canonical(fact: Fact) -> bytes:
+    """The fact as one JSON text, to tell whether two facts are the same fact: its fields as
+    JSON, those that are null left out (a field added later with a null default does not make
+    an old fact another one), object keys sorted, no spaces, UTF-8. It is defined on the JSON,
+    so that a reader with no code of ours computes it from a record of `ledger.events` (with the
+    rule of `upcast_event_id` applied): `ledger reconcile` does (projections/factcheck.py)."""
+    return _canonical_encoder.encode(_without_nulls(msgspec.to_builtins(fact)))
+
+
+def fact_fingerprint(fact: Fact) -> bytes:
+    """SHA-256 of the canonical form: what the projection writer keeps with each applied id."""
+    return hashlib.sha256(canonical(fact)).digest()

@@ -61,6 +61,7 @@ from schemas.facts import (
     PurchaseRefunded,
     PurchaseRejected,
     RefundRejected,
+    event_id_of,
 )
 from schemas.reference import IspRegistered
 from schemas.types import CommandRejection, PurchaseRejection, RefundRejection
@@ -148,13 +149,13 @@ def decide(
 def _event_id(
     kind: str, key: str, body_fingerprint: str, reason: str | None, origin: int | None
 ) -> str:
-    """Deterministic: the same decision gets the same id again. A rejection the account does not
-    remember is decided afresh each time it comes, so each such decision gets its own id (the
-    origin tells them apart; a replay of the same command has the same origin)."""
-    base = f"{kind}.{key}.{body_fingerprint[:16]}"
-    if reason in _UNREMEMBERED and origin is not None:
-        return f"{base}.{origin}"
-    return base
+    """Deterministic: the same decision gets the same id again, another decision another id
+    (schemas.facts.event_id_of). A rejection the account does not remember is decided afresh each
+    time it comes, so each such decision gets its own id (the origin tells them apart; a replay of
+    the same command has the same origin)."""
+    return event_id_of(
+        kind, key, body_fingerprint, reason, origin if reason in _UNREMEMBERED else None
+    )
 
 
 def _rejected(
@@ -384,8 +385,10 @@ def _decide_refund(
             return _refund_rejected(
                 command, body_fingerprint, "duplicate_with_different_body", origin
             )
-        purchase = state.purchases.get(memo.purchase_id)
-        if memo.accepted and purchase is not None:
+        if memo.accepted:
+            # A purchase is remembered as long as a refund of it is (`prune`).
+            purchase = state.purchases.get(memo.purchase_id)
+            assert purchase is not None, f"refund {command.refund_id}: its purchase was forgotten"
             return _refunded(command, state, purchase, memo)
         return _refund_rejected(command, body_fingerprint, memo.reason, memo.origin)  # type: ignore[arg-type]
     at = calendar.epoch_seconds(command.occurred_at)
@@ -448,10 +451,17 @@ AdminCommand = (
 )
 
 
+def _command_id(command: AdminCommand, reason: CommandRejection | None = None) -> str:
+    """An admin fact is a function of its command's body and the outcome: a command rejected (an
+    unknown account, ISP or employee) and accepted later has two facts under two ids (issue 12);
+    the same outcome again is the same fact again."""
+    return event_id_of("command", command.command_id, fingerprint(command), reason)
+
+
 def _command_rejected(command: AdminCommand, reason: CommandRejection) -> CommandRejected:
     tag: str = command.__struct_config__.tag  # type: ignore[assignment]
     return CommandRejected(
-        event_id=f"command.{command.command_id}.{fingerprint(command)[:16]}",
+        event_id=_command_id(command, reason),
         command_id=command.command_id,
         command_type=tag,
         occurred_at=command.occurred_at,
@@ -463,7 +473,7 @@ def _command_rejected(command: AdminCommand, reason: CommandRejection) -> Comman
 
 def _decide_admin(state: AccountState | None, command: AccountCommand, context: Context) -> Fact:
     assert not isinstance(command, PurchaseRequested | RefundRequested)
-    event_id = f"command.{command.command_id}.{fingerprint(command)[:16]}"
+    event_id = _command_id(command)
     if isinstance(command, AccountOpenRequested):
         return _decide_open(state, command, context, event_id)
     if state is None:
@@ -705,9 +715,16 @@ def _apply_admin(state: AccountState, fact: Fact) -> None:
 def prune(state: AccountState, cutoff: int) -> None:
     """Forget what no decision after `cutoff` can need: purchase and refund memos older than
     it (such purchases are rejected as stale), spend of days and periods before it, velocity
-    timestamps older than the longest window, and superseded settings."""
-    state.purchases = {key: memo for key, memo in state.purchases.items() if memo.at >= cutoff}
+    timestamps older than the longest window, and superseded settings.
+
+    A purchase is kept as long as an accepted refund of it is: a refund remembered answers a
+    retry with the same fact again, which it builds from its purchase (issue 12: without it, a
+    retry got a rejection without a reason under the refund's id)."""
     state.refunds = {key: memo for key, memo in state.refunds.items() if memo.at >= cutoff}
+    refunded = {memo.purchase_id for memo in state.refunds.values() if memo.accepted}
+    state.purchases = {
+        key: memo for key, memo in state.purchases.items() if memo.at >= cutoff or key in refunded
+    }
     first_day = calendar.day_key(cutoff)
     state.day_spend = {day: cents for day, cents in state.day_spend.items() if day >= first_day}
     # The cutoff's period starts at most one calendar month before the cutoff's month.
@@ -749,6 +766,9 @@ def decide_close(
     _, end = calendar.period_bounds(command.period, isp.billing_day)
     if closed_by is None and command.occurred_at < end:
         return _command_rejected(command, "period_not_ended")
+    # One id per partition's close of a period, whichever command closed it: there is one such
+    # fact (a second close is refused above), so two different facts under this id would be a
+    # broken close barrier, which the projection writer stops on rather than applying both.
     return PeriodClosed(
         event_id=f"period.{command.isp_id}.{command.period}.{command.partition}",
         command_id=command.command_id,
