@@ -35,21 +35,24 @@ def _errors(*statuses: int) -> dict[str, Any]:
             for code in statuses}  # fmt: skip
 
 
-def _body(name: str) -> dict[str, Any]:
+def _body(name: str, required: bool = True) -> dict[str, Any]:
     schema = {"$ref": f"#/components/schemas/{name}"}
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
 def _op(
-    summary: str, body: str | None, ok: dict[str, Any], errors: tuple[int, ...], admin: bool
-) -> dict[str, Any]:
+    summary: str, body: str | None, ok: dict[str, Any], errors: tuple[int, ...], admin: bool,
+    body_required: bool = True, description: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{"adminKey": []}] if admin else [{"publisherKey": []}],
         "responses": {**ok, **_errors(*errors)},
     }
+    if description:
+        op["description"] = description
     if body:
-        op["requestBody"] = _body(body)
+        op["requestBody"] = _body(body, body_required)
     return op
 
 
@@ -160,7 +163,15 @@ def openapi_document() -> dict[str, Any]:
         "/v1/admin/accounts/{account_id}/employees/{user_id}": {
             "parameters": [*account, _path_param("user_id")],
             "delete": _op(
-                "Revoke an employee", None, {**fact, **pending}, (401, 422, 503), admin=True
+                "Revoke an employee",
+                "CommandBody",
+                {**fact, **pending},
+                admin_errors,
+                admin=True,
+                body_required=False,
+                description="The body is optional: its occurred_at records a revocation that "
+                "took effect earlier (default: now), and a command_id with it makes a resend "
+                "the same fact.",
             ),
         },
     }

@@ -369,9 +369,12 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     @table.delete("/v1/admin/accounts/{account_id}/employees/{user_id}")
     async def revoke(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
+        # A body is optional: without one the revocation takes effect now, under a new id.
+        body: CommandBody = await _body(request, CommandBody)
         account, user = request.match_info["account_id"], request.match_info["user_id"]
         return await admin_command(request, lambda cid, now: EmployeeRevokeRequested(
-            command_id=cid, account_id=account, user_id=user, occurred_at=now))  # fmt: skip
+            command_id=body.command_id or cid, account_id=account, user_id=user,
+            occurred_at=now), body)  # fmt: skip
 
     return table
 
