@@ -45,6 +45,8 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "statements": (("statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds",
                     "gross_cents", "net_cents", "vat_cents", "owed_cents", "seal"),
                    ("gross_cents", "owed_cents")),
+    # Not the fingerprint and type (migration 0004): ids applied before it have none live, and a
+    # rebuild has them; `ledger reconcile` compares each fingerprint with the topic instead.
     "applied_events": (("event_id", "topic", "partition", "offset"), ()),
     "projection_offsets": (("topic", "partition", "next_offset"), ()),
 }  # fmt: skip

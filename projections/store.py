@@ -1,10 +1,13 @@
 """The PostgreSQL half of the projection writer: one transaction per batch (STYLE.md §5).
 
-The transaction inserts the batch's event ids into applied_events (those already there are
-duplicates: skipped and counted), writes the rows of the new facts, seals the periods whose last
-close mark arrived, and stores the offset after the batch for each partition. It commits all of
-that or nothing, so a writer killed at any instant resumes from the stored offsets and applies
-each fact exactly once.
+The transaction inserts the batch's event ids into applied_events with the fingerprint of each
+fact, writes the rows of the new facts, seals the periods whose last close mark arrived, and
+stores the offset after the batch for each partition. It commits all of that or nothing, so a
+writer killed at any instant resumes from the stored offsets and applies each fact exactly once.
+
+An id already applied is never skipped blindly (issue 12): the same fingerprint is a duplicate,
+skipped and counted; another fingerprint is another fact under the same id, a broken invariant
+of the authorizer: the batch stops with both facts named (ConflictingFacts) and commits nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from ledger.core import billing
 from projections import rows as projected
 from projections.migrate import check_schema_name
 from schemas import codec
-from schemas.facts import Fact, MoneyFact, PeriodClosed, PurchaseAuthorized, PurchaseRefunded
+from schemas.facts import (
+    Fact,
+    MoneyFact,
+    PeriodClosed,
+    PurchaseAuthorized,
+    PurchaseRefunded,
+    fact_fingerprint,
+)
 
 # A batch that waits this long for a lock is stuck behind something an operator must see.
 LOCK_TIMEOUT_SECONDS = 30
@@ -34,6 +44,33 @@ class SealedPeriodChanged(AssertionError):
     broken invariant, not an input error (STYLE.md §6)."""
 
 
+class ConflictingFacts(AssertionError):
+    """Two different facts under one event id (issue 12): applying either would drop the other
+    without a trace. A broken invariant (STYLE.md §6): the writer stops, the batch uncommitted."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """Where a fact was read, for naming it: its type, place on the topic and fingerprint."""
+
+    type: str
+    topic: str
+    partition: int
+    offset: int
+    fingerprint: bytes | None  # None: applied before fingerprints were kept (migration 0004)
+
+    def __str__(self) -> str:
+        held = "no fingerprint" if self.fingerprint is None else self.fingerprint.hex()[:16]
+        return f"{self.type} at {self.topic}[{self.partition}]@{self.offset} ({held})"
+
+
+def conflict(event_id: str, first: Sighting, second: Sighting) -> ConflictingFacts:
+    return ConflictingFacts(
+        f"two different facts under event id {event_id!r}: {first} and {second}; the writer"
+        " stops and commits nothing of this batch (issue 12: an event id names one fact)"
+    )
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One decoded record of ledger.events."""
@@ -42,6 +79,10 @@ class Incoming:
     offset: int
     fact: Fact
     raw: bytes
+
+    def sighting(self, topic: str, fingerprint: bytes) -> Sighting:
+        tag: str = self.fact.__struct_config__.tag  # type: ignore[assignment]
+        return Sighting(tag, topic, self.partition, self.offset, fingerprint)
 
 
 @dataclass
@@ -59,8 +100,8 @@ async def connect(dsn: str, schema: str) -> psycopg.AsyncConnection[Any]:
     )
     conn = await psycopg.AsyncConnection.connect(dsn, options=options, connect_timeout=10)
     await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS incoming"
-        ' (event_id text, partition integer, "offset" bigint) ON COMMIT DELETE ROWS'
+        "CREATE TEMP TABLE IF NOT EXISTS incoming (event_id text, partition integer,"
+        ' "offset" bigint, fingerprint bytea, type text) ON COMMIT DELETE ROWS'
     )
     await conn.commit()
     return conn
@@ -91,20 +132,52 @@ async def _copy(
             await copy.write_row(row)
 
 
+def _unique(topic: str, incoming: list[Incoming]) -> dict[str, tuple[Incoming, bytes]]:
+    """The batch's facts by event id, each with its fingerprint; a repeat is a duplicate if it is
+    the same fact, a ConflictingFacts if not."""
+    unique: dict[str, tuple[Incoming, bytes]] = {}
+    for item in incoming:
+        fingerprint = fact_fingerprint(item.fact)
+        first = unique.setdefault(item.fact.event_id, (item, fingerprint))
+        if first[1] != fingerprint:
+            raise conflict(
+                item.fact.event_id, first[0].sighting(topic, first[1]),
+                item.sighting(topic, fingerprint),
+            )  # fmt: skip
+    return unique
+
+
 async def _new_event_ids(
-    conn: psycopg.AsyncConnection[Any], topic: str, incoming: list[Incoming]
+    conn: psycopg.AsyncConnection[Any], topic: str, unique: dict[str, tuple[Incoming, bytes]]
 ) -> set[str]:
+    """Insert the ids not applied yet; returns them. An id applied before with another
+    fingerprint raises ConflictingFacts (one applied before migration 0004 has none: it counts as
+    a duplicate, as it did)."""
     await _copy(
-        conn, "incoming", ("event_id", "partition", "offset"),
-        [(i.fact.event_id, i.partition, i.offset) for i in incoming],
+        conn, "incoming", ("event_id", "partition", "offset", "fingerprint", "type"),
+        [(event_id, i.partition, i.offset, fingerprint, i.sighting(topic, fingerprint).type)
+         for event_id, (i, fingerprint) in unique.items()],
     )  # fmt: skip
     cursor = await conn.execute(
-        'INSERT INTO applied_events (event_id, topic, partition, "offset")'
-        ' SELECT event_id, %s, partition, "offset" FROM incoming'
+        'INSERT INTO applied_events (event_id, topic, partition, "offset", fingerprint, type)'
+        ' SELECT event_id, %s, partition, "offset", fingerprint, type FROM incoming'
         " ON CONFLICT DO NOTHING RETURNING event_id",
         (topic,),
     )
-    return {row[0] for row in await cursor.fetchall()}
+    new = {row[0] for row in await cursor.fetchall()}
+    if len(new) < len(unique):  # duplicates: each must be the fact applied before
+        cursor = await conn.execute(
+            'SELECT a.event_id, a.type, a.topic, a.partition, a."offset", a.fingerprint'
+            " FROM incoming i JOIN applied_events a USING (event_id)"
+            " WHERE a.fingerprint <> i.fingerprint ORDER BY a.event_id LIMIT 1"
+        )
+        found = await cursor.fetchone()
+        if found is not None:
+            event_id, *applied = found
+            item, fingerprint = unique[event_id]
+            first = Sighting(applied[0] or "a fact", *applied[1:])
+            raise conflict(event_id, first, item.sighting(topic, fingerprint))
+    return new
 
 
 async def _balances(conn: psycopg.AsyncConnection[Any], rows: list[projected.Row]) -> None:
@@ -175,12 +248,10 @@ async def apply_batch(
 ) -> Outcome:
     """Apply a batch in one transaction; `next_offsets` covers every record read, facts or not."""
     outcome = Outcome()
+    unique = _unique(topic, incoming)
     async with conn.transaction():
-        unique: dict[str, Incoming] = {}
-        for item in incoming:
-            unique.setdefault(item.fact.event_id, item)
-        new_ids = await _new_event_ids(conn, topic, list(unique.values())) if unique else set()
-        new = [item for item in unique.values() if item.fact.event_id in new_ids]
+        new_ids = await _new_event_ids(conn, topic, unique) if unique else set()
+        new = [item for event_id, (item, _) in unique.items() if event_id in new_ids]
         outcome.applied = len(new)
         outcome.duplicates = len(incoming) - len(new)
         rows = projected.project((item.fact, item.raw) for item in new)

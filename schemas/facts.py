@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
@@ -290,24 +290,52 @@ def upcast_event_id(fact: Fact) -> Fact:
 
 # --- the canonical form of a fact --------------------------------------------------------------
 
-_canonical_encoder = msgspec.json.Encoder(order="sorted")
+_sorted_encoder = msgspec.json.Encoder(order="sorted")
+_NULL_VALUE = b'":null'
+_BACKSLASH = ord("\\")
 
 
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_without_nulls(v) for v in value]
-    return value
+def _drop_null_fields(text: bytes) -> bytes:
+    """Leave out every `"name":null` member of the compact JSON `text`. On the bytes, for speed:
+    measured 2.5 µs a fact, against 6 to 15 µs through Python objects, on a path the projection
+    writer takes for every fact (the whole fingerprint about 5 µs). Member names are identifiers;
+    a `":null` inside a string has its quote escaped (an odd run of backslashes before it) and is
+    left alone."""
+    at = text.find(_NULL_VALUE)
+    if at < 0:
+        return text
+    parts, start = [], 0
+    while at >= 0:
+        end = at + len(_NULL_VALUE)
+        before = at - 1
+        while text[before] == _BACKSLASH:
+            before -= 1
+        if (
+            at - 1 - before
+        ) % 2 == 0:  # the closing quote of a member name, not a quote in a string
+            name = text.rfind(b'"', 0, at)
+            if text[end : end + 1] == b",":  # not the last member: drop it and its comma
+                parts.append(text[start:name])
+                start = end + 1
+            elif text[name - 1 : name] == b",":  # the last one: drop the comma before it
+                parts.append(text[start : name - 1])
+                start = end
+            else:  # the only one
+                parts.append(text[start:name])
+                start = end
+        at = text.find(_NULL_VALUE, end)
+    parts.append(text[start:])
+    return b"".join(parts)
 
 
 def canonical(fact: Fact) -> bytes:
     """The fact as one JSON text, to tell whether two facts are the same fact: its fields as
-    JSON, those that are null left out (a field added later with a null default does not make
-    an old fact another one), object keys sorted, no spaces, UTF-8. It is defined on the JSON,
-    so that a reader with no code of ours computes it from a record of `ledger.events` (with the
-    rule of `upcast_event_id` applied): `ledger reconcile` does (projections/factcheck.py)."""
-    return _canonical_encoder.encode(_without_nulls(msgspec.to_builtins(fact)))
+    compact JSON (UTF-8, no spaces), object keys sorted, the fields that are null left out (so
+    that a field added later with a null default does not make an old fact another one). It is
+    defined on the JSON, so that a reader with no code of ours computes it from a record of
+    `ledger.events` (after the rule of `upcast_event_id`): `ledger reconcile` does
+    (projections/factcheck.py), and a unit test checks that both agree."""
+    return _drop_null_fields(_sorted_encoder.encode(fact))
 
 
 def fact_fingerprint(fact: Fact) -> bytes:
