@@ -263,21 +263,21 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_balances(args: argparse.Namespace) -> int:
-    from ledger.core.balances import decode_balance
+    from ledger.core.balances import Balance
     from ledger.core.state import decode_account
-    from ledger.tables import read_key
-    from streams.app import ACCOUNTS_TABLE, ISP_TABLE, PUBLISHER_TABLE
+    from ledger.tables import read_balances, read_key
+    from streams.app import ACCOUNTS_TABLE
 
     running = _running(args)
     partitions = running.partitions
-    table = {"account": ACCOUNTS_TABLE, "publisher": PUBLISHER_TABLE, "isp": ISP_TABLE}[args.kind]
-    raw = read_key(running.bootstrap_servers, table, args.id, partitions)
-    if raw is None:
-        print(f"no {args.kind} {args.id!r} in the balances yet", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+    rows: dict[str, object]
     if args.kind == "account":
+        raw = read_key(running.bootstrap_servers, ACCOUNTS_TABLE, args.id, partitions)
+        if raw is None:
+            print(f"no account {args.id!r} in the balances yet", file=sys.stderr)
+            return EXIT_NOT_RUNNING
         account = decode_account(raw)
-        rows: dict[str, object] = {
+        rows = {
             "account": account.account_id,
             "isp": account.isp_id,
             "kind": account.kind,
@@ -287,7 +287,11 @@ def _cmd_balances(args: argparse.Namespace) -> int:
             "spend_by_period_cents": dict(sorted(account.period_spend.items())),
         }
     else:
-        balance = decode_balance(raw)
+        balances = read_balances(running.bootstrap_servers, ACCOUNTS_TABLE, args.kind, partitions)
+        balance: Balance | None = balances.get(args.id)
+        if balance is None:
+            print(f"no {args.kind} {args.id!r} in the balances yet", file=sys.stderr)
+            return EXIT_NOT_RUNNING
         rows = {
             args.kind: args.id,
             "purchases": balance.purchases,

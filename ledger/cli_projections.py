@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.errors import LedgerError
+from schemas.types import Party
 
 EXIT_MISMATCH = 4
 CLOSE_WAIT_SECONDS = 120.0
@@ -153,14 +154,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _stream_balances(stack: Connected) -> Any:
-    from ledger.core.balances import decode_balance
-    from ledger.tables import read_table
-    from streams.app import ISP_TABLE, PUBLISHER_TABLE
+    from ledger.tables import read_balances
+    from streams.app import ACCOUNTS_TABLE
 
-    def read(party: str) -> dict[str, Any]:
-        table = PUBLISHER_TABLE if party == "publisher" else ISP_TABLE
-        raw = read_table(stack.bootstrap_servers, table, stack.partitions)
-        return {key.decode(): decode_balance(value) for key, value in raw.items()}
+    def read(party: Party) -> dict[str, Any]:
+        return read_balances(stack.bootstrap_servers, ACCOUNTS_TABLE, party, stack.partitions)
 
     return read
 

@@ -59,3 +59,24 @@ def consumer_config(bootstrap_servers: str, client_id: str, group_id: str | None
         "heartbeat_interval_ms": CONSUMER_HEARTBEAT_INTERVAL_MS,
         "max_poll_interval_ms": CONSUMER_MAX_POLL_INTERVAL_MS,
     }
+
+
+# The authorizer's producer (aiokafka): facts and changelog records handed over in record batches,
+# sent after 2 ms at most (shared/PERF.md: the batched prototype's linger); every batch is awaited
+# before its commands are acknowledged. Half a MiB: under the 1 MiB a request and the broker's
+# message.max.bytes allow, with room for the batch's own headers.
+AIOKAFKA_PRODUCER_LINGER_MS = 2
+AIOKAFKA_PRODUCER_MAX_BATCH_BYTES = 512 * 1024
+
+
+def aiokafka_producer_config(bootstrap_servers: str, client_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": client_id,
+        "acks": PRODUCER_ACKS,
+        "enable_idempotence": PRODUCER_ENABLE_IDEMPOTENCE,
+        "linger_ms": AIOKAFKA_PRODUCER_LINGER_MS,
+        "max_batch_size": AIOKAFKA_PRODUCER_MAX_BATCH_BYTES,
+        "request_timeout_ms": PRODUCER_REQUEST_TIMEOUT_MS,
+        "compression_type": PRODUCER_COMPRESSION,
+    }

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import time
 
+from ledger.core.balances import Balance
+from ledger.core.batch import decode_summary, sum_balances, summary_key
 from ledger.delivery import consumer_config
 from ledger.partitioning import partition_for
+from schemas.types import Party
 from streams.config import APP_ID
 
 READ_DEADLINE_SECONDS = 60
@@ -20,9 +23,10 @@ def changelog_topic(table: str, app_id: str = APP_ID) -> str:
 
 
 def read_partitions(
-    bootstrap_servers: str, topic: str, partitions: list[int]
+    bootstrap_servers: str, topic: str, partitions: list[int], bookkeeping: bool = False
 ) -> dict[bytes, bytes]:
-    """The latest value of every key in these partitions of a changelog (deleted keys left out)."""
+    """The latest value of every key in these partitions of a changelog (deleted keys left out;
+    the workers' own keys, which start with a NUL byte, only if `bookkeeping`)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-tables", group_id=None))
@@ -43,11 +47,10 @@ def read_partitions(
                     latest[record.key] = record.value
     finally:
         consumer.close()
-    # Keys starting with a NUL byte are the workers' own bookkeeping (streams/ordering.py).
     return {
         key: value
         for key, value in latest.items()
-        if value is not None and key is not None and not key.startswith(b"\x00")
+        if value is not None and key is not None and (bookkeeping or not key.startswith(b"\x00"))
     }
 
 
@@ -60,3 +63,16 @@ def read_key(bootstrap_servers: str, table: str, key: str, partitions: int) -> b
 
 def read_table(bootstrap_servers: str, table: str, partitions: int) -> dict[bytes, bytes]:
     return read_partitions(bootstrap_servers, changelog_topic(table), list(range(partitions)))
+
+
+def read_balances(
+    bootstrap_servers: str, table: str, party: Party, partitions: int
+) -> dict[str, Balance]:
+    """Every publisher's or ISP's balance: the sum of the partial balances that each partition's
+    summary holds (ledger/core/batch.py)."""
+    found = read_partitions(
+        bootstrap_servers, changelog_topic(table), list(range(partitions)), bookkeeping=True
+    )
+    summaries = [decode_summary(found[summary_key(p)]) for p in range(partitions)
+                 if summary_key(p) in found]  # fmt: skip
+    return sum_balances(s.publishers if party == "publisher" else s.isps for s in summaries)

@@ -8,9 +8,6 @@ COMMANDS = "ledger.commands"
 EVENTS = "ledger.events"
 REFERENCE = "ledger.reference"
 DLQ = "ledger.dlq"
-# Money facts re-keyed by publisher and by ISP for the balance tables (a group-by of ours).
-BY_PUBLISHER = "ledger.balances.by-publisher"
-BY_ISP = "ledger.balances.by-isp"
 
 # Kafka reads -1 as "no limit": the events are the source of truth and are kept forever, and
 # dead letters are kept until an operator has dealt with them.
@@ -33,13 +30,16 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Read whole by every worker into a global table: one partition keeps it in one order.
     TopicSpec(REFERENCE, partitioned=False, configs={"cleanup.policy": "compact"}),
     TopicSpec(DLQ, partitioned=False, configs=dict(_FOREVER)),
-    TopicSpec(BY_PUBLISHER, partitioned=True, configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
-    TopicSpec(BY_ISP, partitioned=True, configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
 )
-# What the workers' consumer group reads (see streams.worker.seed_committed_offsets).
-WORKER_SOURCES = (COMMANDS, EVENTS, BY_PUBLISHER, BY_ISP)
+# What the workers' consumer group reads (see streams.worker.seed_committed_offsets). The balances
+# per publisher and ISP are folded by the authorizer itself (ledger/core/batch.py): no worker
+# reads ledger.events any more, nor the repartition topics it used to re-key the facts through.
+WORKER_SOURCES = (COMMANDS,)
+# Partitions that get the marker below when empty: the workers' sources, and ledger.events,
+# which the projection writer reads the same way (it skips the marker).
+MARKED = (COMMANDS, EVENTS)
 
-# Offset 0 of every partition the workers read holds this marker, written when the topic is
+# Offset 0 of every partition of MARKED holds this marker, written when the topic is
 # created, and the workers' committed offsets start at 1. Measured with faust-streaming 0.15.3: a
 # partition whose committed offset is 0 is never delivered to its agent (faust reads a committed
 # offset of 0 as "none" in several places, `offset if offset else None`); at 1 it is. Every

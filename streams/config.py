@@ -9,11 +9,13 @@ from typing import Any, Literal
 APP_ID = "internet-plus-ledger"
 StoreKind = Literal["rocksdb", "memory"]
 
-# Offsets are committed every this many events or seconds, whichever comes first. A crash replays
-# at most this much, which the deterministic authorizer and the origin watermarks absorb.
-COMMIT_EVERY_EVENTS = 1_000
+# Offsets are committed every this many seconds (faust's commit timer). Progress that counts is
+# each partition's summary in the accounts changelog (ledger/core/batch.py); the committed offset
+# only says where a worker without it starts reading.
 COMMIT_INTERVAL_SECONDS = 1.0
-STREAM_BUFFER_EVENTS = 4_096
+# The most records one fetch hands to the authorizer (all partitions together): measured in the
+# batched prototype (shared/PERF.md), above it a batch only grows the latency.
+FETCH_RECORDS_MAX = 10_000
 # RocksDB per table partition: a small block cache and write buffers, so that a worker holding
 # 1.1 million accounts stays under 1 GiB (faust's defaults are a 2 GiB cache per partition).
 ROCKSDB_OPTIONS: dict[str, int] = {
@@ -39,7 +41,7 @@ class WorkerConfig:
     static_membership: bool = False
     app_id: str = APP_ID
     # topic → partition → first offset still in the log: where a partition with no progress of
-    # ours starts (streams/ordering.py).
+    # ours starts (streams/gate.py).
     log_starts: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
@@ -61,22 +63,20 @@ def faust_settings(config: WorkerConfig) -> dict[str, Any]:
         # No standby copies: a failed-over partition is restored from its changelog, and each
         # worker holds only its own partitions (memory).
         "table_standby_replicas": 0,
-        "broker_commit_every": COMMIT_EVERY_EVENTS,
+        # Commits by time only (the fetch loop of streams/fetch.py does not count records).
         "broker_commit_interval": COMMIT_INTERVAL_SECONDS,
         # Static membership (KIP-345): a worker that restarts under the same name within the
-        # session timeout gets its partitions back without a rebalance. Rebalances are where
-        # faust 0.15.3 drops records (streams/ordering.py), and the workers restart on purpose.
+        # session timeout gets its partitions back without a rebalance.
         "consumer_group_instance_id": instance_id(config) if config.static_membership else None,
         "broker_session_timeout": 30.0,
         "broker_heartbeat_interval": 3.0,
         "broker_max_poll_interval": 300.0,
-        "broker_max_poll_records": 2_000,
+        "broker_max_poll_records": FETCH_RECORDS_MAX,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,  # all in-sync replicas
-        "producer_linger_ms": 5,
+        "producer_linger_ms": 5,  # faust's own producer: nothing on the hot path any more
         "producer_request_timeout": 30.0,
-        "stream_buffer_maxsize": STREAM_BUFFER_EVENTS,
-        # A record left unacknowledged on purpose (streams/ordering.py) must not hold up a stop.
+        # No stream buffers the commands (streams/fetch.py); nothing to wait for on a stop.
         "stream_wait_empty": False,
         "web_enabled": False,  # metrics are served by prometheus-client, see streams/metrics.py
         "worker_redirect_stdouts": False,

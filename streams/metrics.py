@@ -20,7 +20,7 @@ DEAD_LETTERS = Counter(
 )
 BALANCE_FACTS = Counter(
     "ledger_balance_facts_total",
-    "Money facts seen by the balance tables: applied, or skipped as already counted",
+    "Money facts counted in the partitions' partial balances (ledger/core/batch.py)",
     ["table", "result"],
 )
 CONSUMER_LAG = Gauge(
@@ -37,6 +37,18 @@ EVENT_TIME_LAG = Histogram(
     "ledger_event_time_lag_seconds",
     "From a command's occurred_at to its decision",
     buckets=(0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86_400.0),
+)
+# Per batch of the authorizer (streams/authorizer.py): how many commands, and how long from
+# fetched to acknowledged (decode, decide, facts and changelog sent and confirmed, store written).
+BATCH_COMMANDS = Histogram(
+    "ledger_authorizer_batch_commands",
+    "Commands decided per batch",
+    buckets=(1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 20_000),
+)
+BATCH_SECONDS = Histogram(
+    "ledger_authorizer_batch_seconds",
+    "From a batch fetched to its records acknowledged",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 STATE_KEYS = Gauge(
     "ledger_state_keys", "Keys held in a table's partitions on this worker", ["table"]

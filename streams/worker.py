@@ -1,10 +1,10 @@
 """`ledger worker`: a supervisor that keeps one faust worker process running.
 
-The faust worker is crash-only: it stops when it sees records out of order (EXIT_RESTART, see
-streams/ordering.py) or a broken invariant (EXIT_INVARIANT_BROKEN), and the supervisor starts it
-again; correctness comes from deterministic decisions and idempotent consumers. Restarts are
-bounded, so a worker that keeps failing stops with a clear message instead of looping. The child
-dies with its supervisor (PR_SET_PDEATHSIG), so killing `ledger worker` kills the worker.
+The faust worker is crash-only: it stops on a broken invariant (EXIT_INVARIANT_BROKEN), and the
+supervisor starts it again; correctness comes from deterministic decisions and idempotent
+consumers. Restarts are bounded, so a worker that keeps failing stops with a clear message
+instead of looping. The child dies with its supervisor (PR_SET_PDEATHSIG), so killing
+`ledger worker` kills the worker.
 Several `ledger worker` processes in one consumer group share the partitions.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import gc
 import logging
 import random
 import signal
@@ -35,6 +36,7 @@ RESTART_WINDOW_SECONDS = 300.0
 BACKOFF_SECONDS_MAX = 10.0
 STOP_TIMEOUT_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
+GC_THRESHOLDS = (100_000, 50, 1_000)  # the batched prototype's (shared/PERF.md)
 
 
 def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int]]:
@@ -121,7 +123,6 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
     from prometheus_client import start_http_server
 
     from streams.app import create_app
-    from streams.ordering import EXIT_RESTART, Restart
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,13 +144,18 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
     # spins on every record: every debug line of aiokafka and faust was then built on the hot
     # path (measured: about a tenth of the worker's time) and escape codes filled the logs.
     worker.spinner = None
+    # The collector ran for 30-43 % of the pure core's time with Python's default thresholds
+    # (shared/PERF.md: 36k decisions/s, 47.8k with a higher threshold): a batch allocates many
+    # short-lived objects and almost no cycles. What start-up allocated is frozen out of it.
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     else:
         code = 0
-    return EXIT_RESTART if Restart.requested else code
+    return code
 
 
 def _die_with_parent() -> None:
@@ -168,8 +174,6 @@ def supervise(config: WorkerConfig, loglevel: str) -> int:
 
 
 def _supervise(child_args: list[str]) -> int:
-    from streams.ordering import EXIT_RESTART
-
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
@@ -201,7 +205,7 @@ def _supervise(child_args: list[str]) -> int:
                 file=sys.stderr,
             )
             return code if code > 0 else 1
-        delay = 0.0 if code == EXIT_RESTART else min(BACKOFF_SECONDS_MAX, 2 ** len(restarts))
+        delay = min(BACKOFF_SECONDS_MAX, 2 ** len(restarts))
         delay *= random.uniform(0.5, 1.0)  # jitter: workers restarting together spread out
         print(f"ledger worker: restarting the worker (exit status {code})", file=sys.stderr)
         time.sleep(delay)

@@ -73,6 +73,10 @@ class AccountState(msgspec.Struct, array_like=True):
     owed_cents: int = 0
     purchases_authorized: int = 0
     refunds_applied: int = 0
+    # The offset of the last command of this account's partition applied to this state (-1: not
+    # known, a state written before the field existed). A state whose `decided_through` is at or
+    # past a command's offset already holds that command's effects (ledger/core/batch.py).
+    decided_through: int = -1
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):

@@ -286,7 +286,7 @@ def mark_empty_partitions(bootstrap_servers: str) -> int:
     try:
         wanted = [
             TopicPartition(topic, p)
-            for topic in ledger_topics.WORKER_SOURCES
+            for topic in ledger_topics.MARKED
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]

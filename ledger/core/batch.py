@@ -1,0 +1,146 @@
+"""One partition of the authorizer, a batch of commands at a time: what a stream worker does with
+the commands it fetched, without the stream (the worker only moves bytes in and out of it).
+
+Beside its accounts, a partition keeps one `PartitionSummary`: where the partition resumes
+(`next_offset`), the periods closed in it, and its **partial balances** per publisher and per ISP,
+the sums of the money facts it decided. A party's balance is the sum of its partials over the
+partitions (`sum_balances`), so the balances need no re-keying of the facts, no repartition topic
+and no agent of their own (issue 13: seven of the eleven Kafka records a purchase cost existed
+only for them). Each partial counts a fact once, by its origin (`Balance.apply`).
+
+The worker writes a batch's outcome in this order (streams/authorizer.py): the facts, awaited;
+then the changed account states; then the summary. So, after a crash anywhere:
+- a command below the summary's `next_offset` was decided, its facts are on ledger.events and its
+  states are in the changelog: it is skipped;
+- an account state whose `decided_through` is at or past a command's offset holds that command's
+  effects already (written in a batch whose summary was lost): the command is not decided again
+  (its facts were written before that state), only its money facts are folded into the partials,
+  which did not count them; they are the account's memo of them, identical to what was emitted;
+- anything else is decided again from the states before it: the same facts again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ledger.core.authorizer import Context, Policy, decide, decide_close, evolve, evolve_close
+from ledger.core.balances import Balance
+from ledger.core.reference import Limits, Reference
+from ledger.core.state import AccountState, ClosedPeriods
+from schemas.commands import Command, PeriodCloseRequested
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
+from schemas.reference import IspRegistered
+
+LimitsCache = dict[tuple[int, str], tuple[IspRegistered, Limits]]
+
+
+class PartitionSummary(msgspec.Struct, array_like=True):
+    next_offset: int = 0  # the first command of the partition not decided yet
+    closed: ClosedPeriods = msgspec.field(default_factory=ClosedPeriods)
+    publishers: dict[str, Balance] = msgspec.field(default_factory=dict)
+    isps: dict[str, Balance] = msgspec.field(default_factory=dict)
+
+    def fold(self, fact: Fact, partition: int) -> bool:
+        """Count a money fact in the partials, once. Returns False for anything not counted."""
+        if not isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
+            return False
+        publisher = self.publishers.setdefault(fact.publisher_id, Balance())
+        counted = publisher.apply(fact, "publisher", partition)
+        isp_counted = self.isps.setdefault(fact.isp_id, Balance()).apply(fact, "isp", partition)
+        assert counted == isp_counted, f"{fact.event_id} counted for one party and not the other"
+        return counted
+
+
+def summary_key(partition: int) -> bytes:
+    """The summary's key in the accounts table. The workers' own keys start with a NUL byte (ids
+    start with a letter or digit); the partition is in the key because a memory store holds every
+    partition in one dict."""
+    return b"\x00summary:%d" % partition
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(PartitionSummary)
+
+
+def encode_summary(summary: PartitionSummary) -> bytes:
+    return _encoder.encode(summary)
+
+
+def decode_summary(raw: bytes | None) -> PartitionSummary:
+    return PartitionSummary() if raw is None else _decoder.decode(raw)
+
+
+def sum_balances(partials: Iterable[Mapping[str, Balance]]) -> dict[str, Balance]:
+    """Each party's balance: the sum of its partials, one per partition (they count disjoint
+    facts, so their watermarks are disjoint too)."""
+    total: dict[str, Balance] = {}
+    for partial in partials:
+        for party_id, balance in partial.items():
+            into = total.setdefault(party_id, Balance())
+            into.purchases += balance.purchases
+            into.refunds += balance.refunds
+            into.gross_cents += balance.gross_cents
+            into.owed_cents += balance.owed_cents
+            into.applied_through.update(balance.applied_through)
+    return total
+
+
+@dataclass
+class PartitionBatch:
+    """What one batch of a partition produced: facts to emit, in order, with their message key;
+    the account states it changed; and the summary after it (the caller's, updated in place)."""
+
+    summary: PartitionSummary
+    facts: list[tuple[str, Fact]] = field(default_factory=list)
+    states: dict[str, AccountState] = field(default_factory=dict)
+    redelivered: int = 0  # commands below next_offset: skipped
+    already_applied: int = 0  # commands whose state held them already: folded, not re-emitted
+    folded: int = 0  # money facts counted in the partials
+
+
+def decide_batch(
+    partition: int,
+    summary: PartitionSummary,
+    commands: Iterable[tuple[int, Command | None]],
+    load: Callable[[str], AccountState | None],
+    reference: Reference,
+    policy: Policy,
+    limits_cache: LimitsCache | None = None,
+) -> PartitionBatch:
+    """Decide the commands of one partition in offset order. A None command (an undecodable
+    record, one on the wrong partition: set aside by the caller) only moves the partition on.
+    `load` reads an account's state as stored before this batch."""
+    batch = PartitionBatch(summary)
+    states = batch.states
+    # The ISPs' limits resolved once per reference record, across batches (Context.base_limits).
+    cache: LimitsCache = {} if limits_cache is None else limits_cache
+    context = Context(reference, summary.closed.by_isp, policy, cache)
+    for offset, command in commands:
+        if offset < summary.next_offset:
+            batch.redelivered += 1
+            continue
+        summary.next_offset = offset + 1
+        if command is None:
+            continue
+        if isinstance(command, PeriodCloseRequested):
+            fact = decide_close(summary.closed, command, reference)
+            evolve_close(summary.closed, fact, command)
+            batch.facts.append((command.isp_id, fact))
+            continue
+        account_id = command.account_id
+        state = states[account_id] if account_id in states else load(account_id)
+        facts = decide(state, command, context, offset)
+        if state is not None and state.decided_through >= offset:
+            batch.already_applied += 1
+        else:
+            for fact in facts:
+                state = evolve(state, fact, policy)
+            if state is not None:
+                state.decided_through = offset
+                states[account_id] = state
+            batch.facts.extend((account_id, fact) for fact in facts)
+        batch.folded += sum(summary.fold(fact, partition) for fact in facts)
+    return batch
