@@ -1,96 +1,157 @@
-"""The stream layer's own logic, without a broker: the in-order gate, the reference reader and the
+"""The stream layer's own logic, without a broker: the in-order gates, the reference reader and the
 API's decision index."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from ledger.api.listener import DecisionListener, wait_key
 from ledger.core.runner import LocalAuthorizer
 from schemas import codec
-from streams import ordering
+from streams.gate import Gates
 from streams.reference_reader import ReferenceReader
 from tests import builders as b
 from tests.builders import REFERENCE
 
 
-@dataclass
-class Message:
-    partition: int
+@dataclass(frozen=True)
+class Record:
     offset: int
 
 
-class FakeStore(dict[bytes, bytes]):
-    def __init__(self) -> None:
-        super().__init__()
-        self.persisted: list[Any] = []
-
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        self.persisted.append((tp, offset))
+def _records(*offsets: int) -> list[Record]:
+    return [Record(offset) for offset in offsets]
 
 
-class FakeTopic:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes, int]] = []
-
-    async def send(self, *, key: bytes, value: bytes, partition: int, callback: Any) -> None:
-        self.sent.append((key, value, partition))
+def _offsets(records: Sequence[Any]) -> list[int]:
+    return [record.offset for record in records]
 
 
-class FakeTable:
-    def __init__(self) -> None:
-        self.data = FakeStore()
-        self.changelog_topic = FakeTopic()
+class Stored:
+    """A partition's stored next offset (the summary's), counting how often it is read."""
 
-    def get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
+    def __init__(self, next_offset: int = 0) -> None:
+        self.next_offset = next_offset
+        self.reads = 0
 
-
-@pytest.fixture
-def no_restart(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    kills: list[tuple[int, int]] = []
-    monkeypatch.setattr(ordering.os, "kill", lambda pid, sig: kills.append((pid, sig)))
-    monkeypatch.setattr(ordering.Restart, "requested", False)
-    return kills
+    def __call__(self) -> int:
+        self.reads += 1
+        return self.next_offset
 
 
-def test_gate_admits_in_order_and_redeliveries(no_restart: list[tuple[int, int]]) -> None:
-    table = FakeTable()
-    gate = ordering.InOrder(table, "ledger.commands", {0: 10})
-    for offset in (10, 11, 12):
-        assert gate.admit(Message(0, offset))
-        asyncio.run(gate.done(Message(0, offset)))
-    assert table.data[ordering.PROGRESS_KEY] == b"13"  # progress stored with the state
-    assert table.changelog_topic.sent[-1] == (ordering.PROGRESS_KEY, b"13", 0)
-    assert gate.admit(Message(0, 11))  # a redelivery: processed again, harmlessly
-    asyncio.run(gate.done(Message(0, 11)))
-    assert table.data[ordering.PROGRESS_KEY] == b"13"
-    assert no_restart == []
+def _gaps(topic: str, outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("ledger_stream_gaps_total", {"topic": topic, "outcome": outcome})
+        or 0.0
+    )
 
 
-def test_gate_refuses_a_gap_and_asks_for_a_restart(no_restart: list[tuple[int, int]]) -> None:
-    gate = ordering.InOrder(FakeTable(), "ledger.commands", {0: 10})
-    assert not gate.admit(Message(0, 12))  # 10 and 11 never came
-    assert ordering.Restart.requested
-    assert no_restart and no_restart[0][1] == signal.SIGTERM
-    assert not gate.admit(Message(0, 10))  # stopping: nothing more is processed
+def test_gate_admits_from_the_expected_offset_and_drops_redeliveries() -> None:
+    gates = Gates("gate.redeliveries", {0: 10})
+    stored = Stored()
+    admitted, seek = gates.admit(0, _records(8, 9, 10, 11, 12), stored)
+    assert (_offsets(admitted), seek) == ([10, 11, 12], None)
+    gates.done(0, 13)
+    # A batch of redeliveries only: nothing to do, no seek.
+    assert gates.admit(0, _records(11, 12), stored) == ([], None)
+    admitted, seek = gates.admit(0, _records(12, 13, 14), stored)
+    assert (_offsets(admitted), seek) == ([13, 14], None)
+    assert stored.reads == 1  # the expectation is in memory after the first batch
+    assert _gaps("gate.redeliveries", "sought") == 0
 
 
-def test_gate_resumes_from_stored_progress_after_a_rebalance(
-    no_restart: list[tuple[int, int]],
+def test_a_gap_asks_for_a_seek_back_and_admits_nothing() -> None:
+    gates = Gates("gate.gap", {0: 10})
+    stored = Stored()
+    assert gates.admit(0, _records(12, 13), stored) == ((), 10)  # 10 and 11 were lost
+    assert _gaps("gate.gap", "sought") == 1
+    # The fetch from the seek delivers them: admitted, and the seek is settled.
+    admitted, seek = gates.admit(0, _records(10, 11, 12, 13), stored)
+    assert (_offsets(admitted), seek) == ([10, 11, 12, 13], None)
+    gates.done(0, 14)
+    # A later gap is another seek, not a hole.
+    assert gates.admit(0, _records(16), stored) == ((), 14)
+    assert (_gaps("gate.gap", "sought"), _gaps("gate.gap", "hole")) == (2, 0)
+
+
+def test_after_a_seek_a_batch_starting_past_the_expected_offset_is_a_hole() -> None:
+    gates = Gates("gate.hole", {0: 10})
+    stored = Stored()
+    assert gates.admit(0, _records(12, 13), stored) == ((), 10)
+    # Fetched again from 10, the log starts at 12: nothing in between (a hole in the log).
+    admitted, seek = gates.admit(0, _records(12, 13), stored)
+    assert (_offsets(admitted), seek) == ([12, 13], None)
+    assert (_gaps("gate.hole", "sought"), _gaps("gate.hole", "hole")) == (1, 1)
+    gates.done(0, 14)
+    # The hole is settled: the next gap is sought again.
+    assert gates.admit(0, _records(20), stored) == ((), 14)
+
+
+def test_a_seek_settled_by_redeliveries_only_is_sought_again() -> None:
+    gates = Gates("gate.resought", {0: 10})
+    stored = Stored()
+    assert gates.admit(0, _records(12), stored) == ((), 10)
+    assert gates.admit(0, _records(8, 9), stored) == ([], None)  # nothing past 10 this time
+    assert gates.admit(0, _records(12), stored) == ((), 10)  # not taken for a hole
+    assert _gaps("gate.resought", "hole") == 0
+
+
+def test_partitions_are_gated_apart() -> None:
+    gates = Gates("gate.partitions", {0: 10, 1: 0})
+    assert gates.admit(0, _records(12), Stored()) == ((), 10)
+    admitted, seek = gates.admit(1, _records(0, 1), Stored())
+    assert (_offsets(admitted), seek) == ([0, 1], None)
+    # Partition 1 starting past its expected offset after partition 0's seek is a gap, not a hole.
+    gates.done(1, 2)
+    assert gates.admit(1, _records(5), Stored()) == ((), 2)
+
+
+@pytest.mark.parametrize(
+    ("stored_next", "start", "expected"),
+    [
+        (0, 0, 0),  # nothing stored, the log's start
+        (0, 25, 25),  # nothing stored, the group's committed offset
+        (40, 7, 40),  # the summary is ahead of the committed offset (committed lags the writes)
+        (40, 50, 50),  # the log starts past the summary (retention removed the records between)
+    ],
+)
+def test_the_expected_offset_is_the_stored_one_or_the_start(
+    stored_next: int, start: int, expected: int
 ) -> None:
-    table = FakeTable()
-    table.data[ordering.PROGRESS_KEY] = b"40"
-    gate = ordering.InOrder(table, "ledger.events", {0: 7})
-    assert gate.admit(Message(0, 40))
-    gate.forget()
-    assert gate.admit(Message(0, 35))  # below: a redelivery
-    assert not ordering.Restart.requested
+    gates = Gates("gate.expected", {3: start})
+    stored = Stored(stored_next)
+    assert gates.expected(3, stored) == expected
+    assert gates.expected(3, stored) == expected
+    assert stored.reads == 1
+
+
+def test_a_partition_without_a_start_begins_at_its_stored_offset() -> None:
+    gates = Gates("gate.nostart", {})
+    assert gates.expected(5, Stored(0)) == 0
+    assert gates.expected(6, Stored(17)) == 17
+
+
+def test_forget_goes_back_to_the_stored_offset_and_drops_pending_seeks() -> None:
+    gates = Gates("gate.forget", {0: 10})
+    stored = Stored(10)
+    assert gates.admit(0, _records(12), stored) == ((), 10)
+    gates.forget()  # a rebalance: another worker decided up to 29 meanwhile
+    stored.next_offset = 30
+    admitted, seek = gates.admit(0, _records(28, 29, 30, 31), stored)
+    assert (_offsets(admitted), seek) == ([30, 31], None)
+    assert stored.reads == 2
+    gates.forget()
+    # The seek pending before forget() is gone: a gap is sought, not taken for a hole.
+    assert gates.admit(0, _records(12), Stored(10)) == ((), 10)
+    gates.forget()
+    assert gates.admit(0, _records(12), Stored(10)) == ((), 10)
+    assert _gaps("gate.forget", "hole") == 0
 
 
 def test_reference_reader_keeps_the_latest_records_and_skips_invalid_ones() -> None:
@@ -124,4 +185,4 @@ def test_decision_listener_answers_waiters_and_indexes_purchases() -> None:
 
     answered, listener = asyncio.run(scenario())
     assert answered == fact
-    assert listener.purchases["p1"] == fact  # the conflict did not replace the decision
+    assert listener.purchases[(fact.publisher_id, "p1")] == fact  # the conflict did not replace it
