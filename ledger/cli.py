@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ledger.cli_types import identifier, port
 from ledger.errors import LedgerError
 from ledger.settings import StackSettings, load_settings
 
@@ -562,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a stream worker (authorizer and balances)")
     worker.add_argument(
-        "--name", default="w1", help="unique per worker: its state folder and group membership"
-    )
+        "--name", default="w1", type=identifier,
+        help="unique per worker: its state folder and group membership",
+    )  # fmt: skip
     worker.add_argument("--data-dir", help="its table state (default .ledger/workers/NAME)")
     worker.add_argument("--store", choices=["rocksdb", "memory"], default="rocksdb")
     worker.add_argument(
@@ -571,21 +573,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="static group membership: a restart keeps the partitions (see README)",
     )
-    worker.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    worker.add_argument("--metrics-port", type=port, help="serve /metrics on 127.0.0.1:PORT")
     worker.add_argument(
         "--loglevel", default="warning", choices=["debug", "info", "warning", "error"]
     )
     worker.set_defaults(handler=_cmd_worker)
 
     api = commands.add_parser("api", help="run the checkout and admin HTTP API")
-    api.add_argument("--port", type=int, default=18080, help="on 127.0.0.1 (default 18080)")
+    api.add_argument("--port", type=port, default=18080, help="on 127.0.0.1 (default 18080)")
     api.set_defaults(handler=_cmd_api)
 
     balances = commands.add_parser(
         "balances", help="current balance of an account, publisher or ISP"
     )
     balances.add_argument("kind", choices=["account", "publisher", "isp"])
-    balances.add_argument("id")
+    balances.add_argument("id", type=identifier)
     balances.add_argument("--json", action="store_true")
     balances.set_defaults(handler=_cmd_balances)
 
@@ -603,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except LedgerError as error:
         print(f"ledger: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:
+        if error.filename is None:  # not a file named on the command line: a real failure
+            raise
+        print(f"ledger: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ledger: interrupted", file=sys.stderr)

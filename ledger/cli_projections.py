@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger.cli_types import identifier, period, port, scratch_schema, seconds
 from ledger.errors import LedgerError
 from schemas.types import Party
 
 EXIT_MISMATCH = 4
 CLOSE_WAIT_SECONDS = 120.0
-_PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
 
 @dataclass(frozen=True)
@@ -51,18 +50,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
     )
     stack = connected(args)
     name = None if args.dynamic else args.name
-    if args.reconcile_seconds < 0:
-        raise LedgerError("--reconcile-seconds must be 0 (never) or more")
     return run_writer(
         stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port,
         name, args.reconcile_seconds,
     )  # fmt: skip
-
-
-def _period(text: str) -> str:
-    if not _PERIOD.match(text):
-        raise argparse.ArgumentTypeError(f"a period is YYYY-MM, got {text!r}")
-    return text
 
 
 def _close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[str, Any] | None:
@@ -225,17 +216,19 @@ def add_parsers(commands: Any) -> None:
     access = commands.add_parser(
         "isp-access", help="issue an ISP's SQL login and API key (its own invoices only)"
     )
-    access.add_argument("--isp", required=True, help="the ISP's id")
+    access.add_argument("--isp", required=True, type=identifier, help="the ISP's id")
     access.set_defaults(handler=_cmd_isp_access)
 
     isp_api = commands.add_parser("isp-api", help="run the ISPs' invoice read API")
-    isp_api.add_argument("--port", type=int, default=18081, help="on 127.0.0.1 (default 18081)")
+    isp_api.add_argument("--port", type=port, default=18081, help="on 127.0.0.1 (default 18081)")
     isp_api.set_defaults(handler=_cmd_isp_api)
 
     replay = commands.add_parser(
         "replay", help="rebuild every projection from offset 0 and compare it with live"
     )
-    replay.add_argument("--schema", default="ledger_replay", help="the fresh schema to build")
+    replay.add_argument(
+        "--schema", default="ledger_replay", type=scratch_schema, help="the fresh schema to build"
+    )
     replay.add_argument("--keep", action="store_true", help="keep the rebuilt schema")
     replay.set_defaults(handler=_cmd_replay)
 
@@ -249,7 +242,7 @@ def add_parsers(commands: Any) -> None:
         help="do not compare the database with ledger.events fact by fact",
     )  # fmt: skip
     reconcile.add_argument(
-        "--wait-seconds", type=float, default=30.0,
+        "--wait-seconds", type=seconds, default=30.0,
         help="how long to wait for the stream and projections to agree",
     )  # fmt: skip
     reconcile.set_defaults(handler=_cmd_reconcile)
@@ -258,16 +251,16 @@ def add_parsers(commands: Any) -> None:
         "project", help="run the projection writer: ledger.events into PostgreSQL"
     )
     project.add_argument(
-        "--name", default="p1",
+        "--name", default="p1", type=identifier,
         help="unique per writer: a restart under the same name resumes its partitions at once",
     )  # fmt: skip
     project.add_argument(
         "--dynamic", action="store_true", help="dynamic group membership instead of static"
     )
-    project.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    project.add_argument("--metrics-port", type=port, help="serve /metrics on 127.0.0.1:PORT")
     project.add_argument("--batch-events-max", type=int, default=5_000, metavar="N")
     project.add_argument(
-        "--reconcile-seconds", type=float, default=300.0, metavar="S",
+        "--reconcile-seconds", type=seconds, default=300.0, metavar="S",
         help="check the books in PostgreSQL every S seconds, for the metrics (0: never)",
     )  # fmt: skip
     project.add_argument(
@@ -278,8 +271,8 @@ def add_parsers(commands: Any) -> None:
     close = commands.add_parser(
         "close-period", help="close and seal an ISP's billing period (a command on the stream)"
     )
-    close.add_argument("--isp", required=True, help="the ISP's id")
-    close.add_argument("--period", required=True, type=_period, help="YYYY-MM")
+    close.add_argument("--isp", required=True, type=identifier, help="the ISP's id")
+    close.add_argument("--period", required=True, type=period, help="YYYY-MM")
     close.add_argument("--no-wait", action="store_true", help="send the close and return")
-    close.add_argument("--wait-seconds", type=float, default=CLOSE_WAIT_SECONDS)
+    close.add_argument("--wait-seconds", type=seconds, default=CLOSE_WAIT_SECONDS)
     close.set_defaults(handler=_cmd_close_period)

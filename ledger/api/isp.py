@@ -2,7 +2,8 @@
 
 Each ISP authenticates with its own API key (Bearer), stored only as a SHA-256 hash. A missing or
 unknown key is a 401; a path of another ISP, or an invoice that is not the caller's, is a 404 that
-says no more than a path that does not exist. Every query is bound to the key's ISP.
+says no more than a path that does not exist. Every query is bound to the key's ISP, and every
+path and query value is checked before it reaches PostgreSQL (ledger.api.validation).
 """
 
 from __future__ import annotations
@@ -10,25 +11,29 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from aiohttp import web
 from prometheus_client import Counter, Histogram, generate_latest
-from psycopg.rows import dict_row
 
+from ledger.api.database import Database
 from ledger.api.errors import ApiError, error_response
 from ledger.api.keys import key_hash
+from ledger.api.validation import (
+    INVOICE_ID,
+    PERIOD,
+    WHOLE_NUMBER,
+    bearer_key,
+    path_value,
+    query_value,
+)
 from ledger.settings import listen_host
 
 log = logging.getLogger("ledger.api.isp")
-_PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 PAGE_INVOICES_MAX = 1_000
-STATEMENT_TIMEOUT_MS = 10_000
 REQUESTS = Counter("ledger_isp_api_requests_total", "ISP API requests", ["route", "status"])
 LATENCY = Histogram("ledger_isp_api_request_latency_seconds", "ISP API latency", ["route"])
 
@@ -51,43 +56,26 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 class IspApi:
     def __init__(self, dsn: str, schema: str = "ledger") -> None:
-        self.dsn, self.schema = dsn, schema
-        self.conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+        self.db = Database(dsn, schema)
 
     async def start(self, _app: web.Application) -> None:
-        await self._connect()
+        await self.db.query("SELECT 1", ())
 
     async def stop(self, _app: web.Application) -> None:
-        if self.conn is not None:
-            await self.conn.close()
-
-    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
-        if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10,
-                options=f"-c search_path={self.schema}"
-                        f" -c statement_timeout={STATEMENT_TIMEOUT_MS}",
-            )  # fmt: skip
-        return self.conn
+        await self.db.close()
 
     async def query(self, text: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        conn = await self._connect()
-        try:
-            cursor = await conn.execute(text.encode(), params)
-            return await cursor.fetchall()
-        except psycopg.OperationalError:
-            await conn.close()
-            raise
+        return await self.db.query(text, params)
 
     async def isp_of(self, request: web.Request) -> str:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not header[7:].strip():
+        key = bearer_key(request)
+        if key is None:
             raise ApiError(
                 401, "unauthorized", "an ISP API key is needed: Authorization: Bearer <key>"
             )
         rows = await self.query(
             "SELECT isp_id FROM isp_api_keys WHERE key_sha256 = %s AND revoked_at IS NULL",
-            (key_hash(header[7:].strip()),),
+            (key_hash(key),),
         )
         if not rows:
             raise ApiError(401, "unauthorized", "unknown or revoked API key")
@@ -109,7 +97,7 @@ def routes(api: IspApi) -> web.RouteTableDef:
         isp_id = await api.isp_of(request)
         rows = await api.query(
             "SELECT period, closed_at, invoices, net_cents, vat_cents, gross_cents,"
-            " commission_cents, owed_to_platform_cents, seal FROM billing_periods"
+            " commission_cents, owed_to_platform_cents, seal, vat_by_rate FROM billing_periods"
             " WHERE isp_id = %s AND state = 'closed' ORDER BY period",
             (isp_id,),
         )
@@ -119,18 +107,16 @@ def routes(api: IspApi) -> web.RouteTableDef:
     async def invoices(request: web.Request) -> web.Response:
         isp_id = await api.isp_of(request)
         period = request.query.get("period", "")
-        if not _PERIOD.match(period):
+        if not PERIOD.fullmatch(period):
             return error_response(400, "bad_request", "the query needs period=YYYY-MM")
-        after = request.query.get("after", "")
-        try:
-            limit = int(request.query.get("limit", str(PAGE_INVOICES_MAX)))
-        except ValueError:
-            return error_response(400, "bad_request", "limit is a whole number")
+        after = query_value(request, "after", INVOICE_ID, "an invoice id (next_after)", "")
+        page = query_value(request, "limit", WHOLE_NUMBER, "a whole number", str(PAGE_INVOICES_MAX))
+        limit = int(page)
         if not 1 <= limit <= PAGE_INVOICES_MAX:
             return error_response(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
         rows = await api.query(
             "SELECT invoice_id, account_id, account_kind, company_name, lines, net_cents,"
-            " vat_cents, gross_cents, gross_cents_by_user, seal FROM invoices"
+            " vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate FROM invoices"
             " WHERE isp_id = %s AND period = %s AND invoice_id > %s ORDER BY invoice_id LIMIT %s",
             (isp_id, period, after, limit),
         )
@@ -143,10 +129,11 @@ def routes(api: IspApi) -> web.RouteTableDef:
         request: web.Request,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         isp_id = await api.isp_of(request)
-        invoice_id = request.match_info["invoice_id"]
+        invoice_id = path_value(request, "invoice_id", INVOICE_ID, "resource")
         found = await api.query(
             "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
-            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal FROM invoices"
+            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate"
+            " FROM invoices"
             " WHERE isp_id = %s AND invoice_id = %s",
             (isp_id, invoice_id),
         )
@@ -205,11 +192,6 @@ async def errors_and_metrics(
         response = error_response(error.status, error.code, error.message)
     except web.HTTPException as error:  # aiohttp's own: no such route, method not allowed
         response = error_response(error.status, "http_error", error.reason)
-    except psycopg.OperationalError as error:
-        log.warning("the database is unreachable: %s", error)
-        response = error_response(
-            503, "unavailable", "the invoices are unreachable: try again shortly"
-        )
     except Exception:
         log.exception("an unexpected error on %s", route)
         response = error_response(500, "internal", "an unexpected error; it was logged")

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from ledger.api.bodies import REQUEST_BODIES
+from ledger.api.validation import ID, INVOICE_ID
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -30,7 +31,8 @@ _REJECTED_OR_ERROR: dict[str, Any] = {"anyOf": [
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "bad request", 401: "no or wrong API key", 403: "not yours", 404: "not found",
              409: "same id, different body", 413: "body too large", 422: "invalid body or rejected",
-             503: "the ledger could not take the command: send the same request again"}  # fmt: skip
+             503: "the ledger (its broker or database) is unreachable: send the same request "
+                  "again"}  # fmt: skip
     return {str(code): _response(words[code], _REJECTED_OR_ERROR if code == 422 else _ERROR)
             for code in statuses}  # fmt: skip
 
@@ -56,8 +58,10 @@ def _op(
     return op
 
 
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path_param(name: str, pattern: str = ID.pattern) -> dict[str, Any]:
+    """A path id; one that does not match its pattern names nothing, and is answered 404."""
+    schema = {"type": "string", "pattern": f"^{pattern}$"}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 @cache
@@ -74,6 +78,8 @@ def openapi_document() -> dict[str, Any]:
     pending = {"202": _response("not decided within the timeout: send the same request again")}
     fact = {"200": _response("the fact the ledger recorded")}
     admin_errors = (401, 413, 422, 503)
+    # A path id that no account or employee can have is a 404 (ledger.api.validation).
+    account_errors = (401, 404, 413, 422, 503)
     account = [_path_param("account_id")]
     paths: dict[str, Any] = {
         "/v1/purchases": {
@@ -131,13 +137,17 @@ def openapi_document() -> dict[str, Any]:
         "/v1/admin/accounts/{account_id}/block": {
             "parameters": account,
             "post": _op(
-                "Block an account", "BlockBody", {**fact, **pending}, admin_errors, admin=True
+                "Block an account", "BlockBody", {**fact, **pending}, account_errors, admin=True
             ),
         },
         "/v1/admin/accounts/{account_id}/unblock": {
             "parameters": account,
             "post": _op(
-                "Unblock an account", "CommandBody", {**fact, **pending}, admin_errors, admin=True
+                "Unblock an account",
+                "CommandBody",
+                {**fact, **pending},
+                account_errors,
+                admin=True,
             ),
         },
         "/v1/admin/accounts/{account_id}/limits": {
@@ -146,7 +156,7 @@ def openapi_document() -> dict[str, Any]:
                 "Set an account's fraud limits",
                 "LimitsBody",
                 {**fact, **pending},
-                admin_errors,
+                account_errors,
                 admin=True,
             ),
         },
@@ -156,7 +166,7 @@ def openapi_document() -> dict[str, Any]:
                 "Authorise an employee (Internet Plus Pro)",
                 "EmployeeBody",
                 {**fact, **pending},
-                admin_errors,
+                account_errors,
                 admin=True,
             ),
         },
@@ -166,7 +176,7 @@ def openapi_document() -> dict[str, Any]:
                 "Revoke an employee",
                 "CommandBody",
                 {**fact, **pending},
-                admin_errors,
+                account_errors,
                 admin=True,
                 body_required=False,
                 description="The body is optional: its occurred_at records a revocation that "
@@ -208,13 +218,15 @@ def _isp_op(summary: str, ok: dict[str, Any], *errors: int) -> dict[str, Any]:
 def isp_openapi_document() -> dict[str, Any]:
     """The ISPs' read API (`ledger isp-api`)."""
     isp = _path_param("isp_id")
-    invoice = _path_param("invoice_id")
+    invoice = _path_param("invoice_id", INVOICE_ID.pattern)
     csv_ok = {"200": {"description": "the invoice's lines as CSV, with a header row",
                       "content": {"text/csv": {"schema": {"type": "string"}}}}}  # fmt: skip
     period_schema = {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
     period_param = {"name": "period", "in": "query", "required": True, "schema": period_schema}
     page = [
-        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "after", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": f"^{INVOICE_ID.pattern}$"},
+         "description": "the next_after of the previous page"},
         {"name": "limit", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     ]  # fmt: skip
@@ -226,6 +238,7 @@ def isp_openapi_document() -> dict[str, Any]:
                 {"200": _response("the periods")},
                 401,
                 404,
+                503,
             ),
         },
         "/v1/isps/{isp_id}/invoices": {
@@ -236,17 +249,18 @@ def isp_openapi_document() -> dict[str, Any]:
                 400,
                 401,
                 404,
+                503,
             ),
         },
         "/v1/isps/{isp_id}/invoices/{invoice_id}": {
             "parameters": [isp, invoice],
             "get": _isp_op(
-                "One invoice with its lines", {"200": _response("the invoice")}, 401, 404
+                "One invoice with its lines", {"200": _response("the invoice")}, 401, 404, 503
             ),
         },
         "/v1/isps/{isp_id}/invoices/{invoice_id}.csv": {
             "parameters": [isp, invoice],
-            "get": _isp_op("One invoice's lines as CSV", csv_ok, 401, 404),
+            "get": _isp_op("One invoice's lines as CSV", csv_ok, 401, 404, 503),
         },
     }
     return {

@@ -39,6 +39,7 @@ from ledger.api.bodies import (
 from ledger.api.errors import ApiError, error_response
 from ledger.api.listener import DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
+from ledger.api.validation import ID, bearer_key, path_value
 from ledger.core.authorizer import fingerprint
 from ledger.partitioning import partition_for
 from ledger.settings import listen_host
@@ -143,12 +144,12 @@ class Api:
 
     @staticmethod
     def _bearer(request: web.Request) -> str:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or len(header) < 8:
+        key = bearer_key(request)
+        if key is None:
             raise ApiError(
                 401, "unauthenticated", "send your API key as 'Authorization: Bearer <key>'"
             )
-        return header[len("Bearer ") :]
+        return key
 
     def publisher_of(self, request: web.Request) -> PublisherRegistered:
         key = self._bearer(request)
@@ -240,7 +241,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     @table.get("/v1/purchases/{purchase_id}")
     async def get_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
-        purchase_id = request.match_info["purchase_id"]
+        purchase_id = path_value(request, "purchase_id", ID, "purchase")
         fact = api.listener.purchases.get(purchase_id)
         if fact is None or fact.publisher_id != publisher.publisher_id:
             raise ApiError(
@@ -251,7 +252,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     @table.post("/v1/purchases/{purchase_id}/refunds")
     async def refund_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
-        purchase_id = request.match_info["purchase_id"]
+        purchase_id = path_value(request, "purchase_id", ID, "purchase")
         body: RefundBody = await _body(request, RefundBody)
         purchase = api.listener.purchases.get(purchase_id)
         if purchase is None or purchase.publisher_id != publisher.publisher_id:
@@ -334,7 +335,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     async def block(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
         body: BlockBody = await _body(request, BlockBody)
-        account = request.match_info["account_id"]
+        account = path_value(request, "account_id", ID, "account")
         return await admin_command(request, lambda cid, now: AccountBlockRequested(
             command_id=body.command_id or cid, account_id=account, reason=body.reason,
             occurred_at=now), body)  # fmt: skip
@@ -343,7 +344,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     async def unblock(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
         body: CommandBody = await _body(request, CommandBody)
-        account = request.match_info["account_id"]
+        account = path_value(request, "account_id", ID, "account")
         return await admin_command(request, lambda cid, now: AccountUnblockRequested(
             command_id=body.command_id or cid, account_id=account, occurred_at=now,
         ), body)  # fmt: skip
@@ -352,7 +353,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     async def set_limits(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
         body: LimitsBody = await _body(request, LimitsBody)
-        account = request.match_info["account_id"]
+        account = path_value(request, "account_id", ID, "account")
         return await admin_command(request, lambda cid, now: LimitsSetRequested(
             command_id=body.command_id or cid, account_id=account, limits=body.limits,
             occurred_at=now), body)  # fmt: skip
@@ -361,7 +362,7 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
     async def authorise(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
         body: EmployeeBody = await _body(request, EmployeeBody)
-        account = request.match_info["account_id"]
+        account = path_value(request, "account_id", ID, "account")
         return await admin_command(request, lambda cid, now: EmployeeAuthoriseRequested(
             command_id=body.command_id or cid, account_id=account, user_id=body.user_id,
             occurred_at=now, budget_cents=body.budget_cents), body)  # fmt: skip
@@ -371,7 +372,8 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
         api.require_admin(request)  # before reading the body: 401 before 422
         # A body is optional: without one the revocation takes effect now, under a new id.
         body: CommandBody = await _body(request, CommandBody)
-        account, user = request.match_info["account_id"], request.match_info["user_id"]
+        account = path_value(request, "account_id", ID, "account")
+        user = path_value(request, "user_id", ID, "employee")
         return await admin_command(request, lambda cid, now: EmployeeRevokeRequested(
             command_id=body.command_id or cid, account_id=account, user_id=user,
             occurred_at=now), body)  # fmt: skip

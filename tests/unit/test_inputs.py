@@ -1,0 +1,59 @@
+"""Values from outside checked before they reach PostgreSQL or Kafka (issue 12, part 2): the
+command line's argument types and the APIs' whole-string patterns."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ledger import cli_types
+from ledger.cli import main
+from ledger.patterns import ID, INVOICE_ID, PERIOD, WHOLE_NUMBER
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["close-period", "--isp", "a\x00b", "--period", "2006-03"], "--isp"),
+        (["close-period", "--isp", "orange", "--period", "2006-03\n"], "--period"),
+        (["isp-access", "--isp", "x" * 65], "--isp"),
+        (["balances", "account", "\u202eacct"], "id"),
+        (["worker", "--name", "w1/../../etc"], "--name"),
+        (["project", "--metrics-port", "0"], "--metrics-port"),
+        (["reconcile", "--wait-seconds", "-1"], "--wait-seconds"),
+        (["close-period", "--isp", "o", "--period", "2006-03", "--wait-seconds", "inf"], "--wait"),
+        (["replay", "--schema", "ledger"], "--schema"),
+    ],
+)
+def test_a_bad_argument_is_a_usage_error_that_names_it(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {named}" in err and "Traceback" not in err, err
+
+
+def test_argument_types_take_what_the_ledger_takes() -> None:
+    assert cli_types.identifier("orange") == "orange"
+    assert cli_types.identifier("acct.42:x@y-z") == "acct.42:x@y-z"
+    assert cli_types.period("2006-12") == "2006-12"
+    assert cli_types.port("18080") == 18080
+    assert cli_types.seconds("0") == 0.0
+    assert cli_types.scratch_schema("ledger_replay") == "ledger_replay"
+    for parse, bad in ((cli_types.port, "65536"), (cli_types.port, "\u0661\u0662"),
+                       (cli_types.seconds, "nan"), (cli_types.period, "2006-13"),
+                       (cli_types.identifier, "")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+
+
+def test_patterns_match_whole_strings_only() -> None:
+    for pattern, good in ((ID, "p-1"), (INVOICE_ID, "orange.2006-03.a1"), (PERIOD, "2006-03"),
+                          (WHOLE_NUMBER, "12")):  # fmt: skip
+        assert pattern.fullmatch(good)
+        for bad in (f"{good}\n", f"{good}\x00", f" {good}", ""):
+            assert not pattern.fullmatch(bad), (pattern.pattern, bad)
+    assert not ID.fullmatch("x" * 65) and not WHOLE_NUMBER.fullmatch("\u0661\u0662")
