@@ -24,20 +24,50 @@ class Balance(msgspec.Struct, array_like=True):
 
     def apply(self, fact: MoneyFact, party: Party, source_partition: int) -> bool:
         """Count a fact once. Returns False for a fact already counted."""
-        origin = fact.origin
-        assert origin is not None, f"a fact without origin reached a balance: {fact.event_id}"
+        return self.apply_money(money_of(fact), party, source_partition)
+
+    def apply_money(self, money: Money, party: Party, source_partition: int) -> bool:
+        origin = money.origin
         if origin <= self.applied_through.get(source_partition, -1):
             return False
         self.applied_through[source_partition] = origin
-        owed = -sum(p.amount_cents for p in fact.postings if p.party == party)
-        if isinstance(fact, PurchaseAuthorized):
-            self.purchases += 1
-            self.gross_cents += fact.amount_cents
-        else:
+        if money.refund:
             self.refunds += 1
-            self.gross_cents -= fact.amount_cents
-        self.owed_cents += owed
+            self.gross_cents -= money.amount_cents
+        else:
+            self.purchases += 1
+            self.gross_cents += money.amount_cents
+        self.owed_cents += money.isp_owed_cents if party == "isp" else money.publisher_owed_cents
         return True
+
+
+class Money(msgspec.Struct, array_like=True, frozen=True):
+    """What a balance needs of a money fact: kept on the account state for the facts of the
+    last batch that wrote it (ledger/core/batch.py), so that they can be counted again from the
+    state alone."""
+
+    origin: int
+    publisher_id: str
+    isp_id: str
+    refund: bool
+    amount_cents: int
+    publisher_owed_cents: int  # what the publisher is owed by the fact's postings
+    isp_owed_cents: int
+
+
+def money_of(fact: MoneyFact) -> Money:
+    origin = fact.origin
+    assert origin is not None, f"a fact without origin reached a balance: {fact.event_id}"
+    publisher = isp = 0
+    for posting in fact.postings:
+        if posting.party == "publisher":
+            publisher -= posting.amount_cents
+        elif posting.party == "isp":
+            isp -= posting.amount_cents
+    return Money(
+        origin, fact.publisher_id, fact.isp_id, not isinstance(fact, PurchaseAuthorized),
+        fact.amount_cents, publisher, isp,
+    )  # fmt: skip
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -6,7 +6,7 @@ Beside its accounts, a partition keeps one `PartitionSummary`: where the partiti
 the sums of the money facts it decided. A party's balance is the sum of its partials over the
 partitions (`sum_balances`), so the balances need no re-keying of the facts, no repartition topic
 and no agent of their own (issue 13: seven of the eleven Kafka records a purchase cost existed
-only for them). Each partial counts a fact once, by its origin (`Balance.apply`).
+only for them). Each partial counts a fact once, by its origin (`Balance.apply_money`).
 
 The worker writes a batch's outcome in this order (streams/authorizer.py): the facts, awaited;
 then the changed account states; then the summary. So, after a crash anywhere:
@@ -14,8 +14,8 @@ then the changed account states; then the summary. So, after a crash anywhere:
   states are in the changelog: it is skipped;
 - an account state whose `decided_through` is at or past a command's offset holds that command's
   effects already (written in a batch whose summary was lost): the command is not decided again
-  (its facts were written before that state), only its money facts are folded into the partials,
-  which did not count them; they are the account's memo of them, identical to what was emitted;
+  (its facts were written before that state), only its money facts are counted in the partials,
+  which did not count them, from the state's `batch_money` (the money of the batch that wrote it);
 - anything else is decided again from the states before it: the same facts again.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from ledger.core.authorizer import Context, Policy, decide, decide_close, evolve, evolve_close
-from ledger.core.balances import Balance
+from ledger.core.balances import Balance, Money, money_of
 from ledger.core.reference import Limits, Reference
 from ledger.core.state import AccountState, ClosedPeriods
 from schemas.commands import Command, PeriodCloseRequested
@@ -43,14 +43,14 @@ class PartitionSummary(msgspec.Struct, array_like=True):
     publishers: dict[str, Balance] = msgspec.field(default_factory=dict)
     isps: dict[str, Balance] = msgspec.field(default_factory=dict)
 
-    def fold(self, fact: Fact, partition: int) -> bool:
-        """Count a money fact in the partials, once. Returns False for anything not counted."""
-        if not isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
-            return False
-        publisher = self.publishers.setdefault(fact.publisher_id, Balance())
-        counted = publisher.apply(fact, "publisher", partition)
-        isp_counted = self.isps.setdefault(fact.isp_id, Balance()).apply(fact, "isp", partition)
-        assert counted == isp_counted, f"{fact.event_id} counted for one party and not the other"
+    def fold(self, money: Money, partition: int) -> bool:
+        """Count a money fact in the partials, once. Returns False when it was counted already."""
+        publisher = self.publishers.setdefault(money.publisher_id, Balance())
+        counted = publisher.apply_money(money, "publisher", partition)
+        isp_counted = self.isps.setdefault(money.isp_id, Balance()).apply_money(
+            money, "isp", partition
+        )
+        assert counted == isp_counted, f"origin {money.origin} counted for one party only"
         return counted
 
 
@@ -131,16 +131,26 @@ def decide_batch(
             batch.facts.append((command.isp_id, fact))
             continue
         account_id = command.account_id
-        state = states[account_id] if account_id in states else load(account_id)
-        facts = decide(state, command, context, offset)
-        if state is not None and state.decided_through >= offset:
-            batch.already_applied += 1
-        else:
-            for fact in facts:
-                state = evolve(state, fact, policy)
+        state = states.get(account_id)
+        if state is None:
+            state = load(account_id)
+            if state is not None and state.decided_through >= offset:
+                # Written by a batch whose summary was lost: decided, emitted, not counted.
+                batch.already_applied += 1
+                held = [m for m in state.batch_money if m.origin == offset]
+                batch.folded += sum(summary.fold(m, partition) for m in held)
+                continue
             if state is not None:
-                state.decided_through = offset
-                states[account_id] = state
-            batch.facts.extend((account_id, fact) for fact in facts)
-        batch.folded += sum(summary.fold(fact, partition) for fact in facts)
+                state.batch_money = []  # this batch's money from now on
+        for fact in decide(state, command, context, offset):
+            state = evolve(state, fact, policy)
+            batch.facts.append((account_id, fact))
+            if isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
+                money = money_of(fact)
+                batch.folded += summary.fold(money, partition)
+                assert state is not None, "a money fact of an account with no state"
+                state.batch_money.append(money)
+        if state is not None:
+            state.decided_through = offset
+            states[account_id] = state
     return batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ledger.core.balances import Money
 from schemas.commands import LimitOverrides
 
 
@@ -77,6 +78,10 @@ class AccountState(msgspec.Struct, array_like=True):
     # known, a state written before the field existed). A state whose `decided_through` is at or
     # past a command's offset already holds that command's effects (ledger/core/batch.py).
     decided_through: int = -1
+    # The money facts of this account decided in the batch that last wrote this state: if that
+    # batch's summary was lost, they are counted again from here (ledger/core/batch.py). Their
+    # memos may be gone by then, pruned by a later command of the same batch.
+    batch_money: list[Money] = msgspec.field(default_factory=list)
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):
