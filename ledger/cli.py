@@ -227,16 +227,16 @@ def _admin_key(settings: StackSettings) -> str:
 def _cmd_api(args: argparse.Namespace) -> int:
     from ledger.api import keys
     from ledger.api.server import run_api
+    from ledger.cli_projections import connected
 
-    running = _running(args)
-    settings = running.settings
+    stack = connected(args)  # the broker, and PostgreSQL for purchases older than the start
+    settings = _settings(args)
     admin_key = _admin_key(settings)
     print(f"checkout and admin API on http://127.0.0.1:{args.port}/v1/ "
           f"(OpenAPI: /v1/openapi.json, metrics: /metrics)")  # fmt: skip
     print(f"admin key: in {settings.home / 'admin.key'} or LEDGER_ADMIN_KEY", flush=True)
     run_api(
-        running.bootstrap_servers, running.partitions,
-        keys.key_hash(admin_key), args.port,
+        stack.bootstrap_servers, stack.partitions, keys.key_hash(admin_key), stack.dsn, args.port,
     )  # fmt: skip
     return 0
 

@@ -9,9 +9,19 @@ from typing import Any
 import msgspec
 
 from ledger.api.bodies import REQUEST_BODIES
+from ledger.api.purchases import REFUND_AGE_MAX_SECONDS
 from ledger.api.validation import ID, INVOICE_ID
+from ledger.core.calendar import SECONDS_PER_DAY
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+REFUND_POLICY = (
+    "Refund policy: a purchase can be refunded, in one or more parts up to its amount, until the "
+    "billing period after the one it was billed in is closed for its ISP, and for at most "
+    f"{REFUND_AGE_MAX_SECONDS // SECONDS_PER_DAY} days after it occurred. After that the answer "
+    "is a 409 refund_window_closed: the purchase is on a sealed invoice and is corrected by a "
+    "credit note. A refund already accepted is answered again (same refund_id, same body) "
+    "whatever the date."
+)
 
 
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -30,7 +40,9 @@ _REJECTED_OR_ERROR: dict[str, Any] = {"anyOf": [
 
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "bad request", 401: "no or wrong API key", 403: "not yours", 404: "not found",
-             409: "same id, different body", 413: "body too large", 422: "invalid body or rejected",
+             409: "a conflict: the same id with another body; for a refund, the refund window is"
+                  " over (refund_window_closed)",
+             413: "body too large", 422: "invalid body or rejected",
              503: "the ledger (its broker or database) is unreachable: send the same request "
                   "again"}  # fmt: skip
     return {str(code): _response(words[code], _REJECTED_OR_ERROR if code == 422 else _ERROR)
@@ -94,11 +106,13 @@ def openapi_document() -> dict[str, Any]:
         "/v1/purchases/{purchase_id}": {
             "parameters": [_path_param("purchase_id")],
             "get": _op(
-                "A purchase of yours decided in the last day",
+                "A purchase of yours, with what was refunded of it",
                 None,
                 {"200": decision},
-                (401, 404),
+                (401, 404, 503),
                 admin=False,
+                description="Any purchase ever decided: the recent ones from the stream, the older "
+                "ones from the ledger's database.",
             ),
         },
         "/v1/purchases/{purchase_id}/refunds": {
@@ -107,8 +121,9 @@ def openapi_document() -> dict[str, Any]:
                 "Refund (part of) a purchase of yours",
                 "RefundBody",
                 {**fact, **pending},
-                (401, 404, 413, 422, 503),
+                (401, 404, 409, 413, 422, 503),
                 admin=False,
+                description=REFUND_POLICY,
             ),
         },
         "/v1/admin/isps": {

@@ -4,7 +4,9 @@ Every request that changes something becomes a command on ledger.commands and is
 the fact the authorizer decided, read back from ledger.events: never by deciding here. A request
 that is invalid is a 4xx with a JSON error and changes nothing; a decision that takes longer than
 DECISION_TIMEOUT_SECONDS is a 202 "pending" that the client resolves by sending the same request
-again (same purchase_id: the same decision).
+again (same purchase_id: the same decision). A publisher's purchases are looked up in the recent
+facts and in the PostgreSQL projection, and refunded under the refund policy
+(ledger.api.purchases).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram, generate_latest
 
 from ledger import topics
-from ledger.api import keys
+from ledger.api import keys, purchases
 from ledger.api.bodies import (
     AccountBody,
     BlockBody,
@@ -36,9 +38,11 @@ from ledger.api.bodies import (
     PurchaseBody,
     RefundBody,
 )
+from ledger.api.database import Database
 from ledger.api.errors import ApiError, error_response
 from ledger.api.listener import DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
+from ledger.api.purchases import Purchase
 from ledger.api.validation import ID, bearer_key, path_value
 from ledger.core.authorizer import fingerprint
 from ledger.partitioning import partition_for
@@ -55,7 +59,7 @@ from schemas.commands import (
     PurchaseRequested,
     RefundRequested,
 )
-from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded, PurchaseRejected
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
 from streams.reference_reader import ReferenceReader
 
@@ -75,14 +79,17 @@ class Api:
     bootstrap_servers: str
     partitions: int
     admin_key_sha256: str
+    dsn: str
     listener: DecisionListener = field(init=False)
     reference: ReferenceReader = field(init=False)
+    db: Database = field(init=False)
     producer: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.listener = DecisionListener(self.bootstrap_servers, self.partitions)
         self.reference = ReferenceReader(self.bootstrap_servers)
+        self.db = Database(self.dsn)
 
     async def start(self, _app: web.Application) -> None:
         from aiokafka import AIOKafkaProducer
@@ -96,18 +103,32 @@ class Api:
         )  # fmt: skip
         await self.producer.start()
         self.tasks = [
-            asyncio.create_task(self.listener.run()),
+            asyncio.create_task(self.listener.run(await self._projected())),
             asyncio.create_task(self.reference.run()),
         ]
         await asyncio.wait_for(
             asyncio.gather(self.listener.ready.wait(), self.reference.ready.wait()), 60
         )
 
+    async def _projected(self) -> dict[int, int]:
+        """Where the projection writer resumes each partition of ledger.events: what it has
+        stored is in PostgreSQL, and the listener reads from there."""
+        try:
+            rows = await self.db.query(
+                "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s",
+                (topics.EVENTS,),
+            )
+        except ApiError:
+            log.warning("the database is unreachable: the listener reads the recent events only")
+            return {}
+        return {int(row["partition"]): int(row["next_offset"]) for row in rows}
+
     async def stop(self, _app: web.Application) -> None:
         for task in self.tasks:
             task.cancel()
         if self.producer is not None:
             await self.producer.stop()
+        await self.db.close()
 
     # --- sending and waiting ----------------------------------------------------------------
 
@@ -189,25 +210,6 @@ def _check_time(occurred_at: datetime) -> None:
         raise ApiError(422, "occurred_at_in_future", "occurred_at is ahead of the ledger's clock")
 
 
-def purchase_view(fact: Fact, refunds: list[PurchaseRefunded] | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "purchase_id": fact.purchase_id,  # type: ignore[union-attr]
-        "account_id": fact.account_id,  # type: ignore[union-attr]
-        "publisher_id": fact.publisher_id,  # type: ignore[union-attr]
-        "amount_cents": fact.amount_cents,  # type: ignore[union-attr]
-        "event_id": fact.event_id,
-    }
-    if isinstance(fact, PurchaseAuthorized):
-        view |= {"status": "authorized", "reason": None, "net_cents": fact.net_cents,
-                 "vat_cents": fact.vat_cents, "vat_rate_bp": fact.vat_rate_bp,
-                 "billing_period": fact.billing_period}  # fmt: skip
-        if refunds is not None:
-            view["refunded_cents"] = sum(r.amount_cents for r in refunds)
-    else:
-        view |= {"status": "rejected", "reason": fact.reason}  # type: ignore[union-attr]
-    return view
-
-
 def _pending(kind: str, key: str) -> web.Response:
     return web.json_response(
         {"status": "pending", kind: key, "message": "not decided yet: send the same request again"},
@@ -233,33 +235,33 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
         fact = await api.decide(command, ("purchase", command.purchase_id, fingerprint(command)))
         if fact is None:
             return _pending("purchase_id", command.purchase_id)
+        assert isinstance(fact, PurchaseAuthorized | PurchaseRejected), fact
         status = 200 if isinstance(fact, PurchaseAuthorized) else 402
         if getattr(fact, "reason", None) == "duplicate_with_different_body":
             status = 409
-        return web.json_response(purchase_view(fact), status=status)
+        return web.json_response(Purchase.of_fact(fact).view(), status=status)
 
     @table.get("/v1/purchases/{purchase_id}")
     async def get_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
         purchase_id = path_value(request, "purchase_id", ID, "purchase")
-        fact = api.listener.purchases.get(purchase_id)
-        if fact is None or fact.publisher_id != publisher.publisher_id:
-            raise ApiError(
-                404, "not_found", f"no purchase {purchase_id!r} of yours in the last day"
-            )
-        return web.json_response(purchase_view(fact, api.listener.refunds.get(purchase_id, [])))
+        found = await purchases.find(api.db, api.listener, publisher.publisher_id, purchase_id)
+        if not found.authorized:
+            return web.json_response(found.view())
+        refunds = await purchases.refunds_of(api.db, api.listener, found)
+        return web.json_response(found.view(refunds.refunded_cents))
 
     @table.post("/v1/purchases/{purchase_id}/refunds")
     async def refund_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
         purchase_id = path_value(request, "purchase_id", ID, "purchase")
         body: RefundBody = await _body(request, RefundBody)
-        purchase = api.listener.purchases.get(purchase_id)
-        if purchase is None or purchase.publisher_id != publisher.publisher_id:
-            raise ApiError(
-                404, "not_found", f"no purchase {purchase_id!r} of yours in the last day"
-            )
+        purchase = await purchases.find(api.db, api.listener, publisher.publisher_id, purchase_id)
         _check_time(body.occurred_at)
+        if purchase.authorized:
+            known = await purchases.refunds_of(api.db, api.listener, purchase)
+            if body.refund_id not in known.refund_ids:  # a resend is answered whatever the date
+                await purchases.check_refund_window(api.db, purchase, datetime.now(UTC))
         command = RefundRequested(
             refund_id=body.refund_id, purchase_id=purchase_id, account_id=purchase.account_id,
             amount_cents=body.amount_cents, reason=body.reason, occurred_at=body.occurred_at,
@@ -413,7 +415,9 @@ def create_web_app(api: Api) -> web.Application:
     return app
 
 
-def run_api(bootstrap_servers: str, partitions: int, admin_key_sha256: str, port: int) -> None:
+def run_api(
+    bootstrap_servers: str, partitions: int, admin_key_sha256: str, dsn: str, port: int
+) -> None:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api = Api(bootstrap_servers, partitions, admin_key_sha256)
+    api = Api(bootstrap_servers, partitions, admin_key_sha256, dsn)
     web.run_app(create_web_app(api), host=listen_host(), port=port, print=None)

@@ -3,17 +3,32 @@ publishers are authenticated and isolated, and invalid requests change nothing."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ledger import topics
+from ledger.core import calendar
 from ledger.stack.state import StackState
-from tests.harness import ApiServer, Worker, end_offsets
+from tests.harness import PROJECT_ROOT, ApiServer, Projector, Worker, end_offsets, wait_for
+
+DAY_MINUTES = 24 * 60
+# A Python clock two days ahead for an API process started by a test: it is then started two
+# days after the purchases the test made, as a publisher's complaint comes days later.
+CLOCK_AHEAD_SECONDS = 2 * 24 * 3600
+SITECUSTOMIZE = f"""import time
+_now = time.time
+time.time = lambda: _now() + {CLOCK_AHEAD_SECONDS}
+time.time_ns = lambda: int((_now() + {CLOCK_AHEAD_SECONDS}) * 1e9)
+"""
 
 
 @pytest.fixture
@@ -202,3 +217,111 @@ def test_a_revocation_carries_its_time_and_command_id(api: ApiServer, stack: Sta
     status, error = api.call("DELETE", f"{employees}/u1", {"occurred_at": "yesterday"},
                              api.admin_key)  # fmt: skip
     assert status == 422 and "occurred_at" in error["error"]["message"], error  # type: ignore[index]
+
+
+def _projected(dsn: str, purchase_ids: list[str], refund_ids: list[str]) -> bool:
+    with psycopg.connect(dsn, options="-c search_path=ledger") as db:
+        purchases = db.execute(
+            "SELECT count(DISTINCT purchase_id) FROM purchases WHERE purchase_id = ANY(%s)",
+            (purchase_ids,),
+        ).fetchone()
+        refunds = db.execute(
+            "SELECT count(*) FROM refunds WHERE refund_id = ANY(%s)", (refund_ids,)
+        ).fetchone()
+    return (purchases, refunds) == ((len(purchase_ids),), (len(refund_ids),))
+
+
+def _closing(dsn: str, isp: str, period: str) -> bool:
+    with psycopg.connect(dsn, options="-c search_path=ledger") as db:
+        return bool(db.execute(
+            "SELECT 1 FROM billing_periods WHERE isp_id = %s AND period = %s", (isp, period)
+        ).fetchall())  # fmt: skip
+
+
+def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
+    api: ApiServer, stack: StackState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, part 5: the API knew only the last day of ledger.events (re-read at each start),
+    so a purchase decided more than a day before answered 404 to GET and to a refund. Here an API
+    started two days after the purchases finds them in PostgreSQL, refunds them while the refund
+    policy allows it, and refuses after that with a 409 that points to a credit note."""
+    assert stack.postgres is not None
+    dsn, run = stack.postgres.dsn, uuid.uuid4().hex[:8]
+    writer = Projector(f"api-writer-{run}", tmp_path).start()
+    try:
+        isp, key, account = _setup(api, run, opened_minutes=100 * DAY_MINUTES)
+        _, other = api.call("POST", "/v1/admin/publishers", {
+            "publisher_id": f"other-{run}", "name": "Ina", "category": "vod",
+            "revenue_share_bp": 5000, "vat_category": "standard"}, api.admin_key)  # fmt: skip
+        purchase = {"account_id": account, "user_id": "u1", "publisher_id": f"pub-{run}",
+                    "amount_cents": 500, "category": "vod", "description": "La Haine"}  # fmt: skip
+        decided: dict[str, dict[str, object]] = {}
+        for name, minutes in (("old", 65 * DAY_MINUTES), ("ancient", 80 * DAY_MINUTES),
+                              ("recent", 1)):  # fmt: skip
+            body = {**purchase, "purchase_id": f"{name}-{run}", "occurred_at": _now(minutes)}
+            status, decided[name] = _until_decided(api, "/v1/purchases", body, key)
+            assert status == 200, decided[name]
+        first = {"refund_id": f"r1-{run}", "amount_cents": 100, "reason": "stream broke",
+                 "occurred_at": _now()}  # fmt: skip
+        status, refunded = _until_decided(api, f"/v1/purchases/old-{run}/refunds", first, key)
+        assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
+        ids = [f"{name}-{run}" for name in decided]
+        wait_for(lambda: _projected(dsn, ids, [f"r1-{run}"]), 120, "the purchases projected")
+
+        sitecustomize = tmp_path / "clock"
+        sitecustomize.mkdir()
+        (sitecustomize / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        paths = [str(sitecustomize), os.environ.get("PYTHONPATH", "")]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+        later = ApiServer(tmp_path / "later", admin_key=api.admin_key)
+        (tmp_path / "later").mkdir()
+        later.start()
+        try:
+            _refunds_two_days_later(later, dsn, isp, run, key, str(other["api_key"]), decided)
+        finally:
+            later.stop()
+    finally:
+        writer.stop()
+
+
+def _refunds_two_days_later(
+    api: ApiServer, dsn: str, isp: str, run: str, key: str, other_key: str,
+    decided: dict[str, dict[str, object]],
+) -> None:  # fmt: skip
+    old = f"/v1/purchases/old-{run}"
+    status, found = _until_decided(api, old, {}, key, "GET")
+    assert status == 200, found
+    assert {k: found[k] for k in decided["old"]} == decided["old"]
+    assert found["refunded_cents"] == 100
+    assert api.call("GET", old, key=other_key)[0] == 404  # only the publisher's own
+    assert api.call("POST", f"{old}/refunds", {"refund_id": f"x-{run}", "amount_cents": 1,
+                    "reason": "x", "occurred_at": _now()}, other_key)[0] == 404  # fmt: skip
+    status, recent = api.call("GET", f"/v1/purchases/recent-{run}", key=key)
+    assert status == 200 and recent["refunded_cents"] == 0, recent
+
+    second = {"refund_id": f"r2-{run}", "amount_cents": 50, "reason": "late complaint",
+              "occurred_at": _now()}  # fmt: skip
+    status, refunded = _until_decided(api, f"{old}/refunds", second, key)
+    assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
+    assert refunded["purchase_billing_period"] == decided["old"]["billing_period"]
+    wait_for(lambda: api.call("GET", old, key=key)[1].get("refunded_cents") == 150, 30,
+             "the second refund counted")  # fmt: skip
+
+    # Past the refund policy: 75 days after the purchase, or its next period closed.
+    status, refused = api.call("POST", f"/v1/purchases/ancient-{run}/refunds", {
+        **second, "refund_id": f"r3-{run}"}, key)  # fmt: skip
+    assert status == 409 and refused["error"]["code"] == "refund_window_closed", refused  # type: ignore[index]
+    assert "75 days" in refused["error"]["message"]  # type: ignore[index]
+    following = calendar.next_period(str(decided["old"]["billing_period"]))
+    closing = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "close-period", "--isp", isp, "--period", following,
+         "--no-wait"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert closing.returncode == 0, closing.stdout + closing.stderr
+    wait_for(lambda: _closing(dsn, isp, following), 120, f"{following} closing")
+    status, refused = api.call("POST", f"{old}/refunds", {**second, "refund_id": f"r4-{run}"}, key)
+    assert status == 409 and refused["error"]["code"] == "refund_window_closed", refused  # type: ignore[index]
+    message = str(refused["error"]["message"])  # type: ignore[index]
+    assert following in message and "credit note" in message, message
+    # A refund accepted before is answered again, the same fact, whatever the date.
+    assert _until_decided(api, f"{old}/refunds", second, key) == (200, refunded)

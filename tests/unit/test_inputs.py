@@ -1,5 +1,6 @@
 """Values from outside checked before they reach PostgreSQL or Kafka (issue 12, part 2): the
-command line's argument types and the APIs' whole-string patterns."""
+command line's argument types, the APIs' whole-string patterns, and which decision of a purchase
+id the API answers with."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import argparse
 import pytest
 
 from ledger import cli_types
+from ledger.api.purchases import Purchase, replaces
 from ledger.cli import main
+from ledger.core.runner import LocalAuthorizer
 from ledger.patterns import ID, INVOICE_ID, PERIOD, WHOLE_NUMBER
+from tests import builders as b
+from tests.builders import REFERENCE
 
 
 @pytest.mark.parametrize(
@@ -57,3 +62,24 @@ def test_patterns_match_whole_strings_only() -> None:
         for bad in (f"{good}\n", f"{good}\x00", f" {good}", ""):
             assert not pattern.fullmatch(bad), (pattern.pattern, bad)
     assert not ID.fullmatch("x" * 65) and not WHOLE_NUMBER.fullmatch("\u0661\u0662")
+
+
+def test_the_decision_that_stands_for_a_purchase_id() -> None:
+    ledger = LocalAuthorizer(REFERENCE)
+    (unknown,) = ledger.handle(b.purchase("acct", 266, purchase_id="p1"), origin=1)
+    assert unknown.reason == "account_unknown"  # type: ignore[union-attr]
+    ledger.handle(b.open_account("acct"))
+    (authorized,) = ledger.handle(b.purchase("acct", 266, purchase_id="p1"), origin=2)
+    (conflict,) = ledger.handle(b.purchase("acct", 267, purchase_id="p1"), origin=3)
+    assert replaces(unknown, None)  # type: ignore[arg-type]
+    assert replaces(authorized, unknown)  # type: ignore[arg-type]  # unremembered: gives way
+    assert not replaces(conflict, authorized)  # type: ignore[arg-type]  # another body's answer
+    assert not replaces(conflict, None)  # type: ignore[arg-type]
+    view = Purchase.of_fact(authorized).view(refunded_cents=100)  # type: ignore[arg-type]
+    assert (view["status"], view["refunded_cents"], view["amount_cents"]) == (
+        "authorized",
+        100,
+        266,
+    )
+    rejected = Purchase.of_fact(unknown).view()  # type: ignore[arg-type]
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "account_unknown")
