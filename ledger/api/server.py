@@ -37,6 +37,8 @@ from ledger.api.bodies import (
     PublisherBody,
     PurchaseBody,
     RefundBody,
+    unmatched_field,
+    whole_patterns,
 )
 from ledger.api.database import Database
 from ledger.api.errors import ApiError, error_response
@@ -200,9 +202,13 @@ async def _body(request: web.Request, kind: type[Body]) -> Any:
     if len(raw) > BODY_BYTES_MAX:
         raise ApiError(413, "body_too_large", f"a request body is at most {BODY_BYTES_MAX} bytes")
     try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
+        body = msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.DecodeError as error:
         raise ApiError(422, "invalid_body", str(error)) from None
+    if (name := unmatched_field(body)) is not None:
+        pattern = whole_patterns(kind)[name].pattern
+        raise ApiError(422, "invalid_body", f"`$.{name}` must match {pattern} (all of it)")
+    return body
 
 
 def _check_time(occurred_at: datetime) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 
+import msgspec
 import pytest
 
 from ledger import cli_types
+from ledger.api.bodies import AccountBody, unmatched_field
 from ledger.api.purchases import Purchase, replaces
 from ledger.cli import main
 from ledger.core.runner import LocalAuthorizer
@@ -83,3 +85,13 @@ def test_the_decision_that_stands_for_a_purchase_id() -> None:
     )
     rejected = Purchase.of_fact(unknown).view()  # type: ignore[arg-type]
     assert (rejected["status"], rejected["reason"]) == ("rejected", "account_unknown")
+
+
+def test_a_body_id_is_matched_whole() -> None:
+    body = msgspec.json.decode(b'{"account_id": "a1\\n", "isp_id": "i", "kind": "consumer"}',
+                               type=AccountBody)  # fmt: skip
+    assert body.account_id == "a1\n"  # msgspec's pattern search lets it through
+    assert unmatched_field(body) == "account_id"
+    fine = msgspec.json.decode(b'{"account_id": "a1", "isp_id": "i", "kind": "consumer",'
+                               b' "company_name": "Probe\\nSARL"}', type=AccountBody)  # fmt: skip
+    assert unmatched_field(fine) is None  # a text may hold a line break
