@@ -45,7 +45,7 @@ class PublisherRegistered(Message, frozen=True, tag="publisher.registered.v1"):
     occurred_at: Timestamp
     blocked: bool = False
     # SHA-256 of the publisher's checkout API key (hex); the key itself is never stored.
-    api_key_sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
+    api_key_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")] | None = None
 
 
 ReferenceRecord = IspRegistered | PublisherRegistered

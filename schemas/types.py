@@ -8,11 +8,14 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-# Client-generated ids (purchase_id, account_id, ...): printable, no spaces, bounded.
+# Client-generated ids (purchase_id, account_id, ...): printable, no spaces, bounded. Every
+# pattern ends in `$(?!\n)`: a Python `$` also matches before a final newline, and "acct\n" was
+# taken for an id (issue 12); the lookahead means the same in the JSON Schema's ECMA dialect.
 Id = Annotated[
     str,
     Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$", description="an identifier, 1 to 64 chars"
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$(?!\n)",
+        description="an identifier, 1 to 64 chars",
     ),
 ]
 # Money is integer euro cents, never float (STYLE.md §2). A ledger amount is at most €10 billion.
@@ -25,15 +28,17 @@ SignedCents = Annotated[
 BasisPoints = Annotated[int, Meta(ge=0, le=10_000, description="1/100 of a percent")]
 # Event time: timezone-aware only; a naive timestamp is ambiguous across the DST change.
 Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
-PeriodKey = Annotated[str, Meta(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
-Category = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$", description="a content category")]
+PeriodKey = Annotated[str, Meta(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$(?!\n)", description="YYYY-MM")]
+Category = Annotated[
+    str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$(?!\n)", description="a content category")
+]
 # No control characters but tab and line breaks: PostgreSQL refuses a NUL in text, and a fact
 # that decodes must be storable (found by fuzzing the API). The pattern is in the JSON Schema for
 # producers; the decoders check it only when the raw JSON holds a control-character escape
 # (schemas.codec), a regular expression on every text costing an eighth of the decode rate.
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
 Text = Annotated[str, Meta(max_length=200, extra_json_schema={"pattern": TEXT_PATTERN})]
-Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$(?!\n)")]
 PartitionNumber = Annotated[int, Meta(ge=0, le=1023)]
 PartitionCount = Annotated[int, Meta(ge=1, le=1024)]
 

@@ -3,9 +3,6 @@ so a body that decodes is a command that the authorizer can decide."""
 
 from __future__ import annotations
 
-import re
-from functools import cache
-
 import msgspec
 
 from schemas.commands import LimitOverrides
@@ -102,32 +99,3 @@ REQUEST_BODIES: tuple[type[Body], ...] = (
     PurchaseBody, RefundBody, IspBody, PublisherBody, AccountBody, BlockBody, CommandBody,
     LimitsBody, EmployeeBody,
 )  # fmt: skip
-
-
-def _pattern_of(t: msgspec.inspect.Type) -> str | None:
-    if isinstance(t, msgspec.inspect.Metadata):
-        return _pattern_of(t.type)
-    if isinstance(t, msgspec.inspect.UnionType):
-        found = [p for p in (_pattern_of(u) for u in t.types) if p is not None]
-        return found[0] if found else None
-    return t.pattern if isinstance(t, msgspec.inspect.StrType) else None
-
-
-@cache
-def whole_patterns(kind: type[Body]) -> dict[str, re.Pattern[str]]:
-    """The body's fields with a pattern (ids, categories), to be matched whole: msgspec searches
-    a pattern, and its `$` also matches before a final newline, so "acct\\n" decoded as an id and
-    reached the log and the database (issue 12)."""
-    info = msgspec.inspect.type_info(kind)
-    assert isinstance(info, msgspec.inspect.StructType)
-    found = {field.name: _pattern_of(field.type) for field in info.fields}
-    return {name: re.compile(pattern) for name, pattern in found.items() if pattern is not None}
-
-
-def unmatched_field(body: Body) -> str | None:
-    """The first field whose value its pattern does not match whole, if any."""
-    for name, pattern in whole_patterns(type(body)).items():
-        value = getattr(body, name)
-        if isinstance(value, str) and not pattern.fullmatch(value):
-            return name
-    return None
