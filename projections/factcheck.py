@@ -46,10 +46,16 @@ Row = tuple[Any, ...]
 
 
 def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
+    """Null fields of objects left out, at any depth (only objects and arrays recursed into)."""
+    kind = type(value)
+    if kind is dict:
+        return {
+            k: (_without_nulls(v) if type(v) in (dict, list) else v)
+            for k, v in value.items()
+            if v is not None
+        }
+    if kind is list:
+        return [_without_nulls(v) if type(v) in (dict, list) else v for v in value]
     return value
 
 
@@ -169,7 +175,12 @@ def read_topic(bootstrap: str, topic: str, until: dict[int, int] | None) -> Iter
     as it is now), in partition order."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-reconcile", group_id=None))
+    # No CRC check on the client: kafka-python computes CRC-32C in pure Python here (measured 6k
+    # records/s with it, 45k without); the broker checked each batch when it was written, and
+    # every record read is compared with the database field by field, so a damaged one shows.
+    consumer = KafkaConsumer(
+        **consumer_config(bootstrap, "ledger-reconcile", group_id=None), check_crcs=False
+    )
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -335,7 +346,9 @@ class _Comparison:
         row = self.db.money_facts.get(event_id)
         found = None
         if row is not None:
-            found = (row[0], row[1], canonical(as_read_today(json.loads(bytes(row[2])))))
+            held = bytes(row[2])  # the record's own bytes, nearly always: no need to parse them
+            same = held == record.value
+            found = (row[0], row[1], text if same else canonical(as_read_today(json.loads(held))))
         expected = (f.get("isp_id"), f.get("billing_period"), text)
         self._compare(f"money_facts {event_id}", expected, found, record)
         self._compare(f"journal {event_id}", _journal_rows(f), self.db.journal.get(event_id),
