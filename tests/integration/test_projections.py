@@ -160,9 +160,11 @@ def sealed(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Itera
             accounts[0], 410, T0 + timedelta(days=19), publisher_id=world.vod.publisher_id
         )
         produce(bootstrap, partitions, [], [late])
+        # By account too: builders' purchase ids repeat from one test process to the next, and
+        # the stack keeps every run's purchases.
         wait_for(
-            lambda: _count(dsn, "SELECT count(*) FROM purchases WHERE purchase_id = %s",
-                           late.purchase_id) == 1,
+            lambda: _count(dsn, "SELECT count(*) FROM purchases WHERE purchase_id = %s"
+                           " AND account_id = %s", late.purchase_id, late.account_id) == 1,
             120, "the late purchase in PostgreSQL",
         )  # fmt: skip
         yield Sealed(stack, world, isp2, accounts, facts, late.purchase_id, before, dsn)
@@ -221,8 +223,8 @@ def test_a_late_purchase_lands_in_the_next_period_and_sealed_invoices_never_chan
     with _db(sealed.dsn) as db:
         late = db.execute(
             "SELECT decision, billing_period, late_for_period FROM purchases"
-            " WHERE purchase_id = %s",
-            (sealed.late_purchase_id,),
+            " WHERE purchase_id = %s AND account_id = %s",
+            (sealed.late_purchase_id, sealed.accounts[0]),
         ).fetchone()
         after = db.execute(
             "SELECT invoice_id, gross_cents, seal FROM invoices WHERE isp_id = ANY(%s)"
