@@ -135,6 +135,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"  {table:20} {summary.rows:>12,} rows")
     if not args.keep:
         drop_schema(stack.dsn, args.schema)
+    if result.not_compared:
+        shown = ", ".join(f"{isp} {period}" for isp, period in result.not_compared[:5])
+        more = ", ..." if len(result.not_compared) > 5 else ""
+        print(f"  not compared: {len(result.not_compared)} ISP period(s) sealed before invoices"
+              f" showed their VAT per rate ({shown}{more})")  # fmt: skip
     if result.equal:
         print("replay equals live: same rows, totals and checksums in every table")
         return 0

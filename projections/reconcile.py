@@ -5,6 +5,8 @@
   the amounts including VAT the accounts owe, and to the purchases net of refunds;
 - per sealed period, the account invoices add up to the ISP's totals, and each invoice to its
   lines; the statements add up to the period's gross and to what the journal owes publishers;
+  each invoice's and period's totals per VAT rate are those of its lines (where they are kept:
+  periods sealed since migration 0006);
 - the faust balances (per publisher, per ISP) equal the PostgreSQL balances.
 
 Each check yields the rows that do not agree, named; none means the books reconcile.
@@ -110,7 +112,42 @@ def invoices_add_up(db: psycopg.Connection[Any]) -> Check:
                 f"isp {isp} period {period}: statements gross {st_gross} owed {st_owed},"
                 f" period gross {gross}, journal owes publishers {owed}"
             )
+    _vat_by_rate_adds_up(db, check)
     return check
+
+
+# The totals per VAT rate of the lines of each invoice (`invoice_id`) or ISP period, as a JSON
+# array ordered by rate: what `vat_by_rate` must hold.
+_LINES_BY_RATE = """
+    SELECT {key}, jsonb_agg(jsonb_build_object('vat_rate_bp', vat_rate_bp, 'net_cents', net,
+                                               'vat_cents', vat, 'gross_cents', gross)
+                            ORDER BY vat_rate_bp) AS by_rate
+    FROM (SELECT {inner}, l.vat_rate_bp, sum(l.net_cents) AS net, sum(l.vat_cents) AS vat,
+                 sum(l.gross_cents) AS gross
+          FROM invoice_lines l JOIN invoices i USING (invoice_id)
+          GROUP BY {inner}, l.vat_rate_bp) AS per_rate
+    GROUP BY {key}"""
+
+
+def _vat_by_rate_adds_up(db: psycopg.Connection[Any], check: Check) -> None:
+    invoices = _LINES_BY_RATE.format(key="invoice_id", inner="i.invoice_id")
+    for invoice_id, held, lines in _rows(db, f"""
+        SELECT i.invoice_id, i.vat_by_rate, coalesce(x.by_rate, '[]'::jsonb)
+        FROM invoices i LEFT JOIN ({invoices}) AS x USING (invoice_id)
+        WHERE i.vat_by_rate IS NOT NULL
+          AND i.vat_by_rate <> coalesce(x.by_rate, '[]'::jsonb)
+        ORDER BY 1"""):  # fmt: skip
+        check.mismatches.append(f"invoice {invoice_id}: VAT by rate {held}, its lines {lines}")
+    periods = _LINES_BY_RATE.format(key="isp_id, period", inner="i.isp_id, i.period")
+    for isp, period, held, lines in _rows(db, f"""
+        SELECT p.isp_id, p.period, p.vat_by_rate, coalesce(x.by_rate, '[]'::jsonb)
+        FROM billing_periods p LEFT JOIN ({periods}) AS x USING (isp_id, period)
+        WHERE p.state = 'closed' AND p.vat_by_rate IS NOT NULL
+          AND p.vat_by_rate <> coalesce(x.by_rate, '[]'::jsonb)
+        ORDER BY 1, 2"""):  # fmt: skip
+        check.mismatches.append(
+            f"isp {isp} period {period}: VAT by rate {held}, its invoices' lines {lines}"
+        )
 
 
 def stream_balances_equal(

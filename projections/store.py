@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -343,7 +344,7 @@ def _line_rows(invoice: billing.Invoice) -> list[projected.Row]:
 
 INVOICE_COLUMNS = (
     "invoice_id", "isp_id", "period", "account_id", "account_kind", "company_name", "lines",
-    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal",
+    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal", "vat_by_rate",
 )  # fmt: skip
 LINE_COLUMNS = (
     "invoice_id", "line_no", "isp_id", "event_id", "kind", "purchase_id", "refund_id", "user_id",
@@ -356,6 +357,37 @@ STATEMENT_COLUMNS = (
 )  # fmt: skip
 
 
+async def _earlier_purchase_rates(
+    conn: psycopg.AsyncConnection[Any], isp_id: str, facts: list[MoneyFact]
+) -> dict[billing.PurchaseKey, int]:
+    """The VAT rate of each purchase that a refund among `facts` reverses and that is billed in
+    an earlier period (by the same ISP: the account's): read from that period's money facts, by
+    the index on money_facts, once per seal."""
+    known = billing.purchase_vat_rates(facts)
+    wanted = {billing.purchase_key(f) for f in facts if isinstance(f, PurchaseRefunded)}
+    wanted -= known.keys()
+    rates: dict[billing.PurchaseKey, int] = {}
+    for period in sorted({key[2] for key in wanted}):
+        cursor = await conn.execute(
+            "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s"
+            " AND event_id LIKE 'purchase.%%'",
+            (isp_id, period),
+        )
+        for (raw,) in await cursor.fetchall():
+            fact = codec.decode_fact(bytes(raw))
+            assert isinstance(fact, PurchaseAuthorized)
+            if billing.purchase_key(fact) in wanted:
+                rates[billing.purchase_key(fact)] = fact.vat_rate_bp
+    return rates
+
+
+def _vat_json(totals: tuple[billing.VatTotal, ...]) -> str:
+    return _json_encoder.encode(list(totals)).decode()
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
 async def seal_period(
     conn: psycopg.AsyncConnection[Any], isp_id: str, period: str, closed_at: datetime
 ) -> None:
@@ -363,9 +395,10 @@ async def seal_period(
     with the pure core's billing functions, and mark it closed. Called once per period: sealed
     rows are never updated (the database refuses it)."""
     facts = await billed_facts(conn, isp_id, period)
-    invoices = billing.build_invoices(isp_id, period, facts)
-    statements = billing.build_statements(isp_id, period, facts)
-    summary = billing.summarize(isp_id, period, facts)
+    rates = await _earlier_purchase_rates(conn, isp_id, facts)
+    invoices = billing.build_invoices(isp_id, period, facts, rates)
+    statements = billing.build_statements(isp_id, period, facts, rates)
+    summary = billing.summarize(isp_id, period, facts, rates)
     cursor = await conn.execute(
         "SELECT account_id, company_name FROM accounts WHERE account_id = ANY(%s)"
         " AND company_name IS NOT NULL",
@@ -375,7 +408,7 @@ async def seal_period(
     await _copy(conn, "invoices", INVOICE_COLUMNS, [
         (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
          companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
-         json.dumps(i.gross_cents_by_user), i.seal)
+         json.dumps(i.gross_cents_by_user), i.seal, _vat_json(i.vat_by_rate))
         for i in invoices
     ])  # fmt: skip
     await _copy(conn, "invoice_lines", LINE_COLUMNS, [r for i in invoices for r in _line_rows(i)])
@@ -387,8 +420,10 @@ async def seal_period(
     await conn.execute(
         "UPDATE billing_periods SET state = 'closed', closed_at = %s, invoices = %s,"
         " net_cents = %s, vat_cents = %s, gross_cents = %s, commission_cents = %s,"
-        " owed_to_platform_cents = %s, seal = %s WHERE isp_id = %s AND period = %s",
+        " owed_to_platform_cents = %s, seal = %s, vat_by_rate = %s"
+        " WHERE isp_id = %s AND period = %s",
         (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
          summary.commission_cents, summary.owed_to_platform_cents,
-         billing.period_seal(summary, invoices, statements), isp_id, period),
+         billing.period_seal(summary, invoices, statements), _vat_json(summary.vat_by_rate),
+         isp_id, period),
     )  # fmt: skip

@@ -3,13 +3,19 @@ period of one ISP, each sealed with a hash over its lines.
 
 These are pure functions of the money facts billed in the period (`billing_period`), so that the
 projection writer, `ledger reconcile` and the tests compute them one way.
+
+A refund line states the VAT rate of the purchase it reverses (its VAT was computed at that rate),
+and every invoice and period shows its totals per VAT rate, as a billing team files them (issue
+12). A refund does not carry the rate: it is looked up among the purchases given, by account,
+purchase id and the period the purchase is billed in (`purchase_key`); a caller billing a refund
+of a purchase of an earlier period passes that purchase's rate (`purchase_rates`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Literal
@@ -19,6 +25,15 @@ import msgspec
 from schemas.facts import MoneyFact, PurchaseAuthorized, PurchaseRefunded
 
 LineKind = Literal["purchase", "refund"]
+# A purchase, as a refund names it: account, purchase id, the period the purchase is billed in
+# (an account could reuse a purchase id once the first one is past the idempotency horizon, in
+# another period).
+PurchaseKey = tuple[str, str, str]
+
+
+class PurchaseNotGiven(AssertionError):
+    """A refund billed without the purchase it reverses: its VAT rate is unknown. The caller's
+    error (every refund's purchase is on the log before it), so it stops (STYLE.md §6)."""
 
 
 class InvoiceLine(msgspec.Struct, frozen=True):
@@ -39,6 +54,37 @@ class InvoiceLine(msgspec.Struct, frozen=True):
     late_for_period: str | None
 
 
+class VatTotal(msgspec.Struct, frozen=True):
+    """What an invoice or a period bills at one VAT rate."""
+
+    vat_rate_bp: int
+    net_cents: int
+    vat_cents: int
+    gross_cents: int
+
+
+def vat_by_rate(lines: Iterable[InvoiceLine]) -> tuple[VatTotal, ...]:
+    """Totals per VAT rate, by rate; a rate whose lines cancel out (a purchase refunded whole)
+    is shown at zero, so that the lines of every rate on the invoice have their total."""
+    sums: dict[int, list[int]] = {}
+    for line in lines:
+        total = sums.setdefault(line.vat_rate_bp, [0, 0, 0])
+        total[0] += line.net_cents
+        total[1] += line.vat_cents
+        total[2] += line.gross_cents
+    return tuple(VatTotal(rate, *sums[rate]) for rate in sorted(sums))
+
+
+def _merged(totals: Iterable[VatTotal]) -> tuple[VatTotal, ...]:
+    sums: dict[int, list[int]] = {}
+    for t in totals:
+        total = sums.setdefault(t.vat_rate_bp, [0, 0, 0])
+        total[0] += t.net_cents
+        total[1] += t.vat_cents
+        total[2] += t.gross_cents
+    return tuple(VatTotal(rate, *sums[rate]) for rate in sorted(sums))
+
+
 @dataclass(frozen=True)
 class Invoice:
     invoice_id: str
@@ -53,6 +99,8 @@ class Invoice:
     # Internet Plus Pro: the company's invoice shows what each employee spent.
     gross_cents_by_user: dict[str, int]
     seal: str
+    # A function of the lines, which the seal covers (they state their rates).
+    vat_by_rate: tuple[VatTotal, ...]
 
 
 @dataclass(frozen=True)
@@ -65,6 +113,7 @@ class IspSummary:
     gross_cents: int
     commission_cents: int  # what the ISP keeps
     owed_to_platform_cents: int  # what it collects and passes on: gross - commission
+    vat_by_rate: tuple[VatTotal, ...]  # of its invoices, merged
 
 
 @dataclass(frozen=True)
@@ -101,7 +150,19 @@ def _occurred(fact: MoneyFact) -> str:
     return fact.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def line_of(fact: MoneyFact) -> InvoiceLine:
+def purchase_key(fact: MoneyFact) -> PurchaseKey:
+    """The purchase a money fact is or reverses."""
+    if isinstance(fact, PurchaseAuthorized):
+        return fact.account_id, fact.purchase_id, fact.billing_period
+    return fact.account_id, fact.purchase_id, fact.purchase_billing_period
+
+
+def purchase_vat_rates(facts: Iterable[MoneyFact]) -> dict[PurchaseKey, int]:
+    """The VAT rate of each purchase among `facts`."""
+    return {purchase_key(f): f.vat_rate_bp for f in facts if isinstance(f, PurchaseAuthorized)}
+
+
+def line_of(fact: MoneyFact, purchase_rates: Mapping[PurchaseKey, int]) -> InvoiceLine:
     if isinstance(fact, PurchaseAuthorized):
         return InvoiceLine(
             event_id=fact.event_id,
@@ -118,6 +179,13 @@ def line_of(fact: MoneyFact) -> InvoiceLine:
             gross_cents=fact.amount_cents,
             late_for_period=fact.late_for_period,
         )
+    rate = purchase_rates.get(purchase_key(fact))
+    if rate is None:
+        raise PurchaseNotGiven(
+            f"refund {fact.refund_id} ({fact.event_id}) of purchase {fact.purchase_id} of"
+            f" account {fact.account_id}, billed in {fact.purchase_billing_period}: its purchase"
+            " was not given, so its VAT rate is unknown"
+        )
     return InvoiceLine(
         event_id=fact.event_id,
         kind="refund",
@@ -127,7 +195,7 @@ def line_of(fact: MoneyFact) -> InvoiceLine:
         publisher_id=fact.publisher_id,
         description=f"refund: {fact.reason}",
         occurred_at=_occurred(fact),
-        vat_rate_bp=0,
+        vat_rate_bp=rate,
         net_cents=-fact.net_cents,
         vat_cents=-fact.vat_cents,
         gross_cents=-fact.amount_cents,
@@ -143,15 +211,27 @@ def _canonical(lines: Iterable[InvoiceLine]) -> tuple[InvoiceLine, ...]:
     return tuple(sorted(lines, key=lambda line: (line.occurred_at, line.event_id)))
 
 
-def build_invoices(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> list[Invoice]:
-    """One invoice per account with money billed in the period, in account order."""
+def _rates(
+    facts: list[MoneyFact], purchase_rates: Mapping[PurchaseKey, int] | None
+) -> dict[PurchaseKey, int]:
+    return {**(purchase_rates or {}), **purchase_vat_rates(facts)}
+
+
+def build_invoices(
+    isp_id: str, period: str, facts: Iterable[MoneyFact],
+    purchase_rates: Mapping[PurchaseKey, int] | None = None,
+) -> list[Invoice]:  # fmt: skip
+    """One invoice per account with money billed in the period, in account order. The rates of
+    refunded purchases are those among `facts`, else in `purchase_rates`."""
+    facts = list(facts)
+    rates = _rates(facts, purchase_rates)
     by_account: dict[str, list[MoneyFact]] = defaultdict(list)
     for fact in _billed(facts, isp_id, period):
         by_account[fact.account_id].append(fact)
     invoices = []
     for account_id in sorted(by_account):
         own = by_account[account_id]
-        lines = _canonical(line_of(f) for f in own)
+        lines = _canonical(line_of(f, rates) for f in own)
         by_user: dict[str, int] = defaultdict(int)
         for line in lines:
             by_user[line.user_id] += line.gross_cents
@@ -169,6 +249,7 @@ def build_invoices(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> list
                 gross_cents=sum(line.gross_cents for line in lines),
                 gross_cents_by_user=dict(sorted(by_user.items())) if kind == "enterprise" else {},
                 seal=seal((isp_id, period, account_id), lines),
+                vat_by_rate=vat_by_rate(lines),
             )
         )
     return invoices
@@ -179,9 +260,13 @@ def _posted(fact: MoneyFact, party: str) -> int:
     return -sum(p.amount_cents for p in fact.postings if p.party == party)
 
 
-def summarize(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> IspSummary:
+def summarize(
+    isp_id: str, period: str, facts: Iterable[MoneyFact],
+    purchase_rates: Mapping[PurchaseKey, int] | None = None,
+) -> IspSummary:  # fmt: skip
+    facts = list(facts)
     billed = _billed(facts, isp_id, period)
-    invoices = build_invoices(isp_id, period, billed)
+    invoices = build_invoices(isp_id, period, billed, _rates(facts, purchase_rates))
     gross = sum(invoice.gross_cents for invoice in invoices)
     commission = sum(_posted(f, "isp") for f in billed)
     return IspSummary(
@@ -193,17 +278,23 @@ def summarize(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> IspSummar
         gross_cents=gross,
         commission_cents=commission,
         owed_to_platform_cents=gross - commission,
+        vat_by_rate=_merged(t for invoice in invoices for t in invoice.vat_by_rate),
     )
 
 
-def build_statements(isp_id: str, period: str, facts: Iterable[MoneyFact]) -> list[Statement]:
+def build_statements(
+    isp_id: str, period: str, facts: Iterable[MoneyFact],
+    purchase_rates: Mapping[PurchaseKey, int] | None = None,
+) -> list[Statement]:  # fmt: skip
+    facts = list(facts)
+    rates = _rates(facts, purchase_rates)
     by_publisher: dict[str, list[MoneyFact]] = defaultdict(list)
     for fact in _billed(facts, isp_id, period):
         by_publisher[fact.publisher_id].append(fact)
     statements = []
     for publisher_id in sorted(by_publisher):
         own = by_publisher[publisher_id]
-        lines = _canonical(line_of(f) for f in own)
+        lines = _canonical(line_of(f, rates) for f in own)
         statements.append(
             Statement(
                 statement_id=f"{isp_id}.{period}.{publisher_id}",
@@ -232,7 +323,9 @@ def period_seal(
     summary: IspSummary, invoices: Iterable[Invoice], statements: Iterable[Statement]
 ) -> str:
     """The seal of a whole period: its totals and the seal of each invoice and statement, so that
-    a changed line anywhere in the period no longer matches it."""
+    a changed line anywhere in the period no longer matches it. The totals per VAT rate are not in
+    the header: they are a function of the lines, which the invoices' seals cover, and a period
+    sealed before they existed keeps its seal."""
     header = (
         summary.isp_id, summary.period, str(summary.invoices), str(summary.net_cents),
         str(summary.vat_cents), str(summary.gross_cents), str(summary.commission_cents),

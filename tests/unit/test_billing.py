@@ -137,3 +137,74 @@ def test_invoice_totals_reconcile_for_any_month(buys: list[tuple[str, int, int]]
         + summary.vat_cents
         == summary.gross_cents
     )
+
+
+# --- VAT by rate (issue 12, part 3) ----------------------------------------------------------
+
+FEBRUARY_2014 = b.T0.replace(year=2014, month=2, day=3)  # standard 20 %, online press 2.1 %
+
+
+def _february(extra: list[object] | None = None) -> list[MoneyFact]:
+    ledger = LocalAuthorizer(REFERENCE)
+    day = FEBRUARY_2014
+    commands = [
+        b.open_account("home", when=day),
+        b.purchase("home", 1_200, at(1, base=day), purchase_id="film"),
+        b.purchase(
+            "home", 1_021, at(2, base=day), purchase_id="paper", publisher_id="lemonde-archives"
+        ),
+        b.refund("home", "film", 300, at(3, base=day), refund_id="film-r"),
+        b.refund("home", "paper", 1_021, at(4, base=day), refund_id="paper-r"),
+        *(extra or []),
+    ]
+    return _money([fact for command in commands for fact in ledger.handle(command)])
+
+
+def test_a_refund_line_carries_the_vat_rate_of_the_purchase_it_reverses() -> None:
+    """Issue 12: a refund line said `vat_rate_bp 0` while it carried VAT."""
+    (invoice,) = billing.build_invoices("orange", "2014-02", _february())
+    rates = {(line.kind, line.purchase_id): line.vat_rate_bp for line in invoice.lines}
+    assert rates == {
+        ("purchase", "film"): 2_000, ("purchase", "paper"): 210,
+        ("refund", "film"): 2_000, ("refund", "paper"): 210,
+    }  # fmt: skip
+    refund = next(line for line in invoice.lines if line.refund_id == "film-r")
+    assert (refund.net_cents, refund.vat_cents, refund.gross_cents) == (-250, -50, -300)
+
+
+def test_an_invoice_and_the_period_show_their_vat_totals_per_rate() -> None:
+    # Another ISP's account and purchase are not in orange's period.
+    other = [b.open_account("other", "alice", when=FEBRUARY_2014),
+             b.purchase("other", 500, at(5, base=FEBRUARY_2014))]  # fmt: skip
+    facts = _february(other)
+    (invoice,) = billing.build_invoices("orange", "2014-02", facts)
+    assert invoice.vat_by_rate == (
+        billing.VatTotal(vat_rate_bp=210, net_cents=0, vat_cents=0, gross_cents=0),
+        billing.VatTotal(vat_rate_bp=2_000, net_cents=750, vat_cents=150, gross_cents=900),
+    )
+    assert sum(t.vat_cents for t in invoice.vat_by_rate) == invoice.vat_cents
+    assert sum(t.net_cents for t in invoice.vat_by_rate) == invoice.net_cents
+    summary = billing.summarize("orange", "2014-02", facts)
+    assert summary.vat_by_rate == invoice.vat_by_rate
+
+
+def test_a_refund_of_a_purchase_billed_earlier_takes_the_rate_it_is_given() -> None:
+    """The purchase is in an earlier, sealed period: the caller passes its rate (the projection
+    writer reads it from the money facts of that period)."""
+    ledger = LocalAuthorizer(REFERENCE)
+    day = FEBRUARY_2014
+    facts = _money([
+        f for c in (b.open_account("home", when=day),
+                    b.purchase("home", 1_021, at(1, base=day), purchase_id="paper",
+                               publisher_id="lemonde-archives"),
+                    b.refund("home", "paper", 1_021, at(days=30, base=day), refund_id="late-r"))
+        for f in ledger.handle(c)
+    ])  # fmt: skip
+    purchase, refund = facts
+    assert isinstance(refund, PurchaseRefunded) and refund.billing_period == "2014-03"
+    with pytest.raises(billing.PurchaseNotGiven, match="late-r"):
+        billing.build_invoices("orange", "2014-03", [refund])
+    rates = billing.purchase_vat_rates([purchase])
+    (invoice,) = billing.build_invoices("orange", "2014-03", [refund], rates)
+    assert [line.vat_rate_bp for line in invoice.lines] == [210]
+    assert invoice.vat_by_rate == (billing.VatTotal(210, -1_000, -21, -1_021),)
