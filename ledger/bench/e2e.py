@@ -5,10 +5,14 @@ a temporary home, on ports of their own, purged afterwards: the developer's stac
 
 1. the workers (`ledger worker`) and the projection writer (`ledger project`) are started as
    processes; the reference data and the accounts are sent and waited for in PostgreSQL;
-2. throughput: a backlog of purchase commands is produced as fast as the producer goes, and
-   the clock runs until the last of them is decided, committed in PostgreSQL, and counted in the
-   workers' balance tables (their consumer group has committed every record it reads); the rate
-   of decisions alone (facts on ledger.events) is reported beside it;
+2. throughput: a backlog of purchase commands, encoded before the clock starts, is produced as
+   fast as the producer goes, and the clock runs until the last of them is decided, committed in
+   PostgreSQL, and balanced (the workers fold the publisher and ISP balances into each
+   partition's summary with the batch that decides it, and their consumer group has committed
+   every record of ledger.commands); the rate of decisions alone (facts on ledger.events) is
+   reported beside it. What the backlog cost is counted over the same clock: Kafka records per
+   purchase, from the end offsets of every topic on the broker, and CPU seconds per 1,000
+   purchases of each process, from /proc (ledger/bench/costs.py);
 3. latency: purchases paced at half that throughput; the decision latency of each is its fact's
    record timestamp (appended by the worker) minus the moment it was sent (both this machine's
    clock);
@@ -22,19 +26,22 @@ a temporary home, on ports of their own, purged afterwards: the developer's stac
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.bench import stream, table
+from ledger import topics
+from ledger.bench import costs, stream, table
 from ledger.errors import LedgerError
-from ledger.produce import LedgerProducer
 from ledger.settings import StackSettings, load_settings
 from streams.config import APP_ID
 
@@ -43,6 +50,7 @@ PACED_SECONDS = 20.0
 API_REQUESTS = 1_000
 API_CLIENTS = 4
 POLL_SECONDS = 0.25
+PROJECTION_SCHEMA = "ledger"  # where `ledger project` writes
 
 
 @dataclass
@@ -64,6 +72,25 @@ class RunFigures:
     replay_events: int
     replay_equal: bool
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    backlog_seconds: float = 0.0  # the throughput's clock: first send to the last commit
+    # From the same start: until the broker had every command, until the last fact was
+    # appended, until PostgreSQL had every fact (the last done is the workers' commit).
+    backlog_send_seconds: float = 0.0
+    backlog_decided_seconds: float = 0.0
+    backlog_projected_seconds: float = 0.0
+    authorized_share: float = 0.0  # of the backlog's purchases
+    # Records appended per purchase during the backlog: Kafka's own topics (__consumer_offsets)
+    # are in the breakdown, not in the total.
+    kafka_records_per_purchase: float = 0.0
+    kafka_records_per_purchase_by_topic: dict[str, float] = field(default_factory=dict)
+    # CPU seconds during the backlog per 1,000 of its purchases, by process (a worker with its
+    # faust child, PostgreSQL with all its processes); the machine's beside them, every process
+    # on it included (other people's too: this machine is shared).
+    cpu_seconds_per_1000_purchases: dict[str, float] = field(default_factory=dict)
+    machine_cpu_seconds_per_1000_purchases: float = 0.0
+    # How long after the backlog's last fact was appended the bench's watcher read it: the
+    # bench keeps up when this stays small.
+    watcher_behind_seconds: float = 0.0
 
 
 def _vm_hwm_mib(pid: int) -> float:
@@ -76,11 +103,9 @@ def _vm_hwm_mib(pid: int) -> float:
     return 0.0
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+def _tree(pid: int) -> list[int]:
+    """The process and every process below it."""
+    return costs.descendants(costs.process_table(), pid)
 
 
 class _Process:
@@ -95,7 +120,7 @@ class _Process:
 
     def peak_rss_mib(self) -> float:
         """The process and its children (a worker is a supervisor and its faust child)."""
-        return _vm_hwm_mib(self.popen.pid) + sum(_vm_hwm_mib(c) for c in _children(self.popen.pid))
+        return sum(_vm_hwm_mib(pid) for pid in _tree(self.popen.pid))
 
     def check(self) -> None:
         if self.popen.poll() is not None:
@@ -127,15 +152,44 @@ def _count(dsn: str, query: str, *params: Any) -> int:
     return int(row[0]) if row else 0
 
 
-def _wait_projected(dsn: str, run: str, count: int, processes: list[_Process], table: str) -> None:
+def _wait_projected(dsn: str, next_offsets: dict[int, int], processes: list[_Process]) -> None:
+    """Until the projection writer has stored offsets at or past these on ledger.events: it
+    stores them in the transaction of the rows they cover (projection_offsets, STYLE.md §5).
+    Read from that small table, not by counting rows: a count of a growing table every poll
+    would be PostgreSQL CPU charged to the ledger."""
+    import psycopg
+
+    from projections.replay import live_offsets
+
     deadline = time.monotonic() + DEADLINE_SECONDS
-    column = "purchase_id" if table == "purchases" else "account_id"
-    while _count(dsn, f"SELECT count(*) FROM {table} WHERE {column} LIKE %s", f"%-{run}") < count:
-        if time.monotonic() > deadline:
-            raise LedgerError(f"{table} of the bench not all projected after {DEADLINE_SECONDS} s")
+    with psycopg.connect(dsn, autocommit=True) as db:
+        while True:
+            stored = live_offsets(db, PROJECTION_SCHEMA, topics.EVENTS)
+            if all(stored.get(p, 0) >= offset for p, offset in next_offsets.items()):
+                return
+            if time.monotonic() > deadline:
+                raise LedgerError(f"the bench's facts not all projected after {DEADLINE_SECONDS} s")
+            for process in processes:
+                process.check()
+            time.sleep(POLL_SECONDS)
+
+
+def _alive(processes: list[_Process]) -> Callable[[], None]:
+    """Raises, with the tail of its log, if one of the processes has exited."""
+
+    def check() -> None:
         for process in processes:
             process.check()
-        time.sleep(POLL_SECONDS)
+
+    return check
+
+
+def _check_projected(dsn: str, run: str, table: str, count: int) -> None:
+    """Once a phase is timed: its rows are all there (the offsets said so)."""
+    column = "purchase_id" if table == "purchases" else "account_id"
+    found = _count(dsn, f"SELECT count(*) FROM {table} WHERE {column} LIKE %s", f"%-{run}")
+    if found != count:
+        raise LedgerError(f"{found:,} {table} of the bench in PostgreSQL, {count:,} expected")
 
 
 def _start(settings: StackSettings, workers: int) -> list[_Process]:
@@ -157,56 +211,110 @@ def _start(settings: StackSettings, workers: int) -> list[_Process]:
 
 
 @dataclass
+class _Backlog:
+    """The throughput phase's figures."""
+
+    purchases: int
+    seconds: float = 0.0  # from the first send until all is done
+    send_seconds: float = 0.0  # until the broker had every command
+    decided_seconds: float = 0.0  # until the last fact was appended
+    projected_seconds: float = 0.0  # until PostgreSQL had it all
+    decisions_per_second: float = 0.0
+    authorized_share: float = 0.0
+    watcher_behind_seconds: float = 0.0
+    records_by_topic: dict[str, float] = field(default_factory=dict)
+    cpu_per_thousand: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.purchases / self.seconds
+
+
+@dataclass
 class _Measured:
     run: str
-    purchases: int
-    throughput: float
-    decisions: float
+    backlog: _Backlog
     rate: float
     latencies: list[float]
 
 
-def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_Process],
-             accounts: int, purchases: int, seed: int, say: Any) -> _Measured:  # fmt: skip
+async def _accounts(sender: stream.Sender, watcher: stream.FactWatcher, dsn: str, run: str,
+                    accounts: int, partitions: int, processes: list[_Process]) -> None:  # fmt: skip
+    reference, opens = stream.world(run, accounts)
+    await sender.send_all(stream.encode_reference(reference))
+    await asyncio.sleep(2)  # the workers' reference readers see the ISP and publishers
+    records = stream.encode_commands(opens, partitions)
+    await stream.send_and_wait(sender, watcher, records, DEADLINE_SECONDS, _alive(processes))
+    await asyncio.to_thread(_wait_projected, dsn, dict(watcher.next_offsets), processes)
+    _check_projected(dsn, run, "accounts", accounts)
+
+
+async def _backlog(sender: stream.Sender, watcher: stream.FactWatcher, bootstrap: str, dsn: str,
+                   records: list[stream.Outgoing], roots: dict[str, list[int]],
+                   processes: list[_Process]) -> _Backlog:  # fmt: skip
+    """Throughput: the records (encoded before the clock) sent as fast as the producer goes; the
+    clock stops once every purchase is decided (its fact on ledger.events), committed in
+    PostgreSQL, and balanced: the workers fold the publisher and ISP balances into each
+    partition's summary with the batch, and acknowledge a batch once that is written, so their
+    group's committed offsets on what they read (ledger.commands) say it (stream.wait_idle)."""
+    figures = _Backlog(purchases=len(records))
+    types_before = dict(watcher.types)
+    ends_before = await asyncio.to_thread(costs.topic_end_offsets, bootstrap)
+    cpu_before = costs.sample_cpu(roots)
+    started, started_ms = time.monotonic(), time.time() * 1000
+    await sender.send_all(records)
+    figures.send_seconds = time.monotonic() - started
+    await watcher.wait_for(watcher.seen + len(records), DEADLINE_SECONDS, _alive(processes))
+    figures.watcher_behind_seconds = max(0.0, time.time() - watcher.last_fact_ms / 1000)
+    # By the facts' own timestamps: how soon the watcher read them does not count.
+    figures.decided_seconds = (watcher.last_fact_ms - started_ms) / 1000
+    figures.decisions_per_second = len(records) / figures.decided_seconds
+    await asyncio.to_thread(_wait_projected, dsn, dict(watcher.next_offsets), processes)
+    figures.projected_seconds = time.monotonic() - started
+    await asyncio.to_thread(stream.wait_idle, bootstrap, APP_ID, DEADLINE_SECONDS)
+    figures.seconds = time.monotonic() - started
+    cpu_after = costs.sample_cpu(roots)
+    ends_after = await asyncio.to_thread(costs.topic_end_offsets, bootstrap)
+    figures.cpu_per_thousand = costs.per_thousand(cpu_before, cpu_after, len(records))
+    figures.records_by_topic = costs.records_per_purchase(ends_before, ends_after, len(records))
+    authorized = watcher.types[stream.AUTHORIZED] - types_before.get(stream.AUTHORIZED, 0)
+    figures.authorized_share = authorized / len(records)
+    return figures
+
+
+async def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_Process],
+                   roots: dict[str, list[int]], accounts: int, purchases: int, seed: int,
+                   say: Any) -> _Measured:  # fmt: skip
     import uuid
 
     workers = len(processes) - 1
     run = uuid.uuid4().hex[:8]
-    watcher = stream.FactWatcher(bootstrap, run)
-    try:
-        reference, opens = stream.world(run, accounts)
-        with LedgerProducer(bootstrap, partitions, client_id="ledger-bench") as producer:
-            for record in reference:
-                producer.send_reference(record)
-            producer.flush()
-            time.sleep(2)  # the workers' reference readers see the ISP and publishers
-            say(f"  {workers} worker(s): {accounts:,} accounts; waiting for them")
-            stream.send_and_wait(producer, watcher, opens, DEADLINE_SECONDS)
-            _wait_projected(dsn, run, accounts, processes, "accounts")
-            backlog = stream.purchases(run, accounts, purchases, seed)
-            say(f"  {workers} worker(s): {purchases:,} purchases, as fast as they go")
-            started = time.monotonic()
-            decisions = len(backlog) / stream.send_and_wait(
-                producer, watcher, backlog, DEADLINE_SECONDS
-            )
-            _wait_projected(dsn, run, len(backlog), processes, "purchases")
-            # Sustained means all the work kept up: the balance tables (the group-by of the
-            # facts by publisher and ISP) too, or their backlog would only move the cost later.
-            stream.wait_idle(bootstrap, APP_ID, DEADLINE_SECONDS)
-            throughput = len(backlog) / (time.monotonic() - started)
-            rate = throughput / 2
-            paced = stream.purchases(run, accounts, int(rate * PACED_SECONDS), seed + 1, purchases)
-            say(f"  {workers} worker(s): {len(paced):,} purchases paced at {rate:,.0f}/s")
-            before = watcher.seen
-            sent_ms = stream.send_paced(producer, watcher, paced, rate)
-            watcher.wait_for(before + len(paced), DEADLINE_SECONDS)
-        _wait_projected(dsn, run, len(backlog) + len(paced), processes, "purchases")
-        latencies = sorted(
-            max(0.0, (watcher.decided_at_ms[pid] - sent) / 1000) for pid, sent in sent_ms.items()
-        )
-    finally:
-        watcher.close()
-    return _Measured(run, len(backlog), throughput, decisions, rate, latencies)
+    async with (
+        stream.Sender(bootstrap) as sender,
+        stream.FactWatcher(bootstrap, run, partitions) as watcher,
+    ):
+        say(f"  {workers} worker(s): {accounts:,} accounts; waiting for them")
+        await _accounts(sender, watcher, dsn, run, accounts, partitions, processes)
+        records = stream.encode_commands(stream.purchases(run, accounts, purchases, seed),
+                                         partitions)  # fmt: skip
+        # What start-up and the backlog allocated stays out of the collector's way while the
+        # bench reads the facts (a full collection walks every object the bench holds).
+        gc.collect()
+        gc.freeze()
+        say(f"  {workers} worker(s): {purchases:,} purchases, as fast as they go")
+        backlog = await _backlog(sender, watcher, bootstrap, dsn, records, roots, processes)
+        _check_projected(dsn, run, "purchases", purchases)
+        rate = backlog.throughput / 2
+        commands = stream.purchases(run, accounts, int(rate * PACED_SECONDS), seed + 1, purchases)
+        paced = stream.paced_records(commands, partitions)
+        say(f"  {workers} worker(s): {len(paced):,} purchases paced at {rate:,.0f}/s")
+        before = watcher.seen
+        sent_ms = await stream.send_paced(sender, watcher, paced, rate)
+        await watcher.wait_for(before + len(paced), DEADLINE_SECONDS, _alive(processes))
+        await asyncio.to_thread(_wait_projected, dsn, dict(watcher.next_offsets), processes)
+    _check_projected(dsn, run, "purchases", purchases + len(paced))
+    latencies = stream.latencies_seconds(sent_ms, watcher.decided_at_ms)
+    return _Measured(run, backlog, rate, latencies)
 
 
 class _Checkout:
@@ -305,9 +413,12 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
     assert state.kafka is not None and state.postgres is not None
     bootstrap, dsn = state.kafka.bootstrap_servers, state.postgres.dsn
     processes = _start(settings, workers)
+    postmaster = state.postgres.process.pid
+    roots = {p.name: [p.popen.pid] for p in processes}
+    roots |= {"kafka": [state.kafka.process.pid], "postgres": [postmaster]}
     try:
-        measured = _measure(bootstrap, dsn, settings.topic_partitions, processes, accounts,
-                            purchases, seed, say)  # fmt: skip
+        measured = asyncio.run(_measure(bootstrap, dsn, settings.topic_partitions, processes,
+                                        roots, accounts, purchases, seed, say))  # fmt: skip
         say(f"  {workers} worker(s): {API_REQUESTS} purchases through the checkout API")
         api = _api_latency(settings, measured.run, accounts)
         say(f"  {workers} worker(s): replaying ledger.events into a fresh schema")
@@ -317,16 +428,20 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
             drop_schema(dsn, "ledger_bench_replay")
         peaks = {p.name: round(p.peak_rss_mib(), 1) for p in processes}
         peaks["kafka"] = round(_vm_hwm_mib(state.kafka.process.pid), 1)
-        postgres = [state.postgres.process.pid, *_children(state.postgres.process.pid)]
-        peaks["postgres (largest process)"] = round(max(_vm_hwm_mib(p) for p in postgres), 1)
+        peaks["postgres (largest process)"] = round(
+            max(_vm_hwm_mib(p) for p in _tree(postmaster)), 1
+        )
     finally:
         for process in processes:
             process.stop()
-    latencies = measured.latencies
+    latencies, backlog = measured.latencies, measured.backlog
+    cpu = {name: round(value, 4) for name, value in backlog.cpu_per_thousand.items()}
+    machine = cpu.pop(costs.MACHINE)
+    records = {topic: round(value, 4) for topic, value in backlog.records_by_topic.items()}
     return RunFigures(
-        workers=workers, accounts=accounts, purchases=measured.purchases,
-        throughput_events_per_second=measured.throughput,
-        decisions_per_second=measured.decisions,
+        workers=workers, accounts=accounts, purchases=backlog.purchases,
+        throughput_events_per_second=backlog.throughput,
+        decisions_per_second=backlog.decisions_per_second,
         decision_latency_p50_seconds=latencies[len(latencies) // 2],
         decision_latency_p99_seconds=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         decision_latency_max_seconds=latencies[-1], paced_rate_per_second=measured.rate,
@@ -334,6 +449,14 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
         api_answers=api[2],
         replay_events_per_second=result.events_per_second, replay_events=result.records,
         replay_equal=result.equal, peak_rss_mib=peaks,
+        backlog_seconds=backlog.seconds, backlog_send_seconds=backlog.send_seconds,
+        backlog_decided_seconds=backlog.decided_seconds,
+        backlog_projected_seconds=backlog.projected_seconds,
+        authorized_share=backlog.authorized_share,
+        kafka_records_per_purchase=round(costs.ledger_records_per_purchase(records), 4),
+        kafka_records_per_purchase_by_topic=records,
+        cpu_seconds_per_1000_purchases=cpu, machine_cpu_seconds_per_1000_purchases=machine,
+        watcher_behind_seconds=backlog.watcher_behind_seconds,
     )  # fmt: skip
 
 
@@ -356,6 +479,42 @@ def run(worker_counts: list[int], accounts: int, purchases: int, seed: int, port
     return figures
 
 
+def _part_rows(
+    figures: list[RunFigures], parts: Callable[[RunFigures], dict[str, float]], names: list[str]
+) -> list[tuple[str, ...]]:
+    """One indented row per name: each run's value, or "-" where a run has none."""
+    return [
+        (f"  {name}", *[f"{parts(f)[name]:,.3f}" if name in parts(f) else "-" for f in figures])
+        for name in names
+    ]
+
+
+def _cost_rows(figures: list[RunFigures]) -> list[tuple[str, ...]]:
+    """Records and CPU per purchase during the backlog, each part under its total."""
+
+    def records(f: RunFigures) -> dict[str, float]:
+        return f.kafka_records_per_purchase_by_topic
+
+    def cpu(f: RunFigures) -> dict[str, float]:
+        return f.cpu_seconds_per_1000_purchases
+
+    # Kafka's own topics last: they are not in the total.
+    topics_ = sorted(
+        {t for f in figures for t in records(f)}, key=lambda t: (costs.is_internal(t), t)
+    )
+    processes = sorted({name for f in figures for name in cpu(f)})
+    return [
+        ("Kafka records per purchase (topics but __*)",
+         *[f"{f.kafka_records_per_purchase:,.2f}" for f in figures]),
+        *_part_rows(figures, records, topics_),
+        ("CPU s per 1,000 purchases (these processes)",
+         *[f"{sum(cpu(f).values()):,.3f}" for f in figures]),
+        *_part_rows(figures, cpu, processes),
+        ("CPU s per 1,000 purchases (whole machine, others' too)",
+         *[f"{f.machine_cpu_seconds_per_1000_purchases:,.3f}" for f in figures]),
+    ]  # fmt: skip
+
+
 def report(figures: list[RunFigures]) -> str:
     rows: list[tuple[str, ...]] = [("", *[f"{f.workers} worker(s)" for f in figures])]
 
@@ -363,10 +522,22 @@ def report(figures: list[RunFigures]) -> str:
         rows.append((name, *values))
 
     row("accounts / purchases (backlog)", [f"{f.accounts:,} / {f.purchases:,}" for f in figures])
+    row(
+        "backlog sent / decided / in PostgreSQL / all done",
+        [
+            f"{f.backlog_send_seconds:,.1f} / {f.backlog_decided_seconds:,.1f} / "
+            f"{f.backlog_projected_seconds:,.1f} / {f.backlog_seconds:,.1f} s"
+            for f in figures
+        ],
+    )
     row("throughput (decided, balanced, in PostgreSQL)",
         [f"{f.throughput_events_per_second:,.0f} /s" for f in figures])  # fmt: skip
     row("decisions (facts on ledger.events)",
         [f"{f.decisions_per_second:,.0f} /s" for f in figures])  # fmt: skip
+    row("purchases authorized", [f"{f.authorized_share:.1%}" for f in figures])
+    rows.extend(_cost_rows(figures))
+    row("bench's watcher behind the last fact",
+        [f"{f.watcher_behind_seconds * 1000:,.0f} ms" for f in figures])  # fmt: skip
     row("paced at (half the throughput)", [f"{f.paced_rate_per_second:,.0f} /s" for f in figures])
     for name, attr in (("decision latency p50", "decision_latency_p50_seconds"),
                        ("decision latency p99", "decision_latency_p99_seconds"),
@@ -406,5 +577,8 @@ def as_json(figures: list[RunFigures]) -> dict[str, Any]:
         "decision_latency_p99_seconds": first.decision_latency_p99_seconds,
         "replay_events_per_second": first.replay_events_per_second,
         "peak_rss_mib": first.peak_rss_mib,
+        "kafka_records_per_purchase": first.kafka_records_per_purchase,
+        "kafka_records_per_purchase_by_topic": first.kafka_records_per_purchase_by_topic,
+        "cpu_seconds_per_1000_purchases": first.cpu_seconds_per_1000_purchases,
         "runs": [asdict(f) for f in figures],
     }
