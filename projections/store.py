@@ -154,19 +154,39 @@ async def _copy(
             await copy.write_row(row)
 
 
-def _unique(topic: str, incoming: list[Incoming]) -> dict[str, tuple[Incoming, bytes]]:
-    """The batch's facts by event id, each with its fingerprint; a repeat is a duplicate if it is
-    the same fact, a ConflictingFacts if not."""
-    unique: dict[str, tuple[Incoming, bytes]] = {}
-    for item in incoming:
+@dataclass
+class Batch:
+    """A batch made ready before its turn at the database (the writer prepares the next batch
+    while the database applies the current one): the facts by event id, each with its
+    fingerprint, in the order of the log, and the rows of those. A repeat within the batch is a
+    duplicate if it is the same fact, a ConflictingFacts if not (issue 12)."""
+
+    topic: str
+    facts: int = 0  # every fact added, repeats included
+    unique: dict[str, tuple[Incoming, bytes]] = field(default_factory=dict)
+    # The rows of every fact in `unique`: right as they are when none was applied before (the
+    # usual case); apply_prepared projects the new ones again when some were.
+    rows: projected.Rows = field(default_factory=projected.Rows)
+
+    def add(self, item: Incoming) -> None:
+        self.facts += 1
         fingerprint = fact_fingerprint(item.fact)
-        first = unique.setdefault(item.fact.event_id, (item, fingerprint))
-        if first[1] != fingerprint:
+        first = self.unique.get(item.fact.event_id)
+        if first is None:
+            self.unique[item.fact.event_id] = (item, fingerprint)
+            projected.add(self.rows, item.fact, item.raw)
+        elif first[1] != fingerprint:
             raise conflict(
-                item.fact.event_id, first[0].sighting(topic, first[1]),
-                item.sighting(topic, fingerprint),
+                item.fact.event_id, first[0].sighting(self.topic, first[1]),
+                item.sighting(self.topic, fingerprint),
             )  # fmt: skip
-    return unique
+
+
+def batch_of(topic: str, incoming: list[Incoming]) -> Batch:
+    batch = Batch(topic)
+    for item in incoming:
+        batch.add(item)
+    return batch
 
 
 async def _new_event_ids(
@@ -272,14 +292,25 @@ async def apply_batch(
     next_offsets: dict[int, int],
 ) -> Outcome:
     """Apply a batch in one transaction; `next_offsets` covers every record read, facts or not."""
+    return await apply_prepared(conn, batch_of(topic, incoming), next_offsets)
+
+
+async def apply_prepared(
+    conn: psycopg.AsyncConnection[Any], batch: Batch, next_offsets: dict[int, int]
+) -> Outcome:
+    """Apply a prepared batch in one transaction; `next_offsets` covers every record read."""
     outcome = Outcome()
-    unique = _unique(topic, incoming)
+    topic, unique = batch.topic, batch.unique
     async with conn.transaction():
         new_ids = await _new_event_ids(conn, topic, unique) if unique else set()
-        new = [item for event_id, (item, _) in unique.items() if event_id in new_ids]
-        outcome.applied = len(new)
-        outcome.duplicates = len(incoming) - len(new)
-        rows = projected.project((item.fact, item.raw) for item in new)
+        rows = batch.rows
+        if len(new_ids) < len(unique):  # some were applied before: the rows of the others only
+            rows = projected.project(
+                (item.fact, item.raw) for event_id, (item, _) in unique.items()
+                if event_id in new_ids
+            )  # fmt: skip
+        outcome.applied = len(new_ids)
+        outcome.duplicates = batch.facts - len(new_ids)
         await _refuse_sealed(conn, rows.billed)
         await _copy(conn, "journal", projected.JOURNAL_COLUMNS, rows.journal,
                     projected.JOURNAL_TYPES)  # fmt: skip

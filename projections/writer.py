@@ -5,6 +5,14 @@ partitions), decodes it, sets undecodable records aside on ledger.dlq, and appli
 one transaction with the stored offsets (`projections.store`). Kafka's committed offsets follow,
 as a hint only: on assignment the writer seeks to the offsets stored in PostgreSQL.
 
+Two stages, one batch in flight: while the database applies a batch, the next one is read,
+decoded, fingerprinted and turned into rows (a few hundred records at a time, so that the batch
+in flight gets the event loop back as soon as the database answers). Batches are applied and
+committed one after the other, in the order they were read; a failure stops the writer after the
+batch in flight. A batch closes at BATCH_EVENTS_MAX records, or BATCH_SECONDS_MAX after its
+first record once the database is free, whichever comes first: under light load an event waits
+about that long, under heavy load batches fill up while the previous one is applied.
+
 A database that goes away (restart, failover) is waited for with a jittered backoff and the
 same batch applied again, up to DB_OUTAGE_SECONDS_MAX; a transaction aborted by a deadlock or a
 lock timeout is retried likewise. Anything else is a bug: the writer exits non-zero, uncommitted.
@@ -39,7 +47,16 @@ GROUP_ID = "internet-plus-ledger-projections"
 # 5,000 events is about 4 MB of facts; measured on this machine, batches above ~5,000 gain
 # nothing in events/s and delay every commit (issue 5 figures).
 BATCH_EVENTS_MAX = 5_000
+# How long the first record of a batch waits for more before the batch closes (if the database
+# is free by then): the latency a light load pays for batching (issue 13).
+BATCH_SECONDS_MAX = 0.1
 POLL_TIMEOUT_MS = 200
+# While a batch is in flight, the next is read at most this long at a time, to look again
+# whether the database is done.
+POLL_IN_FLIGHT_MS = 10
+# Decoding yields to the event loop every this many records (~5 ms of CPU): the batch in flight
+# waits at most that long for its turn when the database answers.
+DECODE_CHUNK_RECORDS = 200
 # Shorter than the consumer's max.poll.interval (300 s): a writer waiting longer for the
 # database would be put out of the group anyway; it exits and its supervisor restarts it.
 DB_OUTAGE_SECONDS_MAX = 240.0
@@ -51,33 +68,52 @@ EXIT_GIVE_UP = 75  # EX_TEMPFAIL: the database stayed away; restart me later
 
 @dataclass
 class Prepared:
+    """A batch of records, decoded and made ready for the database (store.Batch)."""
+
+    batch: store.Batch
     incoming: list[store.Incoming] = field(default_factory=list)
     poison: list[Any] = field(default_factory=list)  # (record, InvalidMessage)
     markers: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
-    newest_timestamp_ms: int = 0
+    timestamps_ms: list[int] = field(default_factory=list)  # of every record, for the latency
 
+    @property
+    def records(self) -> int:
+        return len(self.timestamps_ms)
 
-def prepare(records: Iterable[Any]) -> Prepared:
-    """Decode a batch of records (ConsumerRecord-like: partition, offset, key, value, timestamp)."""
-    prepared = Prepared()
-    for record in records:
-        prepared.next_offsets[record.partition] = max(
-            prepared.next_offsets.get(record.partition, 0), record.offset + 1
+    def add(self, record: Any) -> None:
+        """One record (ConsumerRecord-like: partition, offset, key, value, timestamp)."""
+        self.next_offsets[record.partition] = max(
+            self.next_offsets.get(record.partition, 0), record.offset + 1
         )
-        prepared.newest_timestamp_ms = max(prepared.newest_timestamp_ms, record.timestamp)
+        self.timestamps_ms.append(record.timestamp)
         if topics.is_marker(record.key):
-            prepared.markers += 1
-            continue
+            self.markers += 1
+            return
         try:
             fact = codec.decode_fact(record.value)
         except codec.InvalidMessage as invalid:
-            prepared.poison.append((record, invalid))
-            continue
-        prepared.incoming.append(
-            store.Incoming(record.partition, record.offset, fact, record.value)
-        )
+            self.poison.append((record, invalid))
+            return
+        item = store.Incoming(record.partition, record.offset, fact, record.value)
+        self.incoming.append(item)
+        self.batch.add(item)  # may raise ConflictingFacts: two facts under one id in the batch
+
+
+def prepare(records: Iterable[Any], topic: str = topics.EVENTS) -> Prepared:
+    """Decode a batch of records at once."""
+    prepared = Prepared(store.Batch(topic))
+    for record in records:
+        prepared.add(record)
     return prepared
+
+
+async def prepare_more(prepared: Prepared, records: list[Any]) -> None:
+    """Add records to a batch, letting the event loop run between chunks."""
+    for start in range(0, len(records), DECODE_CHUNK_RECORDS):
+        for record in records[start : start + DECODE_CHUNK_RECORDS]:
+            prepared.add(record)
+        await asyncio.sleep(0)
 
 
 def dead_letter_of(record: Any, invalid: codec.InvalidMessage) -> DeadLetter:
@@ -106,6 +142,10 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
             self._consumer.seek(tp, stored.get(tp.partition, 0))
         log.info("partitions assigned: %s", {tp.partition: stored.get(tp.partition, 0)
                                              for tp in assigned})  # fmt: skip
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _backoff(attempt: int) -> float:
@@ -183,9 +223,7 @@ class Writer:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = await _connect_patiently(self.dsn, self.schema)
-                return await store.apply_batch(
-                    self._conn, self.topic, prepared.incoming, prepared.next_offsets
-                )
+                return await store.apply_prepared(self._conn, prepared.batch, prepared.next_offsets)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
                     psycopg.errors.SerializationFailure) as error:  # fmt: skip
                 reason = type(error).__name__
@@ -249,18 +287,24 @@ class Writer:
         reconciler = (
             asyncio.create_task(self._reconcile_now_and_then()) if self.reconcile_seconds else None
         )
+        in_flight: asyncio.Task[dict[int, int]] | None = None
         try:
             while not self.stopping.is_set():
-                batches = await consumer.getmany(
-                    timeout_ms=POLL_TIMEOUT_MS, max_records=self.batch_events_max
-                )
-                records = [r for part in batches.values() for r in part]
-                if not records:
-                    await self._report_lag(consumer, committed)
-                    continue
-                committed.update(await self._one_batch(consumer, producer, records))
+                prepared = await self._next_batch(consumer, in_flight)
+                if in_flight is not None:
+                    committed.update(await in_flight)  # its failure stops the writer here
+                    in_flight = None
+                if prepared is not None:
+                    in_flight = asyncio.create_task(self._one_batch(consumer, producer, prepared))
                 await self._report_lag(consumer, committed)
+            if in_flight is not None:  # stopping: the batch in progress is finished
+                committed.update(await in_flight)
+                in_flight = None
         finally:
+            if in_flight is not None:  # the next batch failed (ConflictingFacts): this one is
+                await asyncio.wait([in_flight])  # right, and stops here, committed or not
+                if not in_flight.cancelled() and in_flight.exception() is not None:
+                    log.error("the batch in flight failed too: %r", in_flight.exception())
             if reconciler is not None:
                 reconciler.cancel()
             await producer.stop()
@@ -276,12 +320,42 @@ class Writer:
                 log.warning("reconciliation not run: %s", str(error).strip())
             await asyncio.sleep(self.reconcile_seconds)
 
+    async def _next_batch(
+        self, consumer: AIOKafkaConsumer, in_flight: asyncio.Task[Any] | None
+    ) -> Prepared | None:
+        """Read and prepare the next batch while `in_flight` is applied. None: nothing came
+        (and nothing is in flight), or the writer is stopping."""
+        prepared = Prepared(store.Batch(self.topic))
+        opened = 0.0  # when the first record came
+        while prepared.records < self.batch_events_max and not self.stopping.is_set():
+            free = in_flight is None or in_flight.done()
+            if free and in_flight is not None and _failed(in_flight):
+                break  # the batch in flight failed: the writer stops
+            if prepared.records and free:
+                left = BATCH_SECONDS_MAX - (time.monotonic() - opened)
+                if left <= 0:
+                    break
+                timeout_ms = max(1, int(left * 1000))
+            elif free:
+                timeout_ms = POLL_TIMEOUT_MS
+            else:
+                timeout_ms = POLL_IN_FLIGHT_MS
+            batches = await consumer.getmany(
+                timeout_ms=timeout_ms, max_records=self.batch_events_max - prepared.records
+            )
+            records = [r for part in batches.values() for r in part]
+            if records:
+                opened = opened or time.monotonic()
+                await prepare_more(prepared, records)
+            elif free and not prepared.records:
+                return None  # idle
+        return prepared if prepared.records else None
+
     async def _one_batch(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, records: list[Any]
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, prepared: Prepared
     ) -> dict[int, int]:
         """Apply one batch; returns the offsets now stored."""
         started = time.perf_counter()
-        prepared = prepare(records)
         await self._dead_letter(producer, prepared)
         outcome = await self._apply(prepared)
         self._batches_committed += 1
@@ -294,13 +368,13 @@ class Writer:
         now = time.time()
         metrics.BATCHES.inc()
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.CONSUMED.inc(len(records))
+        metrics.CONSUMED.inc(prepared.records)
         metrics.RECORDS.labels("applied").inc(outcome.applied)
         metrics.RECORDS.labels("duplicate").inc(outcome.duplicates)
         metrics.RECORDS.labels("dead_lettered").inc(len(prepared.poison))
         metrics.RECORDS.labels("marker").inc(prepared.markers)
-        for record in records:
-            metrics.COMMIT_LATENCY.observe(max(0.0, now - record.timestamp / 1000))
+        for timestamp_ms in prepared.timestamps_ms:
+            metrics.COMMIT_LATENCY.observe(max(0.0, now - timestamp_ms / 1000))
         for isp_id, period in outcome.sealed:
             metrics.PERIODS_SEALED.inc()
             log.info("period %s of %s sealed", period, isp_id)
