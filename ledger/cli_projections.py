@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.cli_types import identifier, period, port, scratch_schema, seconds
+from ledger.cli_types import identifier, niceness, period, port, scratch_schema, seconds
 from ledger.errors import LedgerError
 from schemas.types import Party
 
@@ -52,7 +52,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     name = None if args.dynamic else args.name
     return run_writer(
         stack.bootstrap_servers, stack.dsn, "ledger", args.batch_events_max, args.metrics_port,
-        name, args.reconcile_seconds,
+        name, args.reconcile_seconds, args.nice,
     )  # fmt: skip
 
 
@@ -267,6 +267,12 @@ def add_parsers(commands: Any) -> None:
     project.add_argument(
         "--reconcile-seconds", type=seconds, default=300.0, metavar="S",
         help="check the books in PostgreSQL every S seconds, for the metrics (0: never)",
+    )  # fmt: skip
+    project.add_argument(
+        "--nice", type=niceness, default=10, metavar="N",  # projections.writer.NICENESS_DEFAULT
+        help="run at niceness N (default 10; never raised back), below the stream workers when"
+        " they share the cores: the writer's bursts otherwise decide the authorizer's p99 latency"
+        " (PERF.md). On a host or CPU share of its own it changes nothing",
     )  # fmt: skip
     project.add_argument(
         "--loglevel", default="info", choices=["debug", "info", "warning", "error"]

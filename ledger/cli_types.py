@@ -12,6 +12,7 @@ import re
 from ledger.patterns import ID, ID_FORM, PERIOD, WHOLE_NUMBER
 
 PORT_MAX = 65_535
+NICENESS_MAX = 19  # the lowest CPU priority on Linux
 # projections.migrate's schema names; the live schema is never a scratch one.
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 LIVE_SCHEMA = "ledger"
@@ -36,6 +37,12 @@ def period(text: str) -> str:
 def port(text: str) -> int:
     if not WHOLE_NUMBER.fullmatch(text) or not 1 <= int(text) <= PORT_MAX:
         raise argparse.ArgumentTypeError(f"a port is 1 to {PORT_MAX}, got {_shown(text)}")
+    return int(text)
+
+
+def niceness(text: str) -> int:
+    if not WHOLE_NUMBER.fullmatch(text) or not 0 <= int(text) <= NICENESS_MAX:
+        raise argparse.ArgumentTypeError(f"a niceness is 0 to {NICENESS_MAX}, got {_shown(text)}")
     return int(text)
 
 

@@ -28,6 +28,7 @@ from tests.builders import REFERENCE
         (["balances", "account", "\u202eacct"], "id"),
         (["worker", "--name", "w1/../../etc"], "--name"),
         (["project", "--metrics-port", "0"], "--metrics-port"),
+        (["project", "--nice", "20"], "--nice"),
         (["reconcile", "--wait-seconds", "-1"], "--wait-seconds"),
         (["close-period", "--isp", "o", "--period", "2006-03", "--wait-seconds", "inf"], "--wait"),
         (["replay", "--schema", "ledger"], "--schema"),
@@ -49,10 +50,11 @@ def test_argument_types_take_what_the_ledger_takes() -> None:
     assert cli_types.period("2006-12") == "2006-12"
     assert cli_types.port("18080") == 18080
     assert cli_types.seconds("0") == 0.0
+    assert cli_types.niceness("10") == 10
     assert cli_types.scratch_schema("ledger_replay") == "ledger_replay"
     for parse, bad in ((cli_types.port, "65536"), (cli_types.port, "\u0661\u0662"),
                        (cli_types.seconds, "nan"), (cli_types.period, "2006-13"),
-                       (cli_types.identifier, "")):  # fmt: skip
+                       (cli_types.identifier, ""), (cli_types.niceness, "-5")):  # fmt: skip
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
 

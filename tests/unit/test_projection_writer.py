@@ -1,11 +1,13 @@
 """The projection writer's batches, without Kafka or PostgreSQL (issue 13): a batch prepared a
 chunk at a time is the batch prepared at once; a repeat in a batch is a duplicate, another fact
 under the same id stops it; a batch closes full, or BATCH_SECONDS_MAX after its first record once
-the batch in flight is done."""
+the batch in flight is done; and the writer lowers its CPU priority, never raises it."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -150,3 +152,14 @@ def test_nothing_read_and_nothing_in_flight_is_no_batch() -> None:
 def test_a_failed_batch_in_flight_closes_the_next_at_once() -> None:
     _, closed = _next_batch([0.0, 0.01, 0.02, 0.03], in_flight_seconds=0.0, fails=True)
     assert closed < BATCH_SECONDS_MAX
+
+
+def test_the_writer_lowers_its_priority_and_never_raises_it() -> None:
+    script = (
+        "import os; from projections.writer import lower_priority as lower;"
+        " start = os.nice(0); print(start, lower(start + 3), lower(start + 1), os.nice(0))"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    start = int(found[0])
+    assert [int(n) for n in found[1:]] == [start + 3, start + 3, start + 3]
