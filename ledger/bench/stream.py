@@ -230,10 +230,14 @@ class FactWatcher:
                 value = record.value
                 if value is None or marker not in value:
                     continue
-                self.seen += 1
                 fact = decode(value)
                 self.types[fact.type] += 1
-                if fact.purchase_id is not None and fact.purchase_id not in decided:
+                # A purchase's fact emitted again (a worker taking over a partition re-decides
+                # what the other had not committed) is counted once.
+                if fact.purchase_id is None:
+                    self.seen += 1
+                elif fact.purchase_id not in decided:
+                    self.seen += 1
                     decided[fact.purchase_id] = record.timestamp
                 self.last_fact_ms = max(self.last_fact_ms, record.timestamp)
 
