@@ -69,7 +69,7 @@ def _classify(raw: bytes, error: msgspec.DecodeError, family: str) -> InvalidMes
             "invalid_field", f"a message is a JSON object, got {type(generic).__name__}"
         )
     tag = generic.get("type")
-    if tag not in TAGS:
+    if not isinstance(tag, str) or tag not in TAGS:  # [] or {} is no tag (and unhashable)
         return InvalidMessage("unknown_type", f"unknown message type or version {tag!r}")
     return (
         InvalidMessage("wrong_topic", f"{tag!r} is not a {family}")

@@ -119,6 +119,10 @@ def _purchase(**changes: Any) -> bytes:
         (b'"text"', "invalid_field", "JSON object"),
         (_purchase(type="purchase.requested.v9"), "unknown_type", "purchase.requested.v9"),
         (_purchase(type="nonsense"), "unknown_type", "nonsense"),
+        # Found by tests/unit/test_checked_decode.py: an unhashable tag was a TypeError, which
+        # stopped the projection writer instead of setting the record aside.
+        (_purchase(type=[]), "unknown_type", "[]"),
+        (_purchase(type={"v": 1}), "unknown_type", "{'v': 1}"),
         (json.dumps(_golden("purchase.authorized.v1")).encode(), "wrong_topic", "not a command"),
         (_purchase(amount_cents=0), "invalid_field", "$.amount_cents"),
         (_purchase(amount_cents=-266), "invalid_field", "$.amount_cents"),
