@@ -39,7 +39,7 @@ from ledger import delivery, topics
 from ledger.settings import listen_host
 from projections import metrics, store
 from projections.migrate import DEFAULT_SCHEMA
-from schemas import codec
+from schemas import checked, codec
 from schemas.deadletter import DeadLetter, set_aside
 
 log = logging.getLogger("ledger.projections")
@@ -94,8 +94,8 @@ class Prepared:
         if topics.is_marker(record.key):
             self.markers += 1
             return
-        try:
-            fact = codec.decode_fact(record.value)
+        try:  # as strict as codec.decode_fact, quicker (issue 13)
+            fact = checked.decode_fact(record.value)
         except codec.InvalidMessage as invalid:
             self.poison.append((record, invalid))
             return

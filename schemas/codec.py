@@ -149,9 +149,14 @@ def decode_fact(raw: bytes) -> Fact:
         fact = _fact_decoder.decode(raw)
     except msgspec.DecodeError as error:
         raise _classify(raw, error, "fact") from None
+    check_fact(raw, fact)
+    return upcast_event_id(fact)
+
+
+def check_fact(raw: bytes, fact: Fact) -> None:
+    """What decode_fact checks beyond the types: the time and the texts (schemas.checked too)."""
     _check_time(fact)
     _check_texts(raw, fact)
-    return upcast_event_id(fact)
 
 
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
