@@ -124,8 +124,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     stack = connected(args)
     result = replay(
-        stack.bootstrap_servers, stack.dsn, args.schema, stack.partitions, progress=progress_bar()
-    )
+        stack.bootstrap_servers, stack.dsn, args.schema, stack.partitions,
+        progress=progress_bar(), keep=args.keep,
+    )  # fmt: skip
     print(
         f"replayed {result.records:,} records ({result.applied:,} applied, {result.duplicates:,}"
         f" duplicates) into schema {result.schema} in {result.seconds:.1f} s:"
@@ -234,7 +235,10 @@ def add_parsers(commands: Any) -> None:
     replay.add_argument(
         "--schema", default="ledger_replay", type=scratch_schema, help="the fresh schema to build"
     )
-    replay.add_argument("--keep", action="store_true", help="keep the rebuilt schema")
+    replay.add_argument(
+        "--keep", action="store_true",
+        help="keep the rebuilt schema (made logged at the end of the load, like the live one)",
+    )  # fmt: skip
     replay.set_defaults(handler=_cmd_replay)
 
     reconcile = commands.add_parser(
