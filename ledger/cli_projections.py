@@ -121,8 +121,10 @@ def _cmd_close_period(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from projections.replay import drop_schema, progress_bar, replay
+    from projections.writer import tune_gc
 
     stack = connected(args)
+    tune_gc()
     result = replay(
         stack.bootstrap_servers, stack.dsn, args.schema, stack.partitions,
         progress=progress_bar(), keep=args.keep,

@@ -24,7 +24,7 @@ from ledger.bench.core import reference, workload
 from ledger.core.runner import LocalAuthorizer
 from ledger.partitioning import partition_for
 from projections.replay import drop_schema, fresh_schema, replay
-from projections.writer import Writer
+from projections.writer import Writer, tune_gc
 from schemas import codec
 
 LIVE_SCHEMA = "ledger_bench_live"
@@ -143,6 +143,7 @@ def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
 def run(bootstrap: str, dsn: str, partitions: int, accounts: int, purchases: int,
         seed: int) -> ProjectionFigures:  # fmt: skip
     facts, money = _facts(accounts, purchases, seed)
+    tune_gc()  # as `ledger project` and `ledger replay` do (the facts held here frozen too)
     topic = f"ledger.bench.events.{uuid.uuid4().hex[:8]}"
     _create_topic(bootstrap, topic, partitions)
     try:
