@@ -123,6 +123,7 @@ class _Partition:
     decided: PartitionBatch
     letters: list[tuple[Any, str, str]] = field(default_factory=list)  # record, reason, detail
     consumed: Counter[str] = field(default_factory=Counter)
+    entries: list[tuple[bytes, bytes]] = field(default_factory=list)  # its changelog records
 
 
 class BatchAuthorizer:
@@ -291,9 +292,9 @@ class BatchAuthorizer:
         partition's summary."""
         sent: dict[int, list[asyncio.Future[Any]]] = {}
         for part in parts:
-            entries = self._entries(part)
+            part.entries = self._entries(part)  # encoded once, for the changelog and the store
             sent[part.partition] = await send_records(
-                producer, self._changelog, part.partition, entries
+                producer, self._changelog, part.partition, part.entries
             )
         offsets: dict[int, int] = {}
         for partition, futures in sent.items():
@@ -308,7 +309,7 @@ class BatchAuthorizer:
         return entries
 
     def _write_store(self, part: _Partition, changelog_offset: int) -> None:
-        self._store.write(part.partition, self._entries(part), changelog_offset)
+        self._store.write(part.partition, part.entries, changelog_offset)
 
     def _acknowledge(self, parts: Iterable[_Partition]) -> None:
         ack = self._app.consumer.ack
