@@ -12,12 +12,11 @@ import sys
 import time
 from typing import Any
 
-import psycopg
-
 from ledger import services, simulate
 from ledger.errors import LedgerError
 from ledger.produce import LedgerProducer, close_commands
 from ledger.services import Service
+from projections import demo as queries
 from schemas.commands import PurchaseRequested, RefundRequested
 
 ISP_IDS = [isp[0] for isp in simulate.ISPS]  # the simulated ISPs: the demo closes and sums these
@@ -78,15 +77,9 @@ def _wait_decided(home: Any, dsn: str, purchases: list[str], refunds: list[str])
     started = time.monotonic()
     total = len(purchases) + len(refunds)
     last = -1
-    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+    with queries.open_demo_db(dsn) as db:
         while time.monotonic() - started < DECIDE_SECONDS_MAX:
-            row = db.execute(
-                "SELECT (SELECT count(DISTINCT purchase_id) FROM purchases"
-                "        WHERE purchase_id = ANY(%s))"
-                "     + (SELECT count(DISTINCT refund_id) FROM refunds WHERE refund_id = ANY(%s))",
-                (purchases, refunds),
-            ).fetchone()
-            done = int(row[0]) if row else 0
+            done = queries.projected_count(db, purchases, refunds)
             if done != last:
                 _progress(done, total, started)
                 last = done
@@ -99,14 +92,8 @@ def _wait_decided(home: Any, dsn: str, purchases: list[str], refunds: list[str])
 
 
 def _close_all(dsn: str, bootstrap: str, partitions: int) -> list[tuple[str, str]]:
-    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
-        open_periods = db.execute(
-            "SELECT DISTINCT m.isp_id, m.billing_period FROM money_facts m"
-            " WHERE m.isp_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM billing_periods p"
-            "   WHERE p.isp_id = m.isp_id AND p.period = m.billing_period AND p.state = 'closed')"
-            " ORDER BY 1, 2",
-            (ISP_IDS,),
-        ).fetchall()
+    with queries.open_demo_db(dsn) as db:
+        open_periods = queries.unsealed_periods(db, ISP_IDS)
     with LedgerProducer(bootstrap, partitions, client_id="ledger-demo-close") as producer:
         from datetime import UTC, datetime
 
@@ -117,15 +104,10 @@ def _close_all(dsn: str, bootstrap: str, partitions: int) -> list[tuple[str, str
                 producer.send_command(command)
         producer.flush()
     deadline = time.monotonic() + SEAL_SECONDS_MAX
-    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
+    with queries.open_demo_db(dsn) as db:
         while time.monotonic() < deadline:
-            sealed = db.execute(
-                "SELECT count(*) FROM billing_periods WHERE state = 'closed'"
-                " AND (isp_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                ([i for i, _ in open_periods], [p for _, p in open_periods]),
-            ).fetchone()
-            if sealed and sealed[0] == len(open_periods):
-                return [(str(i), str(p)) for i, p in open_periods]
+            if queries.sealed_count(db, open_periods) == len(open_periods):
+                return open_periods
             time.sleep(0.5)
     raise LedgerError("the periods were not all sealed in time: see .ledger/logs/")
 
@@ -135,52 +117,27 @@ def _euros(cents: Any) -> str:
 
 
 def summary(dsn: str) -> str:
-    lines: list[str] = []
-    with psycopg.connect(dsn, options="-c search_path=ledger", autocommit=True) as db:
-
-        def one(query: str) -> Any:
-            row = db.execute(query.encode(), (ISP_IDS,)).fetchone()
-            assert row is not None
-            return row
-
-        total, authorized, revenue = one(
-            "SELECT count(*), count(*) FILTER (WHERE decision = 'authorized'),"
-            " sum(amount_cents) FILTER (WHERE decision = 'authorized') FROM purchases"
-            " WHERE isp_id = ANY(%s)"
-        )
-        refunded = one("SELECT coalesce(sum(amount_cents), 0) FROM refunds"
-                       " WHERE decision = 'refunded' AND isp_id = ANY(%s)")[0]  # fmt: skip
-        lines += [
-            f"transactions decided   {total:>14,}",
-            f"authorized             {authorized:>14,}",
-            f"revenue incl. VAT      {_euros(revenue)}  (refunded {int(refunded) / 100:,.2f})",
-            f"average basket         {_euros((revenue or 0) / max(1, authorized))}",
-            "", "rejections by reason",
-        ]  # fmt: skip
-        for reason, count in db.execute(
-            "SELECT reason, count(*) FROM purchases WHERE decision = 'rejected'"
-            " AND (isp_id = ANY(%s) OR isp_id IS NULL) GROUP BY reason ORDER BY 2 DESC",
-            (ISP_IDS,),
-        ).fetchall():
-            lines.append(f"  {reason:28} {count:>8,}")
-        lines += ["", "invoices per ISP (sealed periods)",
-                  f"  {'isp':14} {'period':8} {'invoices':>9} {'excl. VAT':>14} {'VAT':>12}"
-                  f" {'incl. VAT':>14} {'commission':>12}"]  # fmt: skip
-        for isp, period, invoices, net, vat, gross, commission in db.execute(
-            "SELECT isp_id, period, invoices, net_cents, vat_cents, gross_cents,"
-            " commission_cents FROM billing_periods WHERE state = 'closed' AND isp_id = ANY(%s)"
-            " ORDER BY 1, 2",
-            (ISP_IDS,),
-        ).fetchall():
-            money = f"{net / 100:>14,.2f} {vat / 100:>12,.2f} {gross / 100:>14,.2f}"
-            lines.append(f"  {isp:14} {period:8} {invoices:>9,} {money} {commission / 100:>12,.2f}")
-        lines += ["", "top publishers (owed, all periods)"]
-        for publisher, purchases, owed in db.execute(
-            "SELECT publisher_id, purchases, owed_cents FROM publisher_balances"
-            " WHERE publisher_id = ANY(%s) ORDER BY owed_cents DESC LIMIT 5",
-            ([r.publisher_id for r in simulate.reference() if hasattr(r, "publisher_id")],),
-        ).fetchall():
-            lines.append(f"  {publisher:28} {purchases:>8,} purchases {_euros(owed)}")
+    publishers = [r.publisher_id for r in simulate.reference() if hasattr(r, "publisher_id")]
+    read = queries.figures(dsn, ISP_IDS, publishers)
+    revenue, authorized = read.revenue_cents, read.authorized
+    lines = [
+        f"transactions decided   {read.decided:>14,}",
+        f"authorized             {authorized:>14,}",
+        f"revenue incl. VAT      {_euros(revenue)}  (refunded {read.refunded_cents / 100:,.2f})",
+        f"average basket         {_euros((revenue or 0) / max(1, authorized))}",
+        "", "rejections by reason",
+    ]  # fmt: skip
+    for reason, count in read.rejections:
+        lines.append(f"  {reason:28} {count:>8,}")
+    lines += ["", "invoices per ISP (sealed periods)",
+              f"  {'isp':14} {'period':8} {'invoices':>9} {'excl. VAT':>14} {'VAT':>12}"
+              f" {'incl. VAT':>14} {'commission':>12}"]  # fmt: skip
+    for isp, period, invoices, net, vat, gross, commission in read.invoices:
+        money = f"{net / 100:>14,.2f} {vat / 100:>12,.2f} {gross / 100:>14,.2f}"
+        lines.append(f"  {isp:14} {period:8} {invoices:>9,} {money} {commission / 100:>12,.2f}")
+    lines += ["", "top publishers (owed, all periods)"]
+    for publisher, purchases, owed in read.top_publishers:
+        lines.append(f"  {publisher:28} {purchases:>8,} purchases {_euros(owed)}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger import topics
 from ledger.delivery import consumer_config
+from projections.status import PeriodState, stored_offsets_and_periods
 from schemas import codec
 from schemas.facts import PurchaseAuthorized, PurchaseRejected
 
@@ -46,16 +47,6 @@ class LastDecision:
     publisher_id: str
     amount_cents: int
     outcome: str  # authorized, or the rejection's reason
-
-
-@dataclass(frozen=True)
-class PeriodState:
-    isp_id: str
-    period: str
-    state: str  # open | closing | closed
-    purchases: int
-    gross_cents: int
-    invoices: int | None
 
 
 @dataclass
@@ -229,46 +220,8 @@ def _read_tails(status: Status, consumer: Any, tails: dict[Any, int], ends: dict
         )
 
 
-_PERIODS = """
-    WITH activity AS (
-        SELECT isp_id, billing_period AS period, count(*) AS purchases,
-               sum(amount_cents) AS gross
-        FROM purchases WHERE decision = 'authorized' AND isp_id IS NOT NULL
-        GROUP BY isp_id, billing_period),
-    every AS (
-        SELECT coalesce(a.isp_id, b.isp_id) AS isp_id, coalesce(a.period, b.period) AS period,
-               coalesce(b.state, 'open') AS state, coalesce(a.purchases, 0) AS purchases,
-               coalesce(a.gross, 0) AS gross, b.invoices,
-               row_number() OVER (PARTITION BY coalesce(a.isp_id, b.isp_id)
-                                  ORDER BY coalesce(a.period, b.period) DESC) AS recency
-        FROM activity a FULL JOIN billing_periods b
-          ON a.isp_id = b.isp_id AND a.period = b.period)
-    SELECT isp_id, period, state, purchases, gross, invoices FROM every
-    WHERE recency <= %s ORDER BY isp_id, period
-"""
-
-
-def _database_part(dsn: str) -> tuple[dict[int, int], list[PeriodState]]:
-    import psycopg
-
-    with psycopg.connect(dsn, options="-c search_path=ledger", connect_timeout=5) as db:
-        stored: dict[int, int] = dict(
-            db.execute(
-                "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s",
-                (topics.EVENTS,),
-            ).fetchall()
-        )
-        periods = [
-            PeriodState(isp, period, state, int(purchases), int(gross), invoices)
-            for isp, period, state, purchases, gross, invoices in db.execute(
-                _PERIODS, (RECENT_PERIODS_PER_ISP,)
-            ).fetchall()
-        ]
-    return stored, periods
-
-
 def gather(bootstrap: str, dsn: str, services: dict[str, int]) -> Status:
     status = Status(read_at=datetime.now(UTC).isoformat(timespec="seconds"), services=services)
-    stored, status.periods = _database_part(dsn)
+    stored, status.periods = stored_offsets_and_periods(dsn, RECENT_PERIODS_PER_ISP)
     _kafka_part(status, bootstrap, stored)
     return status

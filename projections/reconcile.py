@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from ledger.core.balances import Balance
+from projections.db import connect
 
 
 @dataclass
@@ -185,3 +186,13 @@ def reconcile(
         for party in ("publisher", "isp"):
             checks.append(stream_balances_equal(db, party, stream_balances(party)))
     return checks
+
+
+def reconcile_snapshot(
+    dsn: str, stream_balances: Callable[[str], dict[str, Balance]] | None
+) -> list[Check]:
+    """`reconcile` in one snapshot of the live database (a read-only repeatable-read
+    transaction), so that the checks see the same books."""
+    with connect(dsn) as db:
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return reconcile(db, stream_balances)

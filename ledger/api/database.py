@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ledger.api.errors import ApiError
+from projections.db import session_options
 
 log = logging.getLogger("ledger.api.database")
 CONNECT_TIMEOUT_SECONDS = 10
@@ -34,8 +35,7 @@ class Database:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, row_factory=dict_row,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                options=f"-c search_path={self.schema}"
-                        f" -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                options=session_options(self.schema, STATEMENT_TIMEOUT_MS),
             )  # fmt: skip
         return self.conn
 

@@ -11,22 +11,21 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 
 from ledger.api.database import Database
-from ledger.api.errors import ApiError, error_response
+from ledger.api.errors import ApiError
+from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
 from ledger.api.keys import key_hash
 from ledger.api.validation import (
     INVOICE_ID,
     PERIOD,
     WHOLE_NUMBER,
-    bearer_key,
+    not_found,
     path_value,
     query_value,
 )
@@ -34,8 +33,10 @@ from ledger.settings import listen_host
 
 log = logging.getLogger("ledger.api.isp")
 PAGE_INVOICES_MAX = 1_000
-REQUESTS = Counter("ledger_isp_api_requests_total", "ISP API requests", ["route", "status"])
-LATENCY = Histogram("ledger_isp_api_request_latency_seconds", "ISP API latency", ["route"])
+METRICS = RequestMetrics(
+    Counter("ledger_isp_api_requests_total", "ISP API requests", ["route", "status"]),
+    Histogram("ledger_isp_api_request_latency_seconds", "ISP API latency", ["route"]),
+)
 
 CSV_COLUMNS = (
     "invoice_id", "line_no", "kind", "purchase_id", "refund_id", "user_id", "publisher_id",
@@ -68,25 +69,64 @@ class IspApi:
         return await self.db.query(text, params)
 
     async def isp_of(self, request: web.Request) -> str:
-        key = bearer_key(request)
-        if key is None:
-            raise ApiError(
-                401, "unauthorized", "an ISP API key is needed: Authorization: Bearer <key>"
-            )
+        key = bearer(request)
         rows = await self.query(
             "SELECT isp_id FROM isp_api_keys WHERE key_sha256 = %s AND revoked_at IS NULL",
             (key_hash(key),),
         )
         if not rows:
-            raise ApiError(401, "unauthorized", "unknown or revoked API key")
+            raise unauthenticated("unknown or revoked API key")
         isp_id: str = rows[0]["isp_id"]
         if request.match_info.get("isp_id") != isp_id:
-            raise _not_found()
+            raise not_found()
         return isp_id
 
+    async def invoice_and_lines(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        isp_id = await self.isp_of(request)
+        invoice_id = path_value(request, "invoice_id", INVOICE_ID, "resource")
+        found = await self.query(
+            "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
+            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate"
+            " FROM invoices"
+            " WHERE isp_id = %s AND invoice_id = %s",
+            (isp_id, invoice_id),
+        )
+        if not found:
+            raise not_found()
+        lines = await self.query(
+            "SELECT " + ", ".join(CSV_COLUMNS) + " FROM invoice_lines"
+            " WHERE isp_id = %s AND invoice_id = %s ORDER BY line_no",
+            (isp_id, invoice_id),
+        )
+        return found[0], lines
 
-def _not_found() -> ApiError:
-    return ApiError(404, "not_found", "no such resource")
+
+def _invoices_page(request: web.Request) -> tuple[str, str, int]:
+    """The period, the invoice id to start after and the page size of a listing, else a 400."""
+    period = request.query.get("period", "")
+    if not PERIOD.fullmatch(period):
+        raise ApiError(400, "bad_request", "the query needs period=YYYY-MM")
+    after = query_value(request, "after", INVOICE_ID, "an invoice id (next_after)", "")
+    page = query_value(request, "limit", WHOLE_NUMBER, "a whole number", str(PAGE_INVOICES_MAX))
+    limit = int(page)
+    if not 1 <= limit <= PAGE_INVOICES_MAX:
+        raise ApiError(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
+    return period, after, limit
+
+
+def _csv_response(invoice: dict[str, Any], lines: list[dict[str, Any]]) -> web.Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for line in lines:
+        writer.writerow(["" if line[c] is None else _json(line[c]) for c in CSV_COLUMNS])
+    return web.Response(
+        text=out.getvalue(), content_type="text/csv", charset="utf-8",
+        headers={"Content-Disposition":
+                 f'attachment; filename="{invoice["invoice_id"]}.csv"'},
+    )  # fmt: skip
 
 
 def routes(api: IspApi) -> web.RouteTableDef:
@@ -106,14 +146,7 @@ def routes(api: IspApi) -> web.RouteTableDef:
     @table.get("/v1/isps/{isp_id}/invoices")
     async def invoices(request: web.Request) -> web.Response:
         isp_id = await api.isp_of(request)
-        period = request.query.get("period", "")
-        if not PERIOD.fullmatch(period):
-            return error_response(400, "bad_request", "the query needs period=YYYY-MM")
-        after = query_value(request, "after", INVOICE_ID, "an invoice id (next_after)", "")
-        page = query_value(request, "limit", WHOLE_NUMBER, "a whole number", str(PAGE_INVOICES_MAX))
-        limit = int(page)
-        if not 1 <= limit <= PAGE_INVOICES_MAX:
-            return error_response(400, "bad_request", f"limit is 1 to {PAGE_INVOICES_MAX}")
+        period, after, limit = _invoices_page(request)
         rows = await api.query(
             "SELECT invoice_id, account_id, account_kind, company_name, lines, net_cents,"
             " vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate FROM invoices"
@@ -125,45 +158,14 @@ def routes(api: IspApi) -> web.RouteTableDef:
             body["next_after"] = rows[-1]["invoice_id"]
         return web.json_response(body)
 
-    async def invoice_and_lines(
-        request: web.Request,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        isp_id = await api.isp_of(request)
-        invoice_id = path_value(request, "invoice_id", INVOICE_ID, "resource")
-        found = await api.query(
-            "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
-            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate"
-            " FROM invoices"
-            " WHERE isp_id = %s AND invoice_id = %s",
-            (isp_id, invoice_id),
-        )
-        if not found:
-            raise _not_found()
-        lines = await api.query(
-            "SELECT " + ", ".join(CSV_COLUMNS) + " FROM invoice_lines"
-            " WHERE isp_id = %s AND invoice_id = %s ORDER BY line_no",
-            (isp_id, invoice_id),
-        )
-        return found[0], lines
-
     # Before the JSON route: an invoice id has dots, and "{invoice_id}" would take ".csv" too.
     @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}.csv")
     async def invoice_csv(request: web.Request) -> web.Response:
-        invoice, lines = await invoice_and_lines(request)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for line in lines:
-            writer.writerow(["" if line[c] is None else _json(line[c]) for c in CSV_COLUMNS])
-        return web.Response(
-            text=out.getvalue(), content_type="text/csv", charset="utf-8",
-            headers={"Content-Disposition":
-                     f'attachment; filename="{invoice["invoice_id"]}.csv"'},
-        )  # fmt: skip
+        return _csv_response(*await api.invoice_and_lines(request))
 
     @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}")
     async def invoice(request: web.Request) -> web.Response:
-        found, lines = await invoice_and_lines(request)
+        found, lines = await api.invoice_and_lines(request)
         return web.json_response({**_clean(found), "invoice_lines": [_clean(x) for x in lines]})
 
     @table.get("/v1/isps/openapi.json")
@@ -172,40 +174,11 @@ def routes(api: IspApi) -> web.RouteTableDef:
 
         return web.json_response(isp_openapi_document())
 
-    @table.get("/metrics")
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), content_type="text/plain")
-
     return table
 
 
-@web.middleware
-async def errors_and_metrics(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource else "unmatched"
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except ApiError as error:
-        response = error_response(error.status, error.code, error.message)
-    except web.HTTPException as error:  # aiohttp's own: no such route, method not allowed
-        response = error_response(error.status, "http_error", error.reason)
-    except Exception:
-        log.exception("an unexpected error on %s", route)
-        response = error_response(500, "internal", "an unexpected error; it was logged")
-    REQUESTS.labels(route, str(response.status)).inc()
-    LATENCY.labels(route).observe(time.perf_counter() - started)
-    return response
-
-
 def create_isp_app(api: IspApi) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics])
-    app.add_routes(routes(api))
-    app.on_startup.append(api.start)
-    app.on_cleanup.append(api.stop)
-    return app
+    return create_app(routes(api), METRICS, log, api.start, api.stop)
 
 
 def run_isp_api(dsn: str, port: int) -> None:

@@ -78,6 +78,8 @@ def _path_param(name: str, pattern: str = ID.pattern) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
+    # Longer than a screen on purpose: the document is one literal that reads in the order of the
+    # API's routes; split, each path's contract would be away from its neighbours'.
     _, components = msgspec.json.schema_components(
         REQUEST_BODIES, ref_template="#/components/schemas/{name}"
     )

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 
 from ledger import topics
 from ledger.api import keys, purchases
@@ -39,12 +38,15 @@ from ledger.api.bodies import (
     RefundBody,
 )
 from ledger.api.database import Database
-from ledger.api.errors import ApiError, error_response
+from ledger.api.errors import ApiError
+from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
 from ledger.api.listener import DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
 from ledger.api.purchases import Purchase
-from ledger.api.validation import ID, bearer_key, path_value
+from ledger.api.validation import ID, path_value
+from ledger.core.admin import AccountAdminCommand
 from ledger.core.authorizer import fingerprint
+from ledger.core.invariant import InvariantBroken
 from ledger.partitioning import partition_for
 from ledger.settings import listen_host
 from schemas import codec
@@ -64,13 +66,16 @@ from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecor
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ledger.api")
+R = TypeVar("R", IspRegistered, PublisherRegistered)
 DECISION_TIMEOUT_SECONDS = 5.0
 FUTURE_SKEW_SECONDS = 300  # occurred_at may be ahead of our clock by this much, not more
 BODY_BYTES_MAX = 16 * 1024
-REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "status"])
-LATENCY = Histogram(
-    "ledger_api_request_latency_seconds", "HTTP request latency", ["route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+METRICS = RequestMetrics(
+    Counter("ledger_api_requests_total", "HTTP requests", ["route", "status"]),
+    Histogram(
+        "ledger_api_request_latency_seconds", "HTTP request latency", ["route"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    ),
 )  # fmt: skip
 
 
@@ -163,25 +168,16 @@ class Api:
 
     # --- authentication ------------------------------------------------------------------------
 
-    @staticmethod
-    def _bearer(request: web.Request) -> str:
-        key = bearer_key(request)
-        if key is None:
-            raise ApiError(
-                401, "unauthenticated", "send your API key as 'Authorization: Bearer <key>'"
-            )
-        return key
-
     def publisher_of(self, request: web.Request) -> PublisherRegistered:
-        key = self._bearer(request)
+        key = bearer(request)
         for publisher in self.reference.reference.publishers.values():
             if keys.matches(key, publisher.api_key_sha256):
                 return publisher
-        raise ApiError(401, "unauthenticated", "this API key is not a publisher's key")
+        raise unauthenticated("this API key is not a publisher's key")
 
     def require_admin(self, request: web.Request) -> None:
-        if not keys.matches(self._bearer(request), self.admin_key_sha256):
-            raise ApiError(401, "unauthenticated", "this API key is not the admin key")
+        if not keys.matches(bearer(request), self.admin_key_sha256):
+            raise unauthenticated("this API key is not the admin key")
 
 
 def _checked(encoded: bytes, decode: Callable[[bytes], object]) -> bytes:
@@ -222,9 +218,7 @@ def _fact_view(fact: Fact) -> dict[str, Any]:
     return msgspec.to_builtins(fact)  # type: ignore[no-any-return]
 
 
-def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, one place
-    table = web.RouteTableDef()
-
+def _purchase_routes(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/v1/purchases")
     async def create_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
@@ -236,7 +230,8 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
         fact = await api.decide(command, ("purchase", command.purchase_id, fingerprint(command)))
         if fact is None:
             return _pending("purchase_id", command.purchase_id)
-        assert isinstance(fact, PurchaseAuthorized | PurchaseRejected), fact
+        if not isinstance(fact, PurchaseAuthorized | PurchaseRejected):
+            raise InvariantBroken(f"a purchase decided as {type(fact).__name__}")
         status = 200 if isinstance(fact, PurchaseAuthorized) else 402
         if getattr(fact, "reason", None) == "duplicate_with_different_body":
             status = 409
@@ -273,26 +268,13 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
         status = 200 if isinstance(fact, PurchaseRefunded) else 422
         return web.json_response(_fact_view(fact), status=status)
 
-    @table.get("/v1/openapi.json")
-    async def openapi(_request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
 
-    @table.get("/metrics")
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), content_type="text/plain")
-
-    # --- administration ----------------------------------------------------------------------
-
+def _reference_routes(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/v1/admin/isps")
     async def register_isp(request: web.Request) -> web.Response:
         api.require_admin(request)
         body: IspBody = await _body(request, IspBody)
-        try:
-            record = msgspec.convert(
-                {**msgspec.structs.asdict(body), "occurred_at": datetime.now(UTC)}, IspRegistered,
-            )  # fmt: skip
-        except msgspec.ValidationError as error:
-            raise ApiError(422, "invalid_body", str(error)) from None
+        record = _reference_record(body, IspRegistered, {})
         await api.publish_reference(record)
         return web.json_response(msgspec.to_builtins(record), status=201)
 
@@ -301,119 +283,102 @@ def routes(api: Api) -> web.RouteTableDef:  # noqa: PLR0915 - the route table, o
         api.require_admin(request)
         body: PublisherBody = await _body(request, PublisherBody)
         key = keys.new_key("pub")
-        try:
-            record = msgspec.convert(
-                {**msgspec.structs.asdict(body), "occurred_at": datetime.now(UTC),
-                 "api_key_sha256": keys.key_hash(key)},
-                PublisherRegistered,
-            )  # fmt: skip
-        except msgspec.ValidationError as error:
-            raise ApiError(422, "invalid_body", str(error)) from None
+        record = _reference_record(
+            body, PublisherRegistered, {"api_key_sha256": keys.key_hash(key)}
+        )
         await api.publish_reference(record)
         view = msgspec.to_builtins(record) | {"api_key": key, "note": "shown once: store it"}
         return web.json_response(view, status=201)
 
-    async def admin_command(
-        request: web.Request, build: Callable[[str, datetime], Command], body: Any = None
-    ) -> web.Response:
-        api.require_admin(request)
-        occurred_at = getattr(body, "occurred_at", None) or datetime.now(UTC)
+
+def _reference_record(body: Body, kind: type[R], extra: dict[str, Any]) -> R:
+    try:
+        return msgspec.convert(
+            {**msgspec.structs.asdict(body), "occurred_at": datetime.now(UTC), **extra}, kind
+        )
+    except msgspec.ValidationError as error:
+        raise ApiError(422, "invalid_body", str(error)) from None
+
+
+# --- account administration: one table, one handler ------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminRoute:
+    """An admin route that becomes one command: its method and path, its body, and the command
+    built from the body, the path's ids (by name), the command id and the time it took effect."""
+
+    method: str
+    path: str
+    body: type[Body]
+    build: Callable[[Any, dict[str, str], str, datetime], AccountAdminCommand]
+
+
+# What a path id of the admin routes names, for its 404.
+ADMIN_PATH_NOUNS = {"account_id": "account", "user_id": "employee"}
+ACCOUNT = "/v1/admin/accounts/{account_id}"
+ADMIN_ROUTES = (
+    AdminRoute("POST", "/v1/admin/accounts", AccountBody, lambda body, _ids, cid, at:
+               AccountOpenRequested(command_id=cid, account_id=body.account_id,
+                                    isp_id=body.isp_id, kind=body.kind, occurred_at=at,
+                                    company_name=body.company_name)),
+    AdminRoute("POST", f"{ACCOUNT}/block", BlockBody, lambda body, ids, cid, at:
+               AccountBlockRequested(command_id=cid, account_id=ids["account_id"],
+                                     reason=body.reason, occurred_at=at)),
+    AdminRoute("POST", f"{ACCOUNT}/unblock", CommandBody, lambda _body, ids, cid, at:
+               AccountUnblockRequested(command_id=cid, account_id=ids["account_id"],
+                                       occurred_at=at)),
+    AdminRoute("PUT", f"{ACCOUNT}/limits", LimitsBody, lambda body, ids, cid, at:
+               LimitsSetRequested(command_id=cid, account_id=ids["account_id"],
+                                  limits=body.limits, occurred_at=at)),
+    AdminRoute("POST", f"{ACCOUNT}/employees", EmployeeBody, lambda body, ids, cid, at:
+               EmployeeAuthoriseRequested(command_id=cid, account_id=ids["account_id"],
+                                          user_id=body.user_id, occurred_at=at,
+                                          budget_cents=body.budget_cents)),
+    # A body is optional: without one the revocation takes effect now, under a new id.
+    AdminRoute("DELETE", f"{ACCOUNT}/employees/{{user_id}}", CommandBody, lambda _body, ids, cid,
+               at: EmployeeRevokeRequested(command_id=cid, account_id=ids["account_id"],
+                                           user_id=ids["user_id"], occurred_at=at)),
+)  # fmt: skip
+
+
+def _admin_handler(api: Api, route: AdminRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        api.require_admin(request)  # before reading the body: 401 before 422
+        body = await _body(request, route.body)
+        ids = {
+            name: path_value(request, name, ID, noun)
+            for name, noun in ADMIN_PATH_NOUNS.items()
+            if name in request.match_info
+        }
+        occurred_at = body.occurred_at or datetime.now(UTC)
         _check_time(occurred_at)
-        command = build(f"api-{uuid.uuid4().hex}", occurred_at)
-        fact = await api.decide(command, ("command", command.command_id, ""))  # type: ignore[union-attr]
+        command = route.build(body, ids, body.command_id or f"api-{uuid.uuid4().hex}", occurred_at)
+        fact = await api.decide(command, ("command", command.command_id, ""))
         if fact is None:
-            return _pending("command_id", command.command_id)  # type: ignore[union-attr]
+            return _pending("command_id", command.command_id)
         rejected = type(fact).__name__ == "CommandRejected"
         return web.json_response(_fact_view(fact), status=422 if rejected else 200)
 
-    @table.post("/v1/admin/accounts")
-    async def open_account(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        body: AccountBody = await _body(request, AccountBody)
-        return await admin_command(request, lambda cid, now: AccountOpenRequested(
-            command_id=body.command_id or cid, account_id=body.account_id, isp_id=body.isp_id,
-            kind=body.kind, occurred_at=now, company_name=body.company_name), body)  # fmt: skip
+    return handle
 
-    @table.post("/v1/admin/accounts/{account_id}/block")
-    async def block(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        body: BlockBody = await _body(request, BlockBody)
-        account = path_value(request, "account_id", ID, "account")
-        return await admin_command(request, lambda cid, now: AccountBlockRequested(
-            command_id=body.command_id or cid, account_id=account, reason=body.reason,
-            occurred_at=now), body)  # fmt: skip
 
-    @table.post("/v1/admin/accounts/{account_id}/unblock")
-    async def unblock(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        body: CommandBody = await _body(request, CommandBody)
-        account = path_value(request, "account_id", ID, "account")
-        return await admin_command(request, lambda cid, now: AccountUnblockRequested(
-            command_id=body.command_id or cid, account_id=account, occurred_at=now,
-        ), body)  # fmt: skip
+def routes(api: Api) -> web.RouteTableDef:
+    table = web.RouteTableDef()
+    _purchase_routes(api, table)
+    _reference_routes(api, table)
+    for route in ADMIN_ROUTES:
+        table.route(route.method, route.path)(_admin_handler(api, route))
 
-    @table.put("/v1/admin/accounts/{account_id}/limits")
-    async def set_limits(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        body: LimitsBody = await _body(request, LimitsBody)
-        account = path_value(request, "account_id", ID, "account")
-        return await admin_command(request, lambda cid, now: LimitsSetRequested(
-            command_id=body.command_id or cid, account_id=account, limits=body.limits,
-            occurred_at=now), body)  # fmt: skip
-
-    @table.post("/v1/admin/accounts/{account_id}/employees")
-    async def authorise(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        body: EmployeeBody = await _body(request, EmployeeBody)
-        account = path_value(request, "account_id", ID, "account")
-        return await admin_command(request, lambda cid, now: EmployeeAuthoriseRequested(
-            command_id=body.command_id or cid, account_id=account, user_id=body.user_id,
-            occurred_at=now, budget_cents=body.budget_cents), body)  # fmt: skip
-
-    @table.delete("/v1/admin/accounts/{account_id}/employees/{user_id}")
-    async def revoke(request: web.Request) -> web.Response:
-        api.require_admin(request)  # before reading the body: 401 before 422
-        # A body is optional: without one the revocation takes effect now, under a new id.
-        body: CommandBody = await _body(request, CommandBody)
-        account = path_value(request, "account_id", ID, "account")
-        user = path_value(request, "user_id", ID, "employee")
-        return await admin_command(request, lambda cid, now: EmployeeRevokeRequested(
-            command_id=body.command_id or cid, account_id=account, user_id=user,
-            occurred_at=now), body)  # fmt: skip
+    @table.get("/v1/openapi.json")
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
 
     return table
 
 
-@web.middleware
-async def errors_and_metrics(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    route = (
-        request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else "unmatched"
-    )
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except ApiError as error:
-        response = error_response(error.status, error.code, error.message)
-    except web.HTTPException as error:
-        response = error_response(error.status, "http_error", error.reason)
-    except Exception:
-        log.exception("an unexpected error on %s", route)
-        response = error_response(500, "internal_error", "an unexpected error; nothing was changed")
-    REQUESTS.labels(route, str(response.status)).inc()
-    LATENCY.labels(route).observe(time.perf_counter() - started)
-    return response
-
-
 def create_web_app(api: Api) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=BODY_BYTES_MAX)
-    app.add_routes(routes(api))
-    app.on_startup.append(api.start)
-    app.on_cleanup.append(api.stop)
-    return app
+    return create_app(routes(api), METRICS, log, api.start, api.stop, BODY_BYTES_MAX)
 
 
 def run_api(

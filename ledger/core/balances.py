@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ledger.core.invariant import present
 from schemas.facts import MoneyFact, PurchaseAuthorized
 from schemas.types import Party
 
@@ -56,8 +57,7 @@ class Money(msgspec.Struct, array_like=True, frozen=True):
 
 
 def money_of(fact: MoneyFact) -> Money:
-    origin = fact.origin
-    assert origin is not None, f"a fact without origin reached a balance: {fact.event_id}"
+    origin = present(fact.origin, "a fact without origin reached a balance: %s", fact.event_id)
     publisher = isp = 0
     for posting in fact.postings:
         if posting.party == "publisher":

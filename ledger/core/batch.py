@@ -28,6 +28,7 @@ import msgspec
 
 from ledger.core.authorizer import Context, Policy, decide, decide_close, evolve, evolve_close
 from ledger.core.balances import Balance, Money, money_of
+from ledger.core.invariant import invariant, present
 from ledger.core.reference import Limits, Reference
 from ledger.core.state import AccountState, ClosedPeriods
 from schemas.commands import Command, PeriodCloseRequested
@@ -50,7 +51,7 @@ class PartitionSummary(msgspec.Struct, array_like=True):
         isp_counted = self.isps.setdefault(money.isp_id, Balance()).apply_money(
             money, "isp", partition
         )
-        assert counted == isp_counted, f"origin {money.origin} counted for one party only"
+        invariant(counted == isp_counted, "origin %s counted for one party only", money.origin)
         return counted
 
 
@@ -148,8 +149,7 @@ def decide_batch(
             if isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
                 money = money_of(fact)
                 batch.folded += summary.fold(money, partition)
-                assert state is not None, "a money fact of an account with no state"
-                state.batch_money.append(money)
+                present(state, "a money fact of an account with no state").batch_money.append(money)
         if state is not None:
             state.decided_through = offset
             states[account_id] = state

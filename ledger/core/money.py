@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.core.invariant import invariant
 from schemas.facts import Posting
 
 BP_PER_UNIT = 10_000
@@ -54,7 +55,9 @@ def split_amount(
     publisher = share_of(net, revenue_share_bp)
     platform = net - commission - publisher
     # Broken only by reference data outside its bounds (schemas/reference.py): stop, don't post.
-    assert platform >= 0, f"shares {commission_bp}+{revenue_share_bp} bp exceed the net amount"
+    invariant(
+        platform >= 0, "shares %d+%d bp exceed the net amount", commission_bp, revenue_share_bp
+    )
     return Split(gross_cents, net, vat, commission, publisher, platform)
 
 
@@ -64,9 +67,11 @@ def purchase_postings(
     """The account owes the amount including VAT; the VAT is owed to the tax authority, the
     commission to the ISP, the share to the publisher and the rest to the platform."""
     # The same check as assert_balanced, on the split's fields: this runs once per decision.
-    assert split.gross_cents == (
-        split.vat_cents + split.commission_cents + split.publisher_cents + split.platform_cents
-    ), f"the split of a purchase does not balance: {split}"
+    invariant(
+        split.gross_cents
+        == split.vat_cents + split.commission_cents + split.publisher_cents + split.platform_cents,
+        "the split of a purchase does not balance: %s", split,
+    )  # fmt: skip
     return (
         Posting("account", account_id, split.gross_cents),
         Posting("tax", TAX_AUTHORITY_ID, -split.vat_cents),
@@ -115,4 +120,4 @@ def refund_postings(
 def assert_balanced(postings: tuple[Posting, ...]) -> None:
     """Postings that do not sum to zero are a programmer's error: the worker stops (STYLE.md §6)."""
     total = sum(p.amount_cents for p in postings)
-    assert total == 0, f"postings sum to {total}, not 0: {postings}"
+    invariant(total == 0, "postings sum to %d, not 0: %s", total, postings)

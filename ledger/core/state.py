@@ -1,7 +1,9 @@
 """The authorizer's state of one account, and of one partition's closed periods.
 
 Mutable msgspec structs encoded as arrays: compact in the table store (1.1 million accounts) and
-still evolvable, since a new trailing field with a default decodes from an old array.
+still evolvable, since a new trailing field with a default decodes from an old array. Field names
+are not encoded (arrays), so a field renamed here changes no stored byte; its position and type
+never change. Times are whole epoch seconds, named `..._seconds`.
 Everything here is bounded by the policy's horizon (see `prune`).
 """
 
@@ -11,6 +13,7 @@ import msgspec
 
 from ledger.core.balances import Money
 from schemas.commands import LimitOverrides
+from schemas.types import AccountKind, BlockReason, PurchaseRejection, RefundRejection
 
 
 class PurchaseMemo(msgspec.Struct, array_like=True):
@@ -18,9 +21,9 @@ class PurchaseMemo(msgspec.Struct, array_like=True):
     to refund it."""
 
     fingerprint: str
-    at: int
+    at_seconds: int  # when it occurred
     authorized: bool
-    reason: str | None  # the rejection reason
+    reason: PurchaseRejection | None
     amount_cents: int
     refunded_cents: int
     vat_rate_bp: int
@@ -37,10 +40,10 @@ class PurchaseMemo(msgspec.Struct, array_like=True):
 
 class RefundMemo(msgspec.Struct, array_like=True):
     fingerprint: str
-    at: int
+    at_seconds: int  # when it occurred
     purchase_id: str
     accepted: bool
-    reason: str | None
+    reason: RefundRejection | None
     refunded_before_cents: int
     billing_period: str | None
     late_for_period: str | None
@@ -55,11 +58,12 @@ class EmployeeGrant(msgspec.Struct, frozen=True, array_like=True):
 class AccountState(msgspec.Struct, array_like=True):
     account_id: str
     isp_id: str
-    kind: str
+    kind: AccountKind
     company_name: str | None
     opened_fingerprint: str
-    opened_at: int
-    blocks: list[tuple[int, str | None]] = msgspec.field(default_factory=list)  # reason or None
+    opened_at_seconds: int
+    # (from, reason or None), from in epoch seconds, as in every timeline (ledger.core.timeline).
+    blocks: list[tuple[int, BlockReason | None]] = msgspec.field(default_factory=list)
     limits: list[tuple[int, LimitOverrides]] = msgspec.field(default_factory=list)
     employees: dict[str, list[tuple[int, EmployeeGrant]]] = msgspec.field(default_factory=dict)
     day_spend: dict[str, int] = msgspec.field(default_factory=dict)
@@ -68,8 +72,8 @@ class AccountState(msgspec.Struct, array_like=True):
     recent: dict[str, list[int]] = msgspec.field(default_factory=dict)  # user → authorized at
     purchases: dict[str, PurchaseMemo] = msgspec.field(default_factory=dict)
     refunds: dict[str, RefundMemo] = msgspec.field(default_factory=dict)
-    watermark: int = 0  # the latest occurred_at the account has remembered
-    pruned_at: int = 0
+    watermark_seconds: int = 0  # the latest occurred_at the account has remembered
+    pruned_at_seconds: int = 0
     # The account's balance, for its whole life: what it owes (authorized minus refunded).
     owed_cents: int = 0
     purchases_authorized: int = 0

@@ -396,7 +396,7 @@ def test_a_state_encoded_before_decided_through_decodes_with_minus_one() -> None
     assert state.decided_through == -1
     assert (state.account_id, state.owed_cents, state.purchases_authorized) == ("acct", 266, 1)
     assert state.purchases["p1"].origin == 1
-    assert state.watermark == int((T0 + timedelta(minutes=1)).timestamp())
+    assert state.watermark_seconds == int((T0 + timedelta(minutes=1)).timestamp())
     assert state.batch_money == []
     # Encoded again, it gains the two fields at the end and nothing else moves.
     again = msgspec.msgpack.decode(encode_state(state))

@@ -9,9 +9,9 @@ import argparse
 import msgspec
 import pytest
 
-from ledger import cli_types
 from ledger.api.bodies import AccountBody
 from ledger.api.purchases import Purchase, replaces
+from ledger.cli import argtypes as cli_types
 from ledger.cli import main
 from ledger.core.runner import LocalAuthorizer
 from ledger.patterns import ID, INVOICE_ID, PERIOD, WHOLE_NUMBER

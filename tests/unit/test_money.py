@@ -103,3 +103,23 @@ def test_unbalanced_postings_stop_the_worker() -> None:
 
     with pytest.raises(AssertionError, match="sum to 1"):
         money.assert_balanced((Posting("account", "a", 1),))
+
+
+def test_money_invariants_hold_under_python_optimize() -> None:
+    """`python -O` strips bare asserts; the core's invariants (ledger.core.invariant) stay."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from ledger.core import money\n"
+        "from ledger.core.invariant import InvariantBroken\n"
+        "from schemas.facts import Posting\n"
+        "try:\n"
+        "    money.assert_balanced((Posting('account', 'a', 1),))\n"
+        "except InvariantBroken as broken:\n"
+        "    print('stopped:', broken)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith("stopped: postings sum to 1"), done

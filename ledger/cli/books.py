@@ -1,5 +1,5 @@
 """The `ledger` commands of the PostgreSQL side: the projection writer, the billing close,
-replay, reconcile and the ISPs' access."""
+replay, reconcile and the ISPs' access. Their SQL is in projections/."""
 
 from __future__ import annotations
 
@@ -7,37 +7,16 @@ import argparse
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.cli_types import identifier, niceness, period, port, scratch_schema, seconds
+from ledger.cli.argtypes import identifier, niceness, period, port, scratch_schema, seconds
+from ledger.cli.exits import EXIT_MISMATCH
+from ledger.cli.running import Connected, connected
 from ledger.errors import LedgerError
 from schemas.types import Party
 
-EXIT_MISMATCH = 4
 CLOSE_WAIT_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class Connected:
-    bootstrap_servers: str
-    partitions: int
-    dsn: str
-
-
-def connected(args: argparse.Namespace) -> Connected:
-    from ledger.cli import _running
-    from ledger.stack import manager
-
-    running = _running(args)
-    if running.settings.external_dsn is not None:
-        return Connected(
-            running.bootstrap_servers, running.partitions, running.settings.external_dsn
-        )
-    state = manager.connection(running.settings)
-    assert state.postgres is not None
-    return Connected(running.bootstrap_servers, running.partitions, state.postgres.dsn)
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
@@ -56,28 +35,6 @@ def _cmd_project(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
-def _close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[str, Any] | None:
-    """('closed', summary row), ('rejected', reasons) or None while the close is under way."""
-    import psycopg
-
-    with psycopg.connect(dsn, options="-c search_path=ledger") as db:
-        row = db.execute(
-            "SELECT state, invoices, net_cents, vat_cents, gross_cents, commission_cents,"
-            " owed_to_platform_cents, seal FROM billing_periods WHERE isp_id = %s AND period = %s",
-            (isp_id, period),
-        ).fetchone()
-        if row is not None and row[0] == "closed":
-            return "closed", row
-        reasons = db.execute(
-            "SELECT DISTINCT fact->>'reason' FROM account_facts"
-            " WHERE type = 'command.rejected.v1' AND fact->>'command_id' = %s",
-            (command_id,),
-        ).fetchall()
-        if reasons:
-            return "rejected", sorted(r[0] for r in reasons)
-    return None
-
-
 def _print_summary(isp_id: str, period: str, row: Any) -> None:
     print(f"period {period} of {isp_id} is sealed: {row[1]} invoices")
     for label, cents in (("excluding VAT", row[2]), ("VAT", row[3]), ("including VAT", row[4]),
@@ -88,9 +45,10 @@ def _print_summary(isp_id: str, period: str, row: Any) -> None:
 
 def _cmd_close_period(args: argparse.Namespace) -> int:
     from ledger.produce import LedgerProducer, close_commands
+    from projections.close import close_outcome
 
     stack = connected(args)
-    before = _close_outcome(stack.dsn, args.isp, args.period, "")
+    before = close_outcome(stack.dsn, args.isp, args.period, "")
     if before is not None and before[0] == "closed":
         print(f"period {args.period} of {args.isp} is already sealed: nothing was sent")
         _print_summary(args.isp, args.period, before[1])
@@ -107,7 +65,7 @@ def _cmd_close_period(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.wait_seconds
     while time.monotonic() < deadline:
-        outcome = _close_outcome(stack.dsn, args.isp, args.period, command_id)
+        outcome = close_outcome(stack.dsn, args.isp, args.period, command_id)
         if outcome is not None and outcome[0] == "closed":
             _print_summary(args.isp, args.period, outcome[1])
             return 0
@@ -163,17 +121,13 @@ def _stream_balances(stack: Connected) -> Any:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from projections.reconcile import reconcile
+    from projections.reconcile import reconcile_snapshot
 
     stack = connected(args)
     stream = None if args.skip_stream else _stream_balances(stack)
     deadline = time.monotonic() + args.wait_seconds
     while True:
-        with psycopg.connect(stack.dsn, options="-c search_path=ledger") as db:
-            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            checks = reconcile(db, stream)
+        checks = reconcile_snapshot(stack.dsn, stream)
         failed = [check for check in checks if check.mismatches]
         # The stream and the projections catch up with the log at their own pace: a difference
         # between them is looked at again until --wait-seconds have passed.
@@ -196,12 +150,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _cmd_isp_access(args: argparse.Namespace) -> int:
-    import psycopg
-
     from projections.access import grant
+    from projections.db import connect
 
     stack = connected(args)
-    with psycopg.connect(stack.dsn) as db:
+    with connect(stack.dsn, schema=None) as db:
         creds = grant(db, args.isp)
     host_port = stack.dsn.rsplit("@", 1)[1]
     print(f"credentials of ISP {creds.isp_id} (shown once; earlier API keys are revoked):")
@@ -212,25 +165,15 @@ def _cmd_isp_access(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_isp_api(args: argparse.Namespace) -> int:
-    from ledger.api.isp import run_isp_api
-
-    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_isp_api(connected(args).dsn, args.port)
-    return 0
-
-
-def add_parsers(commands: Any) -> None:
+def _add_access_parsers(commands: Any) -> None:
     access = commands.add_parser(
         "isp-access", help="issue an ISP's SQL login and API key (its own invoices only)"
     )
     access.add_argument("--isp", required=True, type=identifier, help="the ISP's id")
     access.set_defaults(handler=_cmd_isp_access)
 
-    isp_api = commands.add_parser("isp-api", help="run the ISPs' invoice read API")
-    isp_api.add_argument("--port", type=port, default=18081, help="on 127.0.0.1 (default 18081)")
-    isp_api.set_defaults(handler=_cmd_isp_api)
 
+def _add_check_parsers(commands: Any) -> None:
     replay = commands.add_parser(
         "replay", help="rebuild every projection from offset 0 and compare it with live"
     )
@@ -258,6 +201,8 @@ def add_parsers(commands: Any) -> None:
     )  # fmt: skip
     reconcile.set_defaults(handler=_cmd_reconcile)
 
+
+def _add_writer_parsers(commands: Any) -> None:
     project = commands.add_parser(
         "project", help="run the projection writer: ledger.events into PostgreSQL"
     )
@@ -293,3 +238,9 @@ def add_parsers(commands: Any) -> None:
     close.add_argument("--no-wait", action="store_true", help="send the close and return")
     close.add_argument("--wait-seconds", type=seconds, default=CLOSE_WAIT_SECONDS)
     close.set_defaults(handler=_cmd_close_period)
+
+
+def add_parsers(commands: Any) -> None:
+    _add_access_parsers(commands)
+    _add_check_parsers(commands)
+    _add_writer_parsers(commands)

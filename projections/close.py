@@ -1,0 +1,29 @@
+"""What `ledger close-period` reads back: whether the close it sent sealed the period, or was
+refused on the stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.db import connect
+
+
+def close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[str, Any] | None:
+    """('closed', summary row), ('rejected', reasons) or None while the close is under way. The
+    summary row: state, invoices, net, VAT, gross, commission, owed to the platform, seal."""
+    with connect(dsn) as db:
+        row = db.execute(
+            "SELECT state, invoices, net_cents, vat_cents, gross_cents, commission_cents,"
+            " owed_to_platform_cents, seal FROM billing_periods WHERE isp_id = %s AND period = %s",
+            (isp_id, period),
+        ).fetchone()
+        if row is not None and row[0] == "closed":
+            return "closed", row
+        reasons = db.execute(
+            "SELECT DISTINCT fact->>'reason' FROM account_facts"
+            " WHERE type = 'command.rejected.v1' AND fact->>'command_id' = %s",
+            (command_id,),
+        ).fetchall()
+        if reasons:
+            return "rejected", sorted(r[0] for r in reasons)
+    return None
