@@ -28,8 +28,8 @@ from typing import Any
 
 import psycopg
 
-from ledger import topics
-from ledger.delivery import consumer_config
+from ledger.kafka import topics
+from ledger.kafka.settings import consumer_config
 from projections.migrate import check_schema_name
 from projections.reconcile import Check
 
@@ -179,7 +179,7 @@ def read_topic(bootstrap: str, topic: str, until: dict[int, int] | None) -> Iter
     # records/s with it, 45k without); the broker checked each batch when it was written, and
     # every record read is compared with the database field by field, so a damaged one shows.
     consumer = KafkaConsumer(
-        **consumer_config(bootstrap, "ledger-reconcile", group_id=None), check_crcs=False
+        **consumer_config(bootstrap, "ledger-reconcile", group_id=None, check_crcs=False)
     )
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
