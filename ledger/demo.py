@@ -12,10 +12,11 @@ import sys
 import time
 from typing import Any
 
-from ledger import services, simulate
+from ledger import simulate
 from ledger.errors import LedgerError
 from ledger.produce import LedgerProducer, close_commands
-from ledger.services import Service
+from ledger.stack import services
+from ledger.stack.services import Service
 from projections import demo as queries
 from schemas.commands import PurchaseRequested, RefundRequested
 

@@ -1,6 +1,7 @@
 """Putting commands and reference data on the log: `ledger produce FILE`, and the same producer for
 the CLI's admin commands and the tests. kafka-python, with the delivery options of
-ledger/delivery.py (acks=all, idempotence on); every send is checked before we say it is done."""
+ledger/kafka/settings.py (acks=all, idempotence on); every send is checked before we say it is
+done."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger import topics
-from ledger.delivery import producer_config
 from ledger.errors import LedgerError
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
+from ledger.kafka.settings import producer_config
 from schemas import codec
 from schemas.commands import Command, PeriodCloseRequested
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key

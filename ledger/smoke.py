@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ledger.delivery import consumer_config, producer_config
+from ledger.kafka.settings import admin_config, consumer_config, producer_config
 
 SMOKE_TOPIC = "ledger.smoke"
 CONSUME_DEADLINE_SECONDS = 30
@@ -27,7 +27,7 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = 1) -> Non
     from kafka.admin import KafkaAdminClient
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="ledger-smoke")
+    admin = KafkaAdminClient(**admin_config(bootstrap_servers, "ledger-smoke"))
     try:
         if topic not in admin.list_topics():
             with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger import topics
-from ledger.delivery import consumer_config
+from ledger.kafka import topics
+from ledger.kafka.groups import APP_ID
+from ledger.kafka.settings import admin_config, consumer_config
 from projections.status import PeriodState, stored_offsets_and_periods
 from schemas import codec
 from schemas.facts import PurchaseAuthorized, PurchaseRejected
@@ -128,10 +129,8 @@ def render(status: Status) -> str:
 def _kafka_part(status: Status, bootstrap: str, stored: dict[int, int]) -> None:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    from streams.config import APP_ID
-
     consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-status", None))
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ledger-status")
+    admin = KafkaAdminClient(**admin_config(bootstrap, "ledger-status"))
     try:
 
         def parts(topic: str) -> list[Any]:

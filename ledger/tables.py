@@ -9,17 +9,13 @@ import time
 
 from ledger.core.balances import Balance
 from ledger.core.batch import decode_summary, sum_balances, summary_key
-from ledger.delivery import consumer_config
-from ledger.partitioning import partition_for
+from ledger.kafka.groups import changelog_topic
+from ledger.kafka.partitioning import partition_for
+from ledger.kafka.settings import consumer_config
 from schemas.types import Party
-from streams.config import APP_ID
 
 READ_DEADLINE_SECONDS = 60
 POLL_TIMEOUT_MS = 500
-
-
-def changelog_topic(table: str, app_id: str = APP_ID) -> str:
-    return f"{app_id}-{table}-changelog"
 
 
 def read_partitions(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ledger.api.keys import key_hash, new_key
+from ledger.keys import key_hash, new_key
 
 _ROLE_SAFE = re.compile(r"[^a-z0-9_]")
 PASSWORD_BYTES = 18

@@ -28,8 +28,8 @@ from typing import Any
 
 import psycopg
 
-from ledger import topics
-from ledger.delivery import consumer_config
+from ledger.kafka import topics
+from ledger.kafka.settings import consumer_config
 from projections.migrate import check_schema_name
 from projections.reconcile import Check
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger import topics
+from ledger.kafka import topics
 from projections.db import connect
 
 CONNECT_TIMEOUT_SECONDS = 5  # status answers when things are down: it must not hang on them

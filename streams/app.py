@@ -22,18 +22,18 @@ from typing import Any, NoReturn
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from ledger import topics
-from ledger.delivery import aiokafka_producer_config
+from ledger.kafka import topics
+from ledger.kafka.groups import ACCOUNTS_TABLE
+from ledger.kafka.reference import ReferenceReader
+from ledger.kafka.settings import aiokafka_producer_config, faust_producer_extra
 from streams import metrics
 from streams.authorizer import BatchAuthorizer, MemoryAccounts, RocksAccounts
 from streams.config import ROCKSDB_OPTIONS, WorkerConfig, faust_settings
 from streams.fetch import consumer_class
-from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ledger.streams")
 EXIT_INVARIANT_BROKEN = 70  # EX_SOFTWARE: restart me; nothing was committed past the fault
 
-ACCOUNTS_TABLE = "accounts"
 LAG_REPORT_SECONDS = 5.0
 
 
@@ -42,7 +42,7 @@ class IdempotentProducer(faust_aiokafka.Producer):
     retried send never writes a table update twice or out of order."""
 
     def _settings_extra(self) -> dict[str, Any]:
-        return {"acks": "all", "enable_idempotence": True}
+        return faust_producer_extra()
 
 
 class LedgerApp(faust.App):

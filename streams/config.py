@@ -1,4 +1,5 @@
-"""What a worker needs to know, and every faust setting written out (STYLE.md §8)."""
+"""What a worker needs to know, and its faust settings (built in ledger/kafka/settings.py, with
+every other Kafka client's: STYLE.md §8, issue 17)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-APP_ID = "internet-plus-ledger"
+from ledger.kafka import settings
+from ledger.kafka.groups import APP_ID
+
+__all__ = ["APP_ID", "ROCKSDB_OPTIONS", "StoreKind", "WorkerConfig", "faust_settings"]
+
 StoreKind = Literal["rocksdb", "memory"]
 
-# Offsets are committed every this many seconds (faust's commit timer). Progress that counts is
-# each partition's summary in the accounts changelog (ledger/core/batch.py); the committed offset
-# only says where a worker without it starts reading.
-COMMIT_INTERVAL_SECONDS = 1.0
-# The most records one fetch hands to the authorizer (all partitions together): measured in the
-# batched prototype (shared/PERF.md), above it a batch only grows the latency.
-FETCH_RECORDS_MAX = 10_000
 # RocksDB per table partition: a small block cache and write buffers, so that a worker holding
 # 1.1 million accounts stays under 1 GiB (faust's defaults are a 2 GiB cache per partition).
 ROCKSDB_OPTIONS: dict[str, int] = {
@@ -50,34 +48,10 @@ def instance_id(config: WorkerConfig) -> str:
 
 
 def faust_settings(config: WorkerConfig) -> dict[str, Any]:
-    return {
-        "broker": f"kafka://{config.bootstrap_servers}",
-        "store": "rocksdb://" if config.store == "rocksdb" else "memory://",
-        "datadir": str(config.data_dir),
-        # at_least_once: faust's exactly_once still has open duplicate bugs (DESIGN.md §5).
-        # Correctness comes from deterministic decisions and idempotent consumers.
-        "processing_guarantee": "at_least_once",
-        "topic_partitions": config.partitions,
-        "topic_replication_factor": 1,
-        "topic_allow_declare": True,  # faust declares its own changelog and repartition topics
-        # No standby copies: a failed-over partition is restored from its changelog, and each
-        # worker holds only its own partitions (memory).
-        "table_standby_replicas": 0,
-        # Commits by time only (the fetch loop of streams/fetch.py does not count records).
-        "broker_commit_interval": COMMIT_INTERVAL_SECONDS,
-        # Static membership (KIP-345): a worker that restarts under the same name within the
-        # session timeout gets its partitions back without a rebalance.
-        "consumer_group_instance_id": instance_id(config) if config.static_membership else None,
-        "broker_session_timeout": 30.0,
-        "broker_heartbeat_interval": 3.0,
-        "broker_max_poll_interval": 300.0,
-        "broker_max_poll_records": FETCH_RECORDS_MAX,
-        "consumer_auto_offset_reset": "earliest",
-        "producer_acks": -1,  # all in-sync replicas
-        "producer_linger_ms": 5,  # faust's own producer: nothing on the hot path any more
-        "producer_request_timeout": 30.0,
-        # No stream buffers the commands (streams/fetch.py); nothing to wait for on a stop.
-        "stream_wait_empty": False,
-        "web_enabled": False,  # metrics are served by prometheus-client, see streams/metrics.py
-        "worker_redirect_stdouts": False,
-    }
+    return settings.faust_settings(
+        config.bootstrap_servers,
+        partitions=config.partitions,
+        store_url="rocksdb://" if config.store == "rocksdb" else "memory://",
+        data_dir=config.data_dir,
+        group_instance_id=instance_id(config) if config.static_membership else None,
+    )

@@ -6,7 +6,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ledger import topics
+from ledger.kafka import topics
 from schemas.codec import InvalidReason
 
 COMMANDS_CONSUMED = Counter(

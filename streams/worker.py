@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from types import FrameType
 
-from ledger.groups import leave_group
+from ledger.kafka.groups import leave_group
 from ledger.settings import listen_host
 from streams.config import StoreKind, WorkerConfig, instance_id
 
@@ -44,8 +44,8 @@ def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int
     the group's committed offset, else the first offset still in the log."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from ledger import topics
-    from ledger.delivery import consumer_config
+    from ledger.kafka import topics
+    from ledger.kafka.settings import consumer_config
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-starts", group_id))
     try:
@@ -65,7 +65,7 @@ def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int
 
 
 def _first_is_marker(consumer: object, tp: object) -> bool:
-    from ledger import topics
+    from ledger.kafka import topics
 
     consumer.assign([tp])  # type: ignore[attr-defined]
     consumer.seek(tp, 0)  # type: ignore[attr-defined]
@@ -76,15 +76,15 @@ def _first_is_marker(consumer: object, tp: object) -> bool:
 
 def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
     """Give every partition the workers read a committed offset past its marker (offset 1) when it
-    has none, or 0 (see PARTITION_MARKER_KEY in ledger/topics.py: faust 0.15.3 delivers nothing
-    of a partition committed at 0). A partition whose log starts later is committed at its log
-    start. A group that already has members refuses the commit: then its partitions were seeded
-    by the first worker. Returns the partitions seeded."""
+    has none, or 0 (see PARTITION_MARKER_KEY in ledger/kafka/topics.py: faust 0.15.3 delivers
+    nothing of a partition committed at 0). A partition whose log starts later is committed at its
+    log start. A group that already has members refuses the commit: then its partitions were
+    seeded by the first worker. Returns the partitions seeded."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    from ledger import topics
-    from ledger.delivery import consumer_config
+    from ledger.kafka import topics
+    from ledger.kafka.settings import consumer_config
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-seed", group_id))
     try:
@@ -126,7 +126,7 @@ def run_child(config: WorkerConfig, loglevel: str) -> int:
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    from ledger.stack.kafka import mark_empty_partitions
+    from ledger.kafka.markers import mark_empty_partitions
 
     mark_empty_partitions(config.bootstrap_servers)
     seeded = seed_committed_offsets(config.bootstrap_servers, config.app_id)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger import topics
 from ledger.core.balances import Balance
 from ledger.core.reference import Reference
 from ledger.core.runner import LocalAuthorizer
-from ledger.delivery import consumer_config
+from ledger.kafka import topics
+from ledger.kafka.settings import consumer_config
 from ledger.produce import LedgerProducer
 from schemas import codec
 from schemas.commands import Command
@@ -256,7 +256,7 @@ def oracle(reference: Reference, produced: Produced) -> tuple[LocalAuthorizer, d
 
 
 def fold_balances(facts: Iterable[Fact], party: str, partitions: int) -> dict[str, Balance]:
-    from ledger.partitioning import partition_for
+    from ledger.kafka.partitioning import partition_for
 
     balances: dict[str, Balance] = {}
     for fact in facts:

@@ -20,7 +20,6 @@ from prometheus_client import Counter, Histogram
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
-from ledger.api.keys import key_hash
 from ledger.api.validation import (
     INVOICE_ID,
     PERIOD,
@@ -29,6 +28,7 @@ from ledger.api.validation import (
     path_value,
     query_value,
 )
+from ledger.keys import key_hash
 from ledger.settings import listen_host
 
 log = logging.getLogger("ledger.api.isp")

@@ -14,10 +14,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
 
-from ledger import topics
 from ledger.api.purchases import replaces
+from ledger.kafka import topics
+from ledger.kafka.follow import follow
+from ledger.kafka.settings import READER_OFFSET_RESET_LATEST
 from schemas import codec
 from schemas.facts import (
     AccountBlocked,
@@ -113,38 +114,20 @@ class DecisionListener:
     async def run(self, projected: Mapping[int, int]) -> None:
         """Read ledger.events for ever, from the projection writer's stored offsets (`projected`:
         partition → next offset; {} when they could not be read)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="latest", isolation_level="read_committed",
-            client_id="ledger-api-decisions",
+        def start_at(partition: int, end: int) -> int:
+            bound = max(0, end - START_EVENTS_MAX_PER_PARTITION)
+            stored = projected.get(partition, 0)
+            if stored < bound:
+                log.warning(
+                    "partition %d: the projection writer is %d events behind; purchases"
+                    " decided before offset %d are found once projected",
+                    partition, end - stored, bound,
+                )  # fmt: skip
+            return max(bound, min(stored, end))
+
+        await follow(
+            self._bootstrap_servers, "ledger-api-decisions", topics.EVENTS, self._partitions,
+            self.apply, self.ready.set, start_at=start_at,
+            auto_offset_reset=READER_OFFSET_RESET_LATEST, poll_timeout_ms=POLL_TIMEOUT_MS,
         )  # fmt: skip
-        await consumer.start()
-        try:
-            # The partition count comes from the stack: aiokafka's partitions_for_topic answers None
-            # until the consumer has subscribed, and this one assigns.
-            assigned = [TopicPartition(topics.EVENTS, p) for p in range(self._partitions)]
-            consumer.assign(assigned)
-            ends: dict[Any, int] = await consumer.end_offsets(assigned)
-            for tp in assigned:
-                bound = max(0, ends[tp] - START_EVENTS_MAX_PER_PARTITION)
-                start = max(bound, min(projected.get(tp.partition, 0), ends[tp]))
-                if projected.get(tp.partition, 0) < bound:
-                    log.warning(
-                        "partition %d: the projection writer is %d events behind; purchases"
-                        " decided before offset %d are found once projected",
-                        tp.partition, ends[tp] - projected.get(tp.partition, 0), bound,
-                    )  # fmt: skip
-                consumer.seek(tp, start)
-            while True:
-                if not self.ready.is_set():
-                    positions = [await consumer.position(tp) for tp in assigned]
-                    if all(p >= ends[tp] for p, tp in zip(positions, assigned, strict=True)):
-                        self.ready.set()
-                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
-                for records in batches.values():
-                    for record in records:
-                        self.apply(record.value)
-        finally:
-            await consumer.stop()

@@ -23,8 +23,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from ledger import topics
-from ledger.api import keys, purchases
+from ledger import keys
+from ledger.api import purchases
 from ledger.api.bodies import (
     AccountBody,
     BlockBody,
@@ -47,7 +47,10 @@ from ledger.api.validation import ID, path_value
 from ledger.core.admin import AccountAdminCommand
 from ledger.core.authorizer import fingerprint
 from ledger.core.invariant import InvariantBroken
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
+from ledger.kafka.reference import ReferenceReader
+from ledger.kafka.settings import api_producer_config
 from ledger.settings import listen_host
 from schemas import codec
 from schemas.commands import (
@@ -63,7 +66,6 @@ from schemas.commands import (
 )
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded, PurchaseRejected
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
-from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ledger.api")
 R = TypeVar("R", IspRegistered, PublisherRegistered)
@@ -99,13 +101,9 @@ class Api:
     async def start(self, _app: web.Application) -> None:
         from aiokafka import AIOKafkaProducer
 
-        from ledger.delivery import PRODUCER_LINGER_MS, PRODUCER_REQUEST_TIMEOUT_MS
-
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, client_id="ledger-api", acks="all",
-            enable_idempotence=True, linger_ms=PRODUCER_LINGER_MS,
-            request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
-        )  # fmt: skip
+            **api_producer_config(self.bootstrap_servers, "ledger-api")
+        )
         await self.producer.start()
         self.tasks = [
             asyncio.create_task(self.listener.run(await self._projected())),

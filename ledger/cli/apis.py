@@ -15,7 +15,7 @@ def _admin_key(settings: StackSettings) -> str:
     """The admin API key: LEDGER_ADMIN_KEY, else one made once and kept in the stack's home."""
     import os
 
-    from ledger.api import keys
+    from ledger import keys
 
     given = os.environ.get("LEDGER_ADMIN_KEY")
     if given:
@@ -30,7 +30,7 @@ def _admin_key(settings: StackSettings) -> str:
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
-    from ledger.api import keys
+    from ledger import keys
     from ledger.api.server import run_api
 
     stack = connected(args)  # the broker, and PostgreSQL for purchases older than the start

@@ -111,8 +111,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _stream_balances(stack: Connected) -> Any:
+    from ledger.kafka.groups import ACCOUNTS_TABLE
     from ledger.tables import read_balances
-    from streams.app import ACCOUNTS_TABLE
 
     def read(party: Party) -> dict[str, Any]:
         return read_balances(stack.bootstrap_servers, ACCOUNTS_TABLE, party, stack.partitions)

@@ -10,7 +10,8 @@ from ledger.cli.running import connected
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ledger import services, status
+    from ledger import status
+    from ledger.stack import services
 
     stack = connected(args)
     found = status.gather(stack.bootstrap_servers, stack.dsn, services.running(stack.settings.home))

@@ -59,8 +59,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def _account_rows(bootstrap: str, account_id: str, partitions: int) -> dict[str, object] | None:
     from ledger.core.state import decode_account
+    from ledger.kafka.groups import ACCOUNTS_TABLE
     from ledger.tables import read_key
-    from streams.app import ACCOUNTS_TABLE
 
     raw = read_key(bootstrap, ACCOUNTS_TABLE, account_id, partitions)
     if raw is None:
@@ -80,8 +80,8 @@ def _account_rows(bootstrap: str, account_id: str, partitions: int) -> dict[str,
 def _party_rows(
     bootstrap: str, kind: Party, party_id: str, partitions: int
 ) -> dict[str, object] | None:
+    from ledger.kafka.groups import ACCOUNTS_TABLE
     from ledger.tables import read_balances
-    from streams.app import ACCOUNTS_TABLE
 
     balance = read_balances(bootstrap, ACCOUNTS_TABLE, kind, partitions).get(party_id)
     if balance is None:

@@ -14,10 +14,11 @@ import uuid
 from pathlib import Path
 
 from ledger.errors import StackError
+from ledger.kafka.settings import admin_config
+from ledger.kafka.topics import TOPICS
 from ledger.settings import StackSettings
 from ledger.stack import proc
 from ledger.stack.state import KafkaState
-from ledger.topics import TOPICS
 
 KAFKA_MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
@@ -228,9 +229,7 @@ def wait_ready(state: KafkaState, deadline_seconds: float = READY_DEADLINE_SECON
             )
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=state.bootstrap_servers,
-                request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS,
-                client_id="ledger-stack",
+                **admin_config(state.bootstrap_servers, "ledger-stack", ADMIN_REQUEST_TIMEOUT_MS)
             )
             try:
                 cluster = admin.describe_cluster()
@@ -252,9 +251,7 @@ def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1)
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        request_timeout_ms=TOPIC_CREATE_TIMEOUT_MS,
-        client_id="ledger-stack",
+        **admin_config(bootstrap_servers, "ledger-stack", TOPIC_CREATE_TIMEOUT_MS)
     )
     try:
         existing = set(admin.list_topics())
@@ -272,37 +269,6 @@ def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1)
         return sorted(wanted)
     finally:
         admin.close()
-
-
-def mark_empty_partitions(bootstrap_servers: str) -> int:
-    """Write the partition marker (ledger/topics.py) at offset 0 of every empty partition the
-    workers read. Returns how many were written."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-    from ledger import topics as ledger_topics
-    from ledger.delivery import consumer_config, producer_config
-
-    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-mark", None))
-    try:
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in ledger_topics.MARKED
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]
-    finally:
-        consumer.close()
-    if empty:
-        producer = KafkaProducer(**producer_config(bootstrap_servers, "ledger-mark"))
-        try:
-            for tp in empty:
-                producer.send(
-                    tp.topic, key=ledger_topics.PARTITION_MARKER_KEY,
-                    value=ledger_topics.PARTITION_MARKER_VALUE, partition=tp.partition,
-                ).get(timeout=30)  # fmt: skip
-        finally:
-            producer.close()
-    return len(empty)
 
 
 def stop(state: KafkaState) -> bool:

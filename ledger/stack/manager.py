@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from ledger.errors import StackError
+from ledger.kafka.markers import mark_empty_partitions
 from ledger.settings import StackSettings
 from ledger.stack import kafka, postgres, proc
 from ledger.stack import state as stack_state
@@ -63,7 +64,7 @@ def up(settings: StackSettings) -> UpReport:
         partitions = current.topic_partitions or settings.topic_partitions
         topics = kafka.ensure_topics(current.kafka.bootstrap_servers, partitions)
         # Before anything produces to them: offset 0 of the workers' partitions is a marker.
-        kafka.mark_empty_partitions(current.kafka.bootstrap_servers)
+        mark_empty_partitions(current.kafka.bootstrap_servers)
         migrations = postgres.ensure_database(current.postgres)
     except StackError:
         stack_state.save(settings.home, current)
@@ -93,13 +94,13 @@ def init_external(settings: StackSettings, replication: int) -> tuple[list[str],
     created = kafka.ensure_topics(
         settings.external_bootstrap, settings.topic_partitions, replication
     )
-    kafka.mark_empty_partitions(settings.external_bootstrap)
+    mark_empty_partitions(settings.external_bootstrap)
     return created, apply_migrations(settings.external_dsn)
 
 
 def down(settings: StackSettings, purge: bool = False) -> list[str]:
     """Stop the processes this stack started, by pid. Returns what was stopped."""
-    from ledger import services
+    from ledger.stack import services
 
     # The ledger's own processes first: they would only retry against a stopped broker.
     stopped: list[str] = services.stop_all(settings.home)

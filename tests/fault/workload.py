@@ -16,8 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ledger import topics
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
 from ledger.produce import LedgerProducer, close_commands
 from schemas import codec
 from schemas.commands import Command, PurchaseRequested

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger import topics
 from ledger.core import calendar
+from ledger.kafka import topics
 from ledger.stack.state import StackState
 from tests.harness import PROJECT_ROOT, ApiServer, Projector, Worker, end_offsets, wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ledger import topics
+from ledger.kafka import topics
 from ledger.stack.state import StackState
 from tests.fuzz import fuzz
 from tests.harness import ApiServer, Worker, end_offsets

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger import topics
+from ledger.kafka import topics
 from ledger.stack.state import StackState
 from projections.access import grant, role_name
 from tests.fuzz import HOSTILE, fuzz

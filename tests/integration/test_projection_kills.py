@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from ledger import topics
 from ledger.core.runner import LocalAuthorizer
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
 from ledger.produce import LedgerProducer
 from ledger.stack.state import StackState
 from schemas import codec

@@ -21,8 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger import topics
 from ledger.core import billing
+from ledger.kafka import topics
+from ledger.kafka.groups import ACCOUNTS_TABLE
 from ledger.produce import close_commands
 from ledger.stack.state import StackState
 from ledger.tables import read_balances
@@ -31,7 +32,6 @@ from projections.reconcile import stream_balances_equal
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
 from schemas.reference import IspRegistered
 from schemas.types import Party
-from streams.app import ACCOUNTS_TABLE
 from tests import builders as b
 from tests.harness import (
     PROJECT_ROOT,
@@ -429,7 +429,7 @@ def test_reconcile_names_a_mismatch(sealed: Sealed) -> None:
 def _dlq_size(bootstrap: str) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
-    from ledger.delivery import consumer_config
+    from ledger.kafka.settings import consumer_config
 
     consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-tests", group_id=None))
     try:

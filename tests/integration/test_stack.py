@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from ledger import smoke, topics
+from ledger import smoke
+from ledger.kafka import topics
 from ledger.settings import StackSettings, load_settings
 from ledger.stack import manager, proc
 from ledger.stack.state import StackState

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger import topics
 from ledger.core.state import decode_account
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.groups import ACCOUNTS_TABLE
+from ledger.kafka.partitioning import partition_for
 from ledger.stack.state import StackState
 from ledger.tables import read_balances, read_table
 from schemas import codec
@@ -26,7 +27,6 @@ from schemas.facts import (
     PurchaseRejected,
     RefundRejected,
 )
-from streams.app import ACCOUNTS_TABLE
 from tests import builders as b
 from tests.harness import (
     Produced,

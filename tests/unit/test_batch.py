@@ -29,7 +29,7 @@ from ledger.core.batch import (
 )
 from ledger.core.runner import LocalAuthorizer
 from ledger.core.state import AccountState, decode_account, encode_state
-from ledger.partitioning import partition_for
+from ledger.kafka.partitioning import partition_for
 from schemas import codec
 from schemas.commands import Command, PeriodCloseRequested
 from schemas.facts import Fact, PeriodClosed, PurchaseAuthorized

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from ledger import topics
 from ledger.bench import core, costs, e2e, stream
 from ledger.core.runner import LocalAuthorizer
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
 from schemas import codec
 from schemas.commands import PurchaseRequested
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
-from ledger.partitioning import murmur2, partition_for
+from ledger.kafka.partitioning import murmur2, partition_for
 
 
 @given(st.binary(max_size=80))

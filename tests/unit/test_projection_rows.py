@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ledger import topics
 from ledger.core.runner import LocalAuthorizer
+from ledger.kafka import topics
 from projections.rows import JOURNAL_COLUMNS, PURCHASE_COLUMNS, project
 from projections.writer import prepare
 from schemas import codec

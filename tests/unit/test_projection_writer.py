@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from ledger import topics
 from ledger.core.runner import LocalAuthorizer
+from ledger.kafka import topics
 from projections import store
 from projections.writer import BATCH_SECONDS_MAX, Prepared, Writer, prepare, prepare_more
 from schemas import codec

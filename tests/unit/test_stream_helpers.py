@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY
 
 from ledger.api.listener import DecisionListener, wait_key
 from ledger.core.runner import LocalAuthorizer
+from ledger.kafka.reference import ReferenceReader
 from schemas import codec
 from streams.gate import Gates
-from streams.reference_reader import ReferenceReader
 from tests import builders as b
 from tests.builders import REFERENCE
 

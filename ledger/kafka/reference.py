@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ledger import topics
 from ledger.core.reference import Reference
+from ledger.kafka import topics
+from ledger.kafka.follow import follow
+from ledger.kafka.settings import CONSUMER_AUTO_OFFSET_RESET
 from schemas import codec
 from schemas.reference import IspRegistered, PublisherRegistered
 
-log = logging.getLogger("ledger.streams.reference")
+log = logging.getLogger("ledger.streams.reference")  # its name before issue 17
 POLL_TIMEOUT_MS = 500
 
 
@@ -47,32 +49,14 @@ class ReferenceReader:
             self._publishers[record.publisher_id] = record
         self.records_read += 1
 
+    def _read(self) -> None:
+        log.info("reference data read: %d records", self.records_read)
+        self.ready.set()
+
     async def run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from ledger.delivery import CONSUMER_ISOLATION_LEVEL
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers,
-            group_id=None,  # every worker reads all of it
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level=CONSUMER_ISOLATION_LEVEL,
-            client_id="ledger-reference-reader",
-        )
-        await consumer.start()
-        try:
-            partition = TopicPartition(topics.REFERENCE, 0)
-            consumer.assign([partition])
-            await consumer.seek_to_beginning(partition)
-            end = (await consumer.end_offsets([partition]))[partition]
-            while True:
-                if not self.ready.is_set() and await consumer.position(partition) >= end:
-                    log.info("reference data read: %d records", self.records_read)
-                    self.ready.set()
-                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
-                for records in batches.values():
-                    for record in records:
-                        self.apply(record.value)
-        finally:
-            await consumer.stop()
+        await follow(
+            self._bootstrap_servers, "ledger-reference-reader", topics.REFERENCE, 1,
+            self.apply, self._read,
+            # Every reader reads all of it, from the start: it is compacted, one record a key.
+            auto_offset_reset=CONSUMER_AUTO_OFFSET_RESET, poll_timeout_ms=POLL_TIMEOUT_MS,
+        )  # fmt: skip
