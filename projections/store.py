@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -73,9 +73,9 @@ def conflict(event_id: str, first: Sighting, second: Sighting) -> ConflictingFac
     )
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One decoded record of ledger.events."""
+class Incoming(NamedTuple):
+    """One decoded record of ledger.events. A named tuple: made for every record, it costs a
+    third of a frozen dataclass (whose fields are set one by one through object.__setattr__)."""
 
     partition: int
     offset: int
