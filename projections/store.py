@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -73,9 +73,9 @@ def conflict(event_id: str, first: Sighting, second: Sighting) -> ConflictingFac
     )
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One decoded record of ledger.events."""
+class Incoming(NamedTuple):
+    """One decoded record of ledger.events. A named tuple: made for every record, it costs a
+    third of a frozen dataclass (whose fields are set one by one through object.__setattr__)."""
 
     partition: int
     offset: int
@@ -189,12 +189,38 @@ def batch_of(topic: str, incoming: list[Incoming]) -> Batch:
     return batch
 
 
+APPLIED_COLUMNS = ("event_id", "topic", "partition", "offset", "fingerprint", "type")
+APPLIED_TYPES = ("text", "text", "int4", "int8", "bytea", "text")
+
+
+async def _all_new_event_ids(
+    conn: psycopg.AsyncConnection[Any], topic: str, unique: dict[str, tuple[Incoming, bytes]]
+) -> bool:
+    """Copy every id of the batch straight into applied_events, in a savepoint; False (and
+    nothing written) if one of them was applied before. Nearly every batch has no duplicate:
+    this skips the temporary table, the INSERT ... SELECT and the ids sent back (measured with
+    ledger bench projections' facts, 5,000-event batches: 8.8 -> 3.9 us of wall time a fact in
+    the writer's transaction, issue 13)."""
+    try:
+        async with conn.transaction():
+            await _copy(conn, "applied_events", APPLIED_COLUMNS, [
+                (event_id, topic, i.partition, i.offset, fingerprint,
+                 i.fact.__struct_config__.tag)
+                for event_id, (i, fingerprint) in unique.items()
+            ], APPLIED_TYPES)  # fmt: skip
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
 async def _new_event_ids(
     conn: psycopg.AsyncConnection[Any], topic: str, unique: dict[str, tuple[Incoming, bytes]]
 ) -> set[str]:
     """Insert the ids not applied yet; returns them. An id applied before with another
     fingerprint raises ConflictingFacts (one applied before migration 0004 has none: it counts as
     a duplicate, as it did)."""
+    if await _all_new_event_ids(conn, topic, unique):
+        return set(unique)
     await _copy(
         conn, "incoming", ("event_id", "partition", "offset", "fingerprint", "type"),
         [(event_id, i.partition, i.offset, fingerprint, i.fact.__struct_config__.tag)

@@ -93,11 +93,11 @@ class Prepared:
 
     def add(self, record: Any) -> None:
         """One record (ConsumerRecord-like: partition, offset, key, value, timestamp)."""
-        self.next_offsets[record.partition] = max(
-            self.next_offsets.get(record.partition, 0), record.offset + 1
-        )
+        partition, offset = record.partition, record.offset
+        if offset >= self.next_offsets.get(partition, 0):
+            self.next_offsets[partition] = offset + 1
         self.timestamps_ms.append(record.timestamp)
-        if topics.is_marker(record.key):
+        if record.key == topics.PARTITION_MARKER_KEY:  # topics.is_marker, inline
             self.markers += 1
             return
         try:  # as strict as codec.decode_fact, quicker (issue 13)
@@ -105,7 +105,7 @@ class Prepared:
         except codec.InvalidMessage as invalid:
             self.poison.append((record, invalid))
             return
-        item = store.Incoming(record.partition, record.offset, fact, record.value)
+        item = store.Incoming(partition, offset, fact, record.value)
         self.incoming.append(item)
         self.batch.add(item)  # may raise ConflictingFacts: two facts under one id in the batch
 

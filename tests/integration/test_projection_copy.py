@@ -71,7 +71,8 @@ def _rows(dsn: str, schema: str, query: str) -> list[tuple[Any, ...]]:
 
 def test_the_declared_types_are_the_tables_own(schema: tuple[str, str]) -> None:
     dsn, name = schema
-    for table, (columns, types) in COPIED.items():
+    ids = {"applied_events": (store.APPLIED_COLUMNS, store.APPLIED_TYPES)}
+    for table, (columns, types) in (COPIED | ids).items():
         assert len(columns) == len(types), table
         found = dict(_rows(dsn, name, (
             "SELECT column_name, udt_name FROM information_schema.columns"
@@ -112,3 +113,37 @@ def test_every_kind_of_row_comes_back_as_it_went_in(schema: tuple[str, str]) -> 
     assert [(r[0], r[1], r[2], len(r[3]), r[4]) for r in applied] == [
         (f.event_id, 0, offset, 32, f.__struct_config__.tag) for offset, f in enumerate(facts)
     ]
+
+
+def test_a_batch_with_ids_applied_before_applies_the_others_once(schema: tuple[str, str]) -> None:
+    """The ids of a batch are copied straight into applied_events; one applied before sends the
+    batch the way of the temporary table (issue 13), where it counts as a duplicate."""
+    dsn, name = schema
+    facts = _facts()
+    incoming = [
+        store.Incoming(0, offset, fact, codec.encode(fact)) for offset, fact in enumerate(facts)
+    ]
+    half = len(incoming) // 2
+
+    async def apply(batches: list[list[store.Incoming]]) -> list[tuple[int, int]]:
+        conn = await store.connect(dsn, name)
+        try:
+            outcomes = [
+                await store.apply_batch(conn, "t", batch, {0: batch[-1].offset + 1})
+                for batch in batches
+            ]
+        finally:
+            await conn.close()
+        return [(o.applied, o.duplicates) for o in outcomes]
+
+    assert asyncio.run(apply([incoming[:half], incoming, incoming])) == [
+        (half, 0), (len(facts) - half, half), (0, len(facts)),
+    ]  # fmt: skip
+    assert _rows(dsn, name, "SELECT count(*), count(DISTINCT event_id) FROM applied_events") == [
+        (len(facts), len(facts))
+    ]
+    assert _rows(dsn, name, "SELECT count(*) FROM purchases") == [
+        (sum(f.event_id.startswith("purchase.") for f in facts),)
+    ]
+    postings = sum(len(getattr(f, "postings", ())) for f in facts)
+    assert postings and _rows(dsn, name, "SELECT count(*) FROM journal") == [(postings,)]

@@ -99,6 +99,8 @@ def test_a_key_built_after_the_load_refuses_a_duplicate(schemas: tuple[str, str,
     deferred = bulkload.unlog_and_defer(dsn, loaded)
     _load(dsn, loaded)
     with psycopg.connect(dsn, autocommit=True) as db:
-        db.execute(f"INSERT INTO {loaded}.journal SELECT * FROM {loaded}.journal LIMIT 1".encode())
+        db.execute(
+            f"INSERT INTO {loaded}.purchases SELECT * FROM {loaded}.purchases LIMIT 1".encode()
+        )
     with pytest.raises(psycopg.errors.UniqueViolation):
         deferred.finish(dsn, durable=False)
