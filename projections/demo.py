@@ -18,6 +18,15 @@ def open_demo_db(dsn: str) -> Connection:
     return connect(dsn, autocommit=True)
 
 
+def stored_offsets(db: Connection, topic: str) -> dict[int, int]:
+    """The writer's stored offsets (projection_offsets: a few rows, written with the rows they
+    cover): partition → the next offset it will apply."""
+    rows = db.execute(
+        "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s", (topic,)
+    ).fetchall()
+    return {int(p): int(o) for p, o in rows}
+
+
 def projected_count(db: Connection, purchases: list[str], refunds: list[str]) -> int:
     """How many of these purchases and refunds are in the projection (decided either way)."""
     row = db.execute(
