@@ -29,7 +29,8 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
-from ledger import delivery, topics
+from ledger.kafka import topics
+from ledger.kafka.settings import READER_OFFSET_RESET_LATEST, aiokafka_reader_config
 from projections import bulkload, compare, store
 from projections.migrate import DEFAULT_SCHEMA, apply_migrations, check_schema_name
 from projections.writer import FETCH_BYTES_MAX, Prepared, prepare_more
@@ -213,9 +214,10 @@ async def _replay_group(
     replayer = _Replayer(topic, _no_progress if counter is None else _SharedProgress(counter))
     replayer.position = dict(start)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, client_id="ledger-replay",
-        enable_auto_commit=False, isolation_level=delivery.CONSUMER_ISOLATION_LEVEL,
-        fetch_max_bytes=FETCH_BYTES_MAX, max_partition_fetch_bytes=FETCH_BYTES_MAX // 4,
+        **aiokafka_reader_config(
+            bootstrap_servers, "ledger-replay",
+            auto_offset_reset=READER_OFFSET_RESET_LATEST, fetch_bytes_max=FETCH_BYTES_MAX,
+        )
     )  # fmt: skip
     await consumer.start()
     conn: psycopg.AsyncConnection[Any] | None = None

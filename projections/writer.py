@@ -36,7 +36,9 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from ledger import delivery, topics
+from ledger.kafka import topics
+from ledger.kafka.groups import PROJECTIONS_GROUP_ID
+from ledger.kafka.settings import aiokafka_group_consumer_config, dead_letter_producer_config
 from ledger.settings import listen_host
 from projections import metrics, store
 from projections.migrate import DEFAULT_SCHEMA
@@ -44,7 +46,7 @@ from schemas import checked, codec
 from schemas.deadletter import DeadLetter, set_aside
 
 log = logging.getLogger("ledger.projections")
-GROUP_ID = "internet-plus-ledger-projections"
+GROUP_ID = PROJECTIONS_GROUP_ID
 # 5,000 events is about 4 MB of facts; measured on this machine, batches above ~5,000 gain
 # nothing in events/s and delay every commit (issue 5 figures).
 BATCH_EVENTS_MAX = 5_000
@@ -270,24 +272,13 @@ class Writer:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.group_id,
-            group_instance_id=self.group_instance_id,
-            client_id=self.client_id,
-            enable_auto_commit=delivery.CONSUMER_ENABLE_AUTO_COMMIT,
-            auto_offset_reset=delivery.CONSUMER_AUTO_OFFSET_RESET,
-            isolation_level=delivery.CONSUMER_ISOLATION_LEVEL,
-            session_timeout_ms=delivery.CONSUMER_SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=delivery.CONSUMER_HEARTBEAT_INTERVAL_MS,
-            max_poll_interval_ms=delivery.CONSUMER_MAX_POLL_INTERVAL_MS,
-            fetch_max_bytes=FETCH_BYTES_MAX,
-            max_partition_fetch_bytes=FETCH_BYTES_MAX // 4,
-        )
+            **aiokafka_group_consumer_config(
+                self.bootstrap_servers, self.client_id, self.group_id,
+                group_instance_id=self.group_instance_id, fetch_bytes_max=FETCH_BYTES_MAX,
+            )
+        )  # fmt: skip
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=f"{self.client_id}-dlq",
-            acks=delivery.PRODUCER_ACKS,
-            enable_idempotence=delivery.PRODUCER_ENABLE_IDEMPOTENCE,
+            **dead_letter_producer_config(self.bootstrap_servers, f"{self.client_id}-dlq")
         )
         listener = _SeekToStored(consumer, self.dsn, self.schema, self.topic)
         consumer.subscribe([self.topic], listener=listener)
@@ -453,7 +444,7 @@ def run_writer(
     # wait for its session to expire before another writer got them. A stop takes it out now;
     # a kill -9 does not, and the restart under the same name takes the partitions back.
     if writer.group_instance_id is not None:
-        from ledger.groups import leave_group
+        from ledger.kafka.groups import leave_group
 
         leave_group(bootstrap_servers, GROUP_ID, writer.group_instance_id)
     return 0

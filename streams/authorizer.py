@@ -35,7 +35,6 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
-from ledger import topics
 from ledger.core.authorizer import Policy
 from ledger.core.batch import (
     PartitionBatch,
@@ -46,7 +45,8 @@ from ledger.core.batch import (
     summary_key,
 )
 from ledger.core.state import AccountState, decode_account, encode_state
-from ledger.partitioning import partition_for
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
 from schemas import codec
 from schemas.commands import Command, PeriodCloseRequested
 from schemas.deadletter import set_aside

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from ledger.kafka import settings
 from ledger.kafka.groups import APP_ID
 
-__all__ = ["APP_ID", "ROCKSDB_OPTIONS", "StoreKind", "WorkerConfig", "faust_settings"]
+__all__ = ["ROCKSDB_OPTIONS", "StoreKind", "WorkerConfig", "faust_settings"]
 
 StoreKind = Literal["rocksdb", "memory"]
 

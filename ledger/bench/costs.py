@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.kafka.settings import offsets_consumer_config
+
 PROC = Path("/proc")
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 BENCH = "bench"  # this process: the sender and the fact watcher
@@ -122,11 +124,7 @@ def topic_end_offsets(bootstrap_servers: str) -> dict[str, int]:
     # Offsets only, nothing is read: no group, and the high watermark (read_uncommitted), which
     # counts every record appended. The ledger uses no transactions, so this is also the
     # read_committed end the ledger's readers see.
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, client_id=OFFSETS_CLIENT_ID, group_id=None,
-        enable_auto_commit=False, isolation_level="read_uncommitted",
-        allow_auto_create_topics=False,
-    )  # fmt: skip
+    consumer = KafkaConsumer(**offsets_consumer_config(bootstrap_servers, OFFSETS_CLIENT_ID))
     try:
         # kafka-python 3.0's topics() leaves Kafka's own out whatever the settings: asked by name.
         names = sorted(consumer.topics()) + list(KAFKA_OWN_TOPICS)

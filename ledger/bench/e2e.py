@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger import topics
 from ledger.bench import costs, stream, table
 from ledger.errors import LedgerError
+from ledger.kafka import topics
+from ledger.kafka.groups import APP_ID
 from ledger.settings import StackSettings, load_settings
-from streams.config import APP_ID
 
 DEADLINE_SECONDS = 1_800.0
 PACED_SECONDS = 20.0

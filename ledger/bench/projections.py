@@ -22,7 +22,8 @@ from psycopg import sql
 
 from ledger.bench.core import reference, workload
 from ledger.core.runner import LocalAuthorizer
-from ledger.partitioning import partition_for
+from ledger.kafka.partitioning import partition_for
+from ledger.kafka.settings import admin_config, aiokafka_producer_config, offsets_consumer_config
 from projections.replay import drop_schema, fresh_schema, replay
 from projections.writer import Writer, tune_gc
 from schemas import codec
@@ -61,9 +62,13 @@ async def _produce(
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
+    # Lingered and batched big, to load the backlog fast; 40 s is aiokafka's request timeout,
+    # which this producer always had.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
-        max_batch_size=256 * 1024,
+        **aiokafka_producer_config(
+            bootstrap, "ledger-bench",
+            linger_ms=20, max_batch_bytes=256 * 1024, request_timeout_ms=40_000,
+        )
     )  # fmt: skip
     await producer.start()
     try:
@@ -82,7 +87,7 @@ async def _produce(
 def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ledger-bench")
+    admin = KafkaAdminClient(**admin_config(bootstrap, "ledger-bench"))
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
@@ -92,7 +97,7 @@ def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 def _delete_topic(bootstrap: str, topic: str) -> None:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ledger-bench")
+    admin = KafkaAdminClient(**admin_config(bootstrap, "ledger-bench"))
     try:
         admin.delete_topics([topic])
     finally:
@@ -132,7 +137,7 @@ async def _live(
 def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="ledger-bench")
+    consumer = KafkaConsumer(**offsets_consumer_config(bootstrap, "ledger-bench"))
     try:
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
         return {tp.partition: int(o) for tp, o in ends.items()}

@@ -26,9 +26,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ledger import delivery, topics
 from ledger.bench import table
-from ledger.partitioning import partition_for
+from ledger.kafka import settings, topics
+from ledger.kafka.groups import APP_ID
+from ledger.kafka.partitioning import partition_for
 from schemas import codec
 from schemas.commands import AccountOpenRequested, Command, PeriodCloseRequested, PurchaseRequested
 from schemas.reference import (
@@ -37,7 +38,6 @@ from schemas.reference import (
     ReferenceRecord,
     reference_key,
 )
-from streams.config import APP_ID
 
 POLL_MS = 200
 BASKETS_CENTS = (99, 150, 199, 266, 299, 350, 499)
@@ -129,11 +129,13 @@ class Sender:
     def __init__(self, bootstrap_servers: str) -> None:
         from aiokafka import AIOKafkaProducer
 
-        settings = delivery.aiokafka_producer_config(bootstrap_servers, "ledger-bench")
         # Paced purchases stand for the checkout API's callers: lingered as the ledger's command
         # producer lingers (ledger/produce.py), so the latency compares with its figures.
-        settings["linger_ms"] = delivery.PRODUCER_LINGER_MS
-        self._producer = AIOKafkaProducer(**settings)
+        self._producer = AIOKafkaProducer(
+            **settings.aiokafka_producer_config(
+                bootstrap_servers, "ledger-bench", linger_ms=settings.PRODUCER_LINGER_MS
+            )
+        )
         self._pending: list[asyncio.Future[Any]] = []
 
     async def __aenter__(self) -> Sender:
@@ -192,10 +194,11 @@ class FactWatcher:
         from aiokafka import AIOKafkaConsumer
 
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, client_id="ledger-bench", group_id=None,
-            enable_auto_commit=False, isolation_level=delivery.CONSUMER_ISOLATION_LEVEL,
-            fetch_max_bytes=WATCH_FETCH_BYTES_MAX,
-            max_partition_fetch_bytes=WATCH_FETCH_BYTES_MAX // 4,
+            **settings.aiokafka_reader_config(
+                bootstrap_servers, "ledger-bench",
+                auto_offset_reset=settings.READER_OFFSET_RESET_LATEST,
+                fetch_bytes_max=WATCH_FETCH_BYTES_MAX,
+            )
         )  # fmt: skip
         self._marker = run.encode()
         self._partitions = partitions
@@ -309,7 +312,7 @@ def wait_idle(bootstrap: str, group_id: str, deadline_seconds: float) -> None:
     faust commits every COMMIT_INTERVAL_SECONDS, so this may see it up to that much late."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(**delivery.consumer_config(bootstrap, "ledger-bench-idle", group_id))
+    consumer = KafkaConsumer(**settings.consumer_config(bootstrap, "ledger-bench-idle", group_id))
     try:
         started = time.monotonic()
         while time.monotonic() - started < deadline_seconds:

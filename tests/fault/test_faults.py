@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ledger.bench.stream import wait_idle
-from streams.config import APP_ID
+from ledger.kafka.groups import APP_ID
 from tests.fault import checker
 from tests.fault.supervisor import FaultLog, Supervisor
 from tests.fault.workload import Sender, Workload, build
