@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger.kafka import topics
 from ledger.kafka.groups import APP_ID
+from ledger.kafka.partitions import topic_partitions
 from ledger.kafka.settings import admin_config, consumer_config
 from projections.status import PeriodState, stored_offsets_and_periods
 from schemas import codec
@@ -127,18 +128,15 @@ def render(status: Status) -> str:
 
 
 def _kafka_part(status: Status, bootstrap: str, stored: dict[int, int]) -> None:
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaAdminClient, KafkaConsumer
 
     consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-status", None))
     admin = KafkaAdminClient(**admin_config(bootstrap, "ledger-status"))
     try:
-
-        def parts(topic: str) -> list[Any]:
-            return [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-
-        commands, events, dlq = parts(topics.COMMANDS), parts(topics.EVENTS), parts(topics.DLQ)
+        commands, events, dlq = (
+            topic_partitions(consumer, topic)
+            for topic in (topics.COMMANDS, topics.EVENTS, topics.DLQ)
+        )
         ends = consumer.end_offsets(commands + events + dlq)
         committed = {
             tp: meta.offset

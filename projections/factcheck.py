@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from ledger.kafka import topics
+from ledger.kafka.partitions import topic_partitions
 from ledger.kafka.settings import consumer_config
 from projections.migrate import check_schema_name
 from projections.reconcile import Check
@@ -173,14 +174,13 @@ class Record:
 def read_topic(bootstrap: str, topic: str, until: dict[int, int] | None) -> Iterator[Record]:
     """Every record of the topic from its start, per partition up to `until` (None: to the end
     as it is now), in partition order."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     # Each batch's CRC is checked as it is read (kafka-python's default): in C with the crc32c
     # package (pyproject.toml); in pure Python it cost 6k records/s against 45k without.
     consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-reconcile", group_id=None))
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = topic_partitions(consumer, topic)
         ends = consumer.end_offsets(tps)
         deadline = time.monotonic() + READ_SECONDS_MAX
         for tp in tps:

@@ -62,6 +62,27 @@ def crash(reason: str) -> NoReturn:
 
 def create_app(config: WorkerConfig) -> LedgerApp:
     app = LedgerApp(config.app_id, **faust_settings(config))
+    commands_topic, accounts = _declare(app, config)
+    reader = ReferenceReader(config.bootstrap_servers)
+    authorizer = BatchAuthorizer(
+        app,
+        RocksAccounts(accounts.data)
+        if config.store == "rocksdb"
+        else MemoryAccounts(accounts.data),
+        accounts.changelog_topic.get_topic_name(),
+        lambda: reader.reference,
+        config.partitions,
+        config.log_starts.get(topics.COMMANDS, {}),
+        aiokafka_producer_config(config.bootstrap_servers, f"{config.app_id}-{config.name}"),
+    )
+    _bind_fetch_loop(app, reader, authorizer)
+    _services(app, reader, authorizer, commands_topic)
+    app.ledger_tables = {ACCOUNTS_TABLE: accounts}  # type: ignore[attr-defined]
+    return app
+
+
+def _declare(app: LedgerApp, config: WorkerConfig) -> tuple[Any, Any]:
+    """The topics the worker reads and writes, and the accounts table (RocksDB or memory)."""
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -77,18 +98,12 @@ def create_app(config: WorkerConfig) -> LedgerApp:
     accounts = app.Table(
         ACCOUNTS_TABLE, partitions=partitions, key_type=bytes, value_type=bytes, **table_options
     )
-    reader = ReferenceReader(config.bootstrap_servers)
-    authorizer = BatchAuthorizer(
-        app,
-        RocksAccounts(accounts.data)
-        if config.store == "rocksdb"
-        else MemoryAccounts(accounts.data),
-        accounts.changelog_topic.get_topic_name(),
-        lambda: reader.reference,
-        partitions,
-        config.log_starts.get(topics.COMMANDS, {}),
-        aiokafka_producer_config(config.bootstrap_servers, f"{config.app_id}-{config.name}"),
-    )
+    return commands_topic, accounts
+
+
+def _bind_fetch_loop(app: LedgerApp, reader: ReferenceReader, authorizer: BatchAuthorizer) -> None:
+    """The fetch loop (streams/fetch.py) hands every fetched batch of commands to the authorizer,
+    once the reference data is read."""
 
     async def decide(fetched: dict[int, list[Any]]) -> None:
         if not reader.ready.is_set():
@@ -100,6 +115,13 @@ def create_app(config: WorkerConfig) -> LedgerApp:
 
     # The consumer is built from this class when the worker starts (faust.transport.base).
     setattr(app.transport, "Consumer", consumer_class(topics.COMMANDS, decide))  # noqa: B010
+
+
+def _services(
+    app: LedgerApp, reader: ReferenceReader, authorizer: BatchAuthorizer, commands_topic: Any
+) -> None:
+    """The reference reader's task, the rebalance and shutdown hooks, the subscribing agent and
+    the lag report."""
 
     @app.task
     async def read_reference() -> None:
@@ -132,6 +154,3 @@ def create_app(config: WorkerConfig) -> LedgerApp:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - done)
                 )
-
-    app.ledger_tables = {ACCOUNTS_TABLE: accounts}  # type: ignore[attr-defined]
-    return app

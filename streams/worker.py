@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from ledger.kafka.groups import leave_group
+from ledger.kafka.partitions import topic_partitions
 from ledger.settings import listen_host
 from streams.config import StoreKind, WorkerConfig, instance_id
 
@@ -42,18 +43,14 @@ GC_THRESHOLDS = (100_000, 50, 1_000)  # the batched prototype's (shared/PERF.md)
 def log_starts(bootstrap_servers: str, group_id: str) -> dict[str, dict[int, int]]:
     """Where each partition the workers read starts when no progress of ours says otherwise:
     the group's committed offset, else the first offset still in the log."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     from ledger.kafka import topics
     from ledger.kafka.settings import consumer_config
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-starts", group_id))
     try:
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in topics.WORKER_SOURCES
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        wanted = topic_partitions(consumer, *topics.WORKER_SOURCES)
         starts: dict[str, dict[int, int]] = {}
         for tp, offset in consumer.beginning_offsets(wanted).items():
             committed = consumer.committed(tp)
@@ -88,11 +85,7 @@ def seed_committed_offsets(bootstrap_servers: str, group_id: str) -> int:
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-seed", group_id))
     try:
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in topics.WORKER_SOURCES
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        wanted = topic_partitions(consumer, *topics.WORKER_SOURCES)
         starts = consumer.beginning_offsets(wanted)
         seeds: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in wanted:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.kafka.partitions import topic_partitions
 from ledger.kafka.settings import offsets_consumer_config
 
 PROC = Path("/proc")
@@ -119,7 +120,7 @@ def per_thousand(
 def topic_end_offsets(bootstrap_servers: str) -> dict[str, int]:
     """Every topic on the broker (Kafka's own included) → the sum of its partitions' end
     offsets: the records ever appended to it (a log's offsets are never reused)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     # Offsets only, nothing is read: no group, and the high watermark (read_uncommitted), which
     # counts every record appended. The ledger uses no transactions, so this is also the
@@ -128,11 +129,7 @@ def topic_end_offsets(bootstrap_servers: str) -> dict[str, int]:
     try:
         # kafka-python 3.0's topics() leaves Kafka's own out whatever the settings: asked by name.
         names = sorted(consumer.topics()) + list(KAFKA_OWN_TOPICS)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in names
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        partitions = topic_partitions(consumer, *names)
         ends: dict[str, int] = {}
         for tp, offset in consumer.end_offsets(partitions).items():
             ends[tp.topic] = ends.get(tp.topic, 0) + int(offset)

@@ -145,9 +145,9 @@ def _bench_settings(base: StackSettings, home: Path, port_base: int) -> StackSet
 
 
 def _count(dsn: str, query: str, *params: Any) -> int:
-    import psycopg
+    from projections.db import connect
 
-    with psycopg.connect(dsn, options="-c search_path=ledger") as db:
+    with connect(dsn, PROJECTION_SCHEMA) as db:
         row = db.execute(query.encode(), params).fetchone()
     return int(row[0]) if row else 0
 

@@ -30,6 +30,7 @@ from ledger.bench import table
 from ledger.kafka import settings, topics
 from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitioning import partition_for
+from ledger.kafka.partitions import end_offsets
 from schemas import codec
 from schemas.commands import AccountOpenRequested, Command, PeriodCloseRequested, PurchaseRequested
 from schemas.reference import (
@@ -318,20 +319,13 @@ def wait_idle(bootstrap: str, group_id: str, deadline_seconds: float) -> None:
         while time.monotonic() - started < deadline_seconds:
             ends: dict[Any, int] = {}
             for topic in topics.WORKER_SOURCES:
-                ends |= _end_offsets(consumer, topic)
+                ends |= end_offsets(consumer, topic)
             if all((consumer.committed(tp) or 0) >= end for tp, end in ends.items()):
                 return
             time.sleep(IDLE_POLL_SECONDS)
         raise TimeoutError(f"the workers were not idle after {deadline_seconds:.0f} s")
     finally:
         consumer.close()
-
-
-def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:
-    from kafka import TopicPartition
-
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    return dict(consumer.end_offsets(tps))
 
 
 def _percentile(values: list[float], fraction: float) -> float:

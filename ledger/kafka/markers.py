@@ -6,6 +6,7 @@ stack's manager."""
 from __future__ import annotations
 
 from ledger.kafka import topics
+from ledger.kafka.partitions import topic_partitions
 from ledger.kafka.settings import consumer_config, producer_config
 
 MARKER_SEND_TIMEOUT_SECONDS = 30
@@ -14,15 +15,11 @@ MARKER_SEND_TIMEOUT_SECONDS = 30
 def mark_empty_partitions(bootstrap_servers: str) -> int:
     """Write the partition marker at offset 0 of every empty partition of topics.MARKED.
     Returns how many were written."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-mark", None))
     try:
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in topics.MARKED
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        wanted = topic_partitions(consumer, *topics.MARKED)
         empty = [tp for tp, end in consumer.end_offsets(wanted).items() if end == 0]
     finally:
         consumer.close()
