@@ -242,7 +242,7 @@ async def _accounts(sender: stream.Sender, watcher: stream.FactWatcher, dsn: str
                     accounts: int, partitions: int, processes: list[_Process]) -> None:  # fmt: skip
     reference, opens = stream.world(run, accounts)
     await sender.send_all(stream.encode_reference(reference))
-    await asyncio.sleep(2)  # the workers' reference readers see the ISP and publishers
+    await stream.wait_for_reference(sender, watcher, run, partitions, DEADLINE_SECONDS)
     records = stream.encode_commands(opens, partitions)
     await stream.send_and_wait(sender, watcher, records, DEADLINE_SECONDS, _alive(processes))
     await asyncio.to_thread(_wait_projected, dsn, dict(watcher.next_offsets), processes)

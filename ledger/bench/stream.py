@@ -49,6 +49,8 @@ WATCH_RECORDS_MAX = 20_000  # a getmany's records: a poll stays well under 100 m
 PENDING_SENDS_MAX = 10_000  # paced sends not yet acknowledged before we wait for them
 PACE_SLEEP_SECONDS_MAX = 0.005  # closer to a send's due time than this: sleep, do not poll
 IDLE_POLL_SECONDS = 0.2
+PROBE_PREFIX = "probe"  # accounts that only check the workers read the run's reference data
+PROBE_RETRY_SECONDS = 0.5
 AUTHORIZED = "purchase.authorized.v1"
 
 
@@ -183,6 +185,7 @@ class _Seen(msgspec.Struct):
 
     type: str = ""
     purchase_id: str | None = None
+    account_id: str | None = None
 
 
 _SEEN = msgspec.json.Decoder(_Seen)
@@ -208,6 +211,7 @@ class FactWatcher:
         self.decided_at_ms: dict[str, int] = {}  # purchase id → its fact's record timestamp
         self.last_fact_ms = 0  # the latest record timestamp of a fact of this run
         self.next_offsets: dict[int, int] = {}  # partition → after the last record read
+        self.probes: dict[str, str] = {}  # probe account → the type of its fact
 
     async def __aenter__(self) -> FactWatcher:
         from aiokafka import TopicPartition
@@ -235,6 +239,8 @@ class FactWatcher:
                 if value is None or marker not in value:
                     continue
                 fact = decode(value)
+                if fact.account_id is not None and fact.account_id.startswith(PROBE_PREFIX):
+                    self.probes[fact.account_id] = fact.type
                 self.types[fact.type] += 1
                 # A purchase's fact emitted again (a worker taking over a partition re-decides
                 # what the other had not committed) is counted once.
@@ -256,6 +262,46 @@ class FactWatcher:
             check()
             await self.poll()
         return time.monotonic() - started
+
+
+async def wait_for_reference(
+    sender: Sender, watcher: FactWatcher, run: str, partitions: int, deadline_seconds: float
+) -> None:
+    """Until the worker of every partition decides with the run's ISP: a probe account opened on
+    each partition is accepted, not rejected as isp_unknown (a rejected one is sent again under
+    another id). Waiting a fixed 2 s was not enough for workers just started: a 2-worker bench saw
+    2,130 of its 100,000 accounts rejected. The probes' ids do not end with the run's id, so they
+    are not counted among its accounts."""
+    started = time.monotonic()
+    waiting = set(range(partitions))
+    attempt = 0
+    while waiting:
+        if time.monotonic() - started > deadline_seconds:
+            raise TimeoutError(f"partitions {sorted(waiting)} never saw the bench's reference data")
+        probes = {_probe_account(run, p, attempt, partitions): p for p in sorted(waiting)}
+        opens = [AccountOpenRequested(command_id=f"c-{account}", account_id=account,
+                                      isp_id=f"isp-{run}", kind="consumer",
+                                      occurred_at=datetime.now(UTC) - timedelta(days=1))
+                 for account in probes]  # fmt: skip
+        for record in encode_commands(opens, partitions):
+            await sender.send(record)
+        await sender.flush()
+        while not probes.keys() <= watcher.probes.keys():
+            if time.monotonic() - started > deadline_seconds:
+                raise TimeoutError("the workers decided no probe account")
+            await watcher.poll()
+        waiting -= {p for a, p in probes.items() if watcher.probes[a].startswith("account.opened")}
+        attempt += 1
+        if waiting:
+            await asyncio.sleep(PROBE_RETRY_SECONDS)
+
+
+def _probe_account(run: str, partition: int, attempt: int, partitions: int) -> str:
+    """A probe account id on this partition (Kafka's partitioner of the id)."""
+    n = 0
+    while partition_for(account := f"{PROBE_PREFIX}{attempt}.{n}-{run}-p", partitions) != partition:
+        n += 1
+    return account
 
 
 async def send_and_wait(
@@ -345,7 +391,7 @@ async def _run(bootstrap: str, partitions: int, accounts: int, commands: int, se
     reference, opens = world(run_id, accounts)
     async with Sender(bootstrap) as sender, FactWatcher(bootstrap, run_id, partitions) as watcher:
         await sender.send_all(encode_reference(reference))
-        await asyncio.sleep(2)  # the workers' reference readers see the new ISP and publishers
+        await wait_for_reference(sender, watcher, run_id, partitions, deadline_seconds)
         await send_and_wait(sender, watcher, encode_commands(opens, partitions), deadline_seconds)
         # Throughput: a backlog produced as fast as we can, decided as fast as the worker can.
         backlog = encode_commands(purchases(run_id, accounts, commands, seed), partitions)

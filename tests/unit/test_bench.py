@@ -179,3 +179,16 @@ def test_the_json_has_the_issues_cost_fields_at_the_top_and_every_run_below() ->
     assert figures["cpu_seconds_per_1000_purchases"] == {"worker-1": 0.5, "kafka": 0.25}
     assert [run["workers"] for run in figures["runs"]] == [1, 2]
     assert figures["runs"][1]["cpu_seconds_per_1000_purchases"]["worker-2"] == 0.5
+
+
+def test_a_probe_account_lands_on_its_partition_and_is_not_one_of_the_runs() -> None:
+    from ledger.patterns import ID
+
+    _probe_account = stream._probe_account
+    for partition in range(6):
+        for attempt in range(3):
+            account = _probe_account("r1", partition, attempt, 6)
+            assert partition_for(account, 6) == partition
+            assert ID.fullmatch(account) and ID.fullmatch(f"c-{account}")
+            assert not account.endswith("-r1")  # the bench counts its accounts by that suffix
+    assert _probe_account("r1", 0, 0, 6) != _probe_account("r1", 0, 1, 6)  # a retry is new
