@@ -16,12 +16,12 @@ from typing import Any
 from ledger import simulate
 from ledger.errors import LedgerError
 from ledger.kafka import topics
+from ledger.kafka.batches import Outgoing
 from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitions import end_offsets
 from ledger.kafka.settings import consumer_config
 from ledger.produce import (
     LedgerProducer,
-    Outgoing,
     close_commands,
     command_record,
     send_in_batches,

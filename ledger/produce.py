@@ -16,6 +16,7 @@ from typing import Any
 
 from ledger.errors import LedgerError
 from ledger.kafka import topics
+from ledger.kafka.batches import Outgoing, RecordTooLarge, send_batched
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.settings import aiokafka_producer_config, producer_config
 from schemas import codec
@@ -84,10 +85,6 @@ class LedgerProducer:
         self.close()
 
 
-# (topic, partition, key, value) of a record to send
-Outgoing = tuple[str, int, bytes | None, bytes]
-
-
 def command_record(command: Command, partitions: int) -> Outgoing:
     """A command as LedgerProducer.send_command sends it: keyed and partitioned by account (a
     period close by ISP, to the partition it closes)."""
@@ -114,24 +111,9 @@ async def _send_in_batches(
     producer = AIOKafkaProducer(**aiokafka_producer_config(bootstrap_servers, client_id))
     await producer.start()
     try:
-        open_batches: dict[tuple[str, int], Any] = {}
-        sent: list[asyncio.Future[Any]] = []
-        count = 0
-        for topic, partition, key, value in records:
-            batch = open_batches.get((topic, partition))
-            if batch is None:
-                batch = open_batches[topic, partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = open_batches[topic, partition] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise LedgerError(f"a record of {len(value):,} bytes is larger than a batch")
-            count += 1
-        for (topic, partition), batch in open_batches.items():
-            if batch.record_count():
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*sent)  # raises if the broker refused one
-        return count
+        return await send_batched(producer, records)
+    except RecordTooLarge as error:
+        raise LedgerError(str(error)) from None
     finally:
         await producer.stop()
 

@@ -28,6 +28,7 @@ import msgspec
 
 from ledger.bench import table
 from ledger.kafka import settings, topics
+from ledger.kafka.batches import send_batched
 from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.partitions import end_offsets
@@ -150,22 +151,7 @@ class Sender:
 
     async def send_all(self, records: Sequence[Outgoing]) -> None:
         """Every record, in order per partition, and wait until the broker has them all."""
-        by_partition: dict[tuple[str, int], list[Outgoing]] = {}
-        for record in records:
-            by_partition.setdefault((record.topic, record.partition), []).append(record)
-        futures: list[asyncio.Future[Any]] = []
-        for (topic, partition), batch_records in by_partition.items():
-            batch = self._producer.create_batch()
-            for record in batch_records:
-                if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-                    futures.append(
-                        await self._producer.send_batch(batch, topic, partition=partition)
-                    )
-                    batch = self._producer.create_batch()
-                    appended = batch.append(key=record.key, value=record.value, timestamp=None)
-                    assert appended is not None, f"a record larger than a batch for {topic}"
-            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+        await send_batched(self._producer, records)
 
     async def send(self, record: Outgoing) -> None:
         sent = await self._producer.send(
