@@ -12,19 +12,25 @@ snapshot, and names the first differences:
 
 What it shares with the ledger is the format: the canonical form of a fact and the reading of a
 rejection's id of the old scheme (README, schemas/facts.py), written again here on plain JSON.
-It reads every table whole, in memory: an operator's check, not one for the writer's timer.
+It compares a bucket of ids at a time (the topic spilled to a file per bucket, each table read in
+bucket order), so that its memory does not grow with the log: an operator's check, not one for the
+writer's timer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import re
+import struct
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import psycopg
 
@@ -35,7 +41,7 @@ from projections.migrate import check_schema_name
 from projections.reconcile import Check
 
 DIFFERENCES_MAX = 100
-READ_SECONDS_MAX = 600.0
+STALL_SECONDS_MAX = 120.0  # reading a topic: no record for this long is an error
 POLL_TIMEOUT_MS = 1_000
 NAME = "every fact on the topic is in the database once, as it is on the topic, and nothing else"
 
@@ -91,20 +97,79 @@ def as_read_today(fact: JSON) -> JSON:
     return fact if new is None else {**fact, "event_id": new}
 
 
+# --- buckets: the check in slices of bounded size --------------------------------------------
+
+# The facts are compared a bucket of event ids at a time, and the accounts a bucket of account ids
+# at a time, so that the check's memory is bounded by a bucket, not by the log: read whole, the
+# seed's half year (3.3 million purchases) took over 20 GB and was killed (issue 13). The topic
+# is read once into a file per bucket; each table once, in bucket order, from a server-side cursor.
+FACTS_PER_BUCKET = 100_000
+BUCKETS_MAX = 512  # files open at once while the topic is read
+FETCH_ROWS = 5_000
+
+
+def bucket_count(facts: int, per_bucket: int = FACTS_PER_BUCKET) -> int:
+    return min(BUCKETS_MAX, max(1, -(-facts // per_bucket)))
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """The bucket of an id: the first 16 bits of the MD5 of its UTF-8 bytes, modulo `buckets`
+    (what `bucket_sql` computes in PostgreSQL; a unit test holds them together)."""
+    digest = hashlib.md5(key.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:2], "big") % buckets
+
+
+def bucket_sql(column: str, buckets: int) -> str:
+    return f"mod(('x' || substr(md5({column}), 1, 4))::bit(16)::int, {int(buckets)})"
+
+
+_HEADER = struct.Struct("<iqI")  # partition, offset, length of the bytes that follow
+
+
+class _Spill:
+    """Records kept in a file per bucket while the topic is read, read back a bucket at a time."""
+
+    def __init__(self, folder: Path, name: str, buckets: int) -> None:
+        self._paths = [folder / f"{name}-{bucket}" for bucket in range(buckets)]
+        self._files: list[BinaryIO] = []
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __enter__(self) -> _Spill:
+        self._files = [path.open("wb") for path in self._paths]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for file in self._files:
+            file.close()
+        self._files = []
+
+    def write(self, bucket: int, partition: int, offset: int, data: bytes) -> None:
+        file = self._files[bucket]
+        file.write(_HEADER.pack(partition, offset, len(data)))
+        file.write(data)
+
+    def read(self, bucket: int) -> Iterator[tuple[int, int, bytes]]:
+        with self._paths[bucket].open("rb") as file:
+            while header := file.read(_HEADER.size):
+                partition, offset, length = _HEADER.unpack(header)
+                yield partition, offset, file.read(length)
+
+
 # --- the database, in one snapshot -----------------------------------------------------------
 
 
 @dataclass
-class Database:
-    offsets: dict[int, int]
+class Slice:
+    """The rows of one bucket of event ids."""
+
     applied: dict[str, tuple[bytes | None, str | None]]  # fingerprint, type
     purchases: dict[str, Row]
     refunds: dict[str, Row]
-    accounts: dict[str, Row]
     account_facts: dict[str, Row]
     money_facts: dict[str, Row]
-    journal: dict[str, list[Row]] = field(default_factory=dict)
-    close_marks: dict[tuple[Any, ...], Row] = field(default_factory=dict)
+    journal: dict[str, list[Row]]
 
 
 PURCHASE_COLUMNS = (
@@ -119,45 +184,92 @@ REFUND_COLUMNS = (
 )  # fmt: skip
 
 
-def _by_first(db: psycopg.Connection[Any], query: str) -> dict[Any, Row]:
-    return {row[0]: tuple(row[1:]) for row in db.execute(query.encode()).fetchall()}
+class _Rows:
+    """A table's rows in bucket order (the bucket first in each row), one bucket after another,
+    from a server-side cursor."""
+
+    def __init__(
+        self, db: psycopg.Connection[Any], name: str, query: str, params: tuple[Any, ...] = ()
+    ) -> None:
+        self._cursor = db.cursor(name=f"factcheck_{name}")
+        self._cursor.itersize = FETCH_ROWS
+        self._cursor.execute(query.encode(), params)
+        self._rows = iter(self._cursor)
+        self._head: Row | None = next(self._rows, None)
+
+    def of(self, bucket: int) -> Iterator[Row]:
+        while self._head is not None and self._head[0] == bucket:
+            yield self._head[1:]
+            self._head = next(self._rows, None)
+
+    def by_first(self, bucket: int) -> dict[Any, Row]:
+        return {row[0]: tuple(row[1:]) for row in self.of(bucket)}
 
 
-def read_database(db: psycopg.Connection[Any], topic: str) -> Database:
-    """Everything compared, read inside the caller's REPEATABLE READ transaction."""
-    offsets = db.execute(
-        "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s", (topic,)
-    ).fetchall()
-    found = Database(
-        offsets={int(p): int(o) for p, o in offsets},
-        applied={
-            event_id: (None if fingerprint is None else bytes(fingerprint), kind)
-            for event_id, fingerprint, kind in db.execute(
-                "SELECT event_id, fingerprint, type FROM applied_events WHERE topic = %s",
-                (topic,),
-            ).fetchall()
-        },
-        purchases=_by_first(db, f"SELECT event_id, {', '.join(PURCHASE_COLUMNS)} FROM purchases"),
-        refunds=_by_first(db, f"SELECT event_id, {', '.join(REFUND_COLUMNS)} FROM refunds"),
-        accounts=_by_first(
-            db, "SELECT account_id, isp_id, kind, company_name, opened_at FROM accounts"
-        ),
-        account_facts=_by_first(
-            db, "SELECT event_id, type, account_id, isp_id, occurred_at, fact FROM account_facts"
-        ),
-        money_facts=_by_first(db, "SELECT event_id, isp_id, billing_period, fact FROM money_facts"),
-    )
-    for event_id, *leg in db.execute(
-        "SELECT event_id, leg, party, party_id, amount_cents, account_id, isp_id,"
-        " billing_period, occurred_at FROM journal ORDER BY event_id, leg"
-    ).fetchall():
-        found.journal.setdefault(event_id, []).append(tuple(leg))
-    for isp_id, period, partition, *mark in db.execute(
-        "SELECT isp_id, period, partition, event_id, command_id, occurred_at"
-        " FROM period_close_marks"
-    ).fetchall():
-        found.close_marks[isp_id, period, partition] = tuple(mark)
-    return found
+class Database:
+    """The database's side, read inside the caller's REPEATABLE READ transaction: the stored
+    offsets and the close marks whole (one per ISP, period and partition), the rest a bucket at
+    a time (`open`, then `slice` and `accounts` for each bucket in order)."""
+
+    def __init__(self, db: psycopg.Connection[Any], topic: str, per_bucket: int) -> None:
+        self._db, self._topic = db, topic
+        offsets = db.execute(
+            "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s", (topic,)
+        ).fetchall()
+        self.offsets = {int(p): int(o) for p, o in offsets}
+        row = db.execute(
+            "SELECT count(*) FROM applied_events WHERE topic = %s", (topic,)
+        ).fetchone()
+        self.buckets = bucket_count(0 if row is None else int(row[0]), per_bucket)
+        self.close_marks: dict[tuple[Any, ...], Row] = {}
+        for isp_id, period, partition, *mark in db.execute(
+            "SELECT isp_id, period, partition, event_id, command_id, occurred_at"
+            " FROM period_close_marks"
+        ).fetchall():
+            self.close_marks[isp_id, period, partition] = tuple(mark)
+        self._tables: dict[str, _Rows] = {}
+
+    def open(self) -> None:
+        db, by_event = self._db, bucket_sql("event_id", self.buckets)
+        self._tables = {
+            "applied": _Rows(db, "applied", f"SELECT {by_event}, event_id, fingerprint, type"
+                             " FROM applied_events WHERE topic = %s ORDER BY 1", (self._topic,)),
+            "purchases": _Rows(db, "purchases", f"SELECT {by_event}, event_id,"
+                               f" {', '.join(PURCHASE_COLUMNS)} FROM purchases ORDER BY 1"),
+            "refunds": _Rows(db, "refunds", f"SELECT {by_event}, event_id,"
+                             f" {', '.join(REFUND_COLUMNS)} FROM refunds ORDER BY 1"),
+            "account_facts": _Rows(db, "account_facts", f"SELECT {by_event}, event_id, type,"
+                                   " account_id, isp_id, occurred_at, fact FROM account_facts"
+                                   " ORDER BY 1"),
+            "money_facts": _Rows(db, "money_facts", f"SELECT {by_event}, event_id, isp_id,"
+                                 " billing_period, fact FROM money_facts ORDER BY 1"),
+            "journal": _Rows(db, "journal", f"SELECT {by_event}, event_id, leg, party, party_id,"
+                             " amount_cents, account_id, isp_id, billing_period, occurred_at"
+                             " FROM journal ORDER BY 1, event_id, leg"),
+            "accounts": _Rows(db, "accounts", f"SELECT {bucket_sql('account_id', self.buckets)},"
+                              " account_id, isp_id, kind, company_name, opened_at FROM accounts"
+                              " ORDER BY 1"),
+        }  # fmt: skip
+
+    def slice(self, bucket: int) -> Slice:
+        t = self._tables
+        journal: dict[str, list[Row]] = {}
+        for event_id, *leg in t["journal"].of(bucket):
+            journal.setdefault(event_id, []).append(tuple(leg))
+        return Slice(
+            applied={
+                event_id: (None if fingerprint is None else bytes(fingerprint), kind)
+                for event_id, fingerprint, kind in t["applied"].of(bucket)
+            },
+            purchases=t["purchases"].by_first(bucket),
+            refunds=t["refunds"].by_first(bucket),
+            account_facts=t["account_facts"].by_first(bucket),
+            money_facts=t["money_facts"].by_first(bucket),
+            journal=journal,
+        )
+
+    def accounts(self, bucket: int) -> dict[Any, Row]:
+        return self._tables["accounts"].by_first(bucket)
 
 
 # --- the topic -------------------------------------------------------------------------------
@@ -182,15 +294,19 @@ def read_topic(bootstrap: str, topic: str, until: dict[int, int] | None) -> Iter
     try:
         tps = topic_partitions(consumer, topic)
         ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + READ_SECONDS_MAX
         for tp in tps:
             end = ends[tp] if until is None else min(ends[tp], until.get(tp.partition, 0))
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
+            stalled_at = time.monotonic() + STALL_SECONDS_MAX
             while consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic} not read in {READ_SECONDS_MAX:.0f} s")
-                for record in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).get(tp, []):
+                if time.monotonic() > stalled_at:
+                    raise TimeoutError(f"{topic}[{tp.partition}]: no record for"
+                                       f" {STALL_SECONDS_MAX:.0f} s")  # fmt: skip
+                records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS).get(tp, [])
+                if records:
+                    stalled_at = time.monotonic() + STALL_SECONDS_MAX
+                for record in records:
                     if record.offset < end:
                         yield Record(tp.partition, record.offset, record.key, record.value)
     finally:
@@ -256,14 +372,20 @@ ADMIN_TYPES = frozenset({
 
 
 class _Comparison:
-    def __init__(self, database: Database, topic: str) -> None:
-        self.db, self.topic = database, topic
+    """The topic's facts against the database's rows: `spill` each record as the topic is read,
+    then `compare` each bucket of event ids, `accounts` each bucket of account ids, and
+    `close_marks` once."""
+
+    def __init__(self, topic: str, close_marks: dict[tuple[Any, ...], Row]) -> None:
+        self.topic = topic
         self.check = Check(NAME)
         self.differences = 0
-        # event id → SHA-256 of the canonical form, type, first record
-        self.seen: dict[str, tuple[bytes, str, Record]] = {}
-        self.accounts_seen: set[Any] = set()
+        self.close_marks = close_marks
         self.marks_seen: set[tuple[Any, ...]] = set()
+        self.db = Slice({}, {}, {}, {}, {}, {})
+        # in the bucket compared: event id → SHA-256 of the canonical form, type, first record
+        self.seen: dict[str, tuple[bytes, str, Record]] = {}
+        self.openings: _Spill | None = None
 
     def differ(self, text: str) -> None:
         self.differences += 1
@@ -273,17 +395,28 @@ class _Comparison:
     def where(self, record: Record) -> str:
         return f"{self.topic}[{record.partition}]@{record.offset}"
 
-    def record(self, record: Record, dead: set[tuple[int, int]]) -> None:
+    def spill(self, record: Record, dead: set[tuple[int, int]], facts: _Spill) -> None:
+        """A record of the topic into the file of its event id's bucket, if it is a fact."""
         if record.key == topics.PARTITION_MARKER_KEY or (record.partition, record.offset) in dead:
             return
-        try:
-            fact = json.loads(record.value or b"")
-        except ValueError:
-            fact = None
-        if not isinstance(fact, dict) or not isinstance(fact.get("event_id"), str):
+        fact = _parsed(record.value)
+        if fact is None:
             self.differ(f"{self.where(record)} is not a fact and is not on the dead-letter topic")
             return
-        fact = as_read_today(fact)
+        event_id = as_read_today(fact)["event_id"]
+        facts.write(bucket_of(event_id, len(facts)), record.partition, record.offset,
+                    record.value or b"")  # fmt: skip
+
+    def compare(self, rows: Slice, records: Iterator[tuple[int, int, bytes]],
+                openings: _Spill) -> None:  # fmt: skip
+        """One bucket: its records of the topic, in the topic's order, against its rows."""
+        self.db, self.seen, self.openings = rows, {}, openings
+        for partition, offset, value in records:
+            self.record(Record(partition, offset, None, None), value)
+        self.leftovers()
+
+    def record(self, record: Record, value: bytes) -> None:
+        fact = as_read_today(_parsed(value) or {})
         text = canonical(fact)
         digest = hashlib.sha256(text).digest()
         event_id = fact["event_id"]
@@ -294,7 +427,7 @@ class _Comparison:
                             f"{self.where(first[2])} and {self.where(record)}")  # fmt: skip
             return
         self.seen[event_id] = (digest, str(fact.get("type")), record)
-        self.fact(fact, text, digest, record)
+        self.fact(fact, text, digest, record, value)
 
     def _compare(self, what: str, expected: Any, found: Any, record: Record) -> None:
         if found is None:
@@ -303,7 +436,7 @@ class _Comparison:
             self.differ(f"{what}: the database holds {found!r}, the topic {expected!r}"
                         f" ({self.where(record)})")  # fmt: skip
 
-    def fact(self, f: JSON, text: bytes, digest: bytes, record: Record) -> None:
+    def fact(self, f: JSON, text: bytes, digest: bytes, record: Record, value: bytes) -> None:
         event_id, kind = f["event_id"], f.get("type")
         applied = self.db.applied.get(event_id)
         if applied is None:
@@ -320,14 +453,14 @@ class _Comparison:
             self._compare(f"refunds {event_id}", _refund_row(f),
                           self.db.refunds.get(event_id), record)  # fmt: skip
         if kind in ("purchase.authorized.v1", "purchase.refunded.v1"):
-            self._money(f, text, record)
+            self._money(f, text, record, value)
         elif kind == "account.opened.v1":
             self._opened(f, record)
         elif kind == "period.closed.v1":
             key = (f.get("isp_id"), f.get("period"), f.get("partition"))
             self.marks_seen.add(key)
             mark = (event_id, f.get("command_id"), _at(f.get("occurred_at")))
-            self._compare(f"period_close_marks {key}", mark, self.db.close_marks.get(key), record)
+            self._compare(f"period_close_marks {key}", mark, self.close_marks.get(key), record)
         elif kind in ADMIN_TYPES:
             row = self.db.account_facts.get(event_id)
             held = None if row is None else (*row[:4], canonical(as_read_today(row[4])))
@@ -338,13 +471,13 @@ class _Comparison:
                           "purchase.refunded.v1", "refund.rejected.v1"):  # fmt: skip
             self.differ(f"{self.where(record)}: a fact of an unknown type {kind!r}")
 
-    def _money(self, f: JSON, text: bytes, record: Record) -> None:
+    def _money(self, f: JSON, text: bytes, record: Record, value: bytes) -> None:
         event_id = f["event_id"]
         row = self.db.money_facts.get(event_id)
         found = None
         if row is not None:
             held = bytes(row[2])  # the record's own bytes, nearly always: no need to parse them
-            same = held == record.value
+            same = held == value
             found = (row[0], row[1], text if same else canonical(as_read_today(json.loads(held))))
         expected = (f.get("isp_id"), f.get("billing_period"), text)
         self._compare(f"money_facts {event_id}", expected, found, record)
@@ -352,18 +485,31 @@ class _Comparison:
                       record)  # fmt: skip
 
     def _opened(self, f: JSON, record: Record) -> None:
+        """Compared with the accounts table later, in the bucket of the account id."""
         account = str(f.get("account_id"))
-        expected = (f.get("isp_id"), f.get("kind"), f.get("company_name"),
-                    _at(f.get("occurred_at")))  # fmt: skip
-        if account in self.accounts_seen:
-            self.differ(f"account {account} opened twice on the topic ({self.where(record)})")
-            return
-        self.accounts_seen.add(account)
-        found = self.db.accounts.get(account)
-        self._compare(f"accounts {account}", expected, found, record)
+        opening = (account, f.get("isp_id"), f.get("kind"), f.get("company_name"),
+                   f.get("occurred_at"))  # fmt: skip
+        assert self.openings is not None
+        self.openings.write(bucket_of(account, len(self.openings)), record.partition,
+                            record.offset, marshal.dumps(opening))  # fmt: skip
+
+    def accounts(self, found: dict[Any, Row], openings: Iterator[tuple[int, int, bytes]]) -> None:
+        """One bucket of account ids: the openings on the topic against the accounts table."""
+        seen: set[str] = set()
+        for partition, offset, data in openings:
+            account, isp_id, kind, company_name, occurred_at = marshal.loads(data)
+            record = Record(partition, offset, None, None)
+            if account in seen:
+                self.differ(f"account {account} opened twice on the topic ({self.where(record)})")
+                continue
+            seen.add(account)
+            self._compare(f"accounts {account}", (isp_id, kind, company_name, _at(occurred_at)),
+                          found.get(account), record)  # fmt: skip
+        for account in sorted(set(found) - seen):
+            self.differ(f"accounts {account}: no account.opened on the topic")
 
     def leftovers(self) -> None:
-        """Rows that no fact on the topic accounts for."""
+        """Rows of the bucket that no fact on the topic accounts for."""
         kinds: dict[str, tuple[Mapping[str, Any], tuple[str, ...] | None]] = {
             "applied_events": (self.db.applied, None),
             "purchases": (self.db.purchases, ("purchase.authorized.v1", "purchase.rejected.v1")),
@@ -379,26 +525,47 @@ class _Comparison:
                 kind = None if seen is None else seen[1]
                 if kind is None or (expected_types is not None and kind not in expected_types):
                     self.differ(f"{table} {event_id}: no such fact on the topic")
-        for account in sorted(set(self.db.accounts) - self.accounts_seen):
-            self.differ(f"accounts {account}: no account.opened on the topic")
-        for key in sorted(set(self.db.close_marks) - self.marks_seen):
+
+    def marks_left(self) -> None:
+        for key in sorted(set(self.close_marks) - self.marks_seen):
             self.differ(f"period_close_marks {key}: no period.closed on the topic")
+
+
+def _parsed(value: bytes | None) -> JSON | None:
+    """The record as a JSON object with a string event id, else None."""
+    try:
+        fact = json.loads(value or b"")
+    except ValueError:
+        return None
+    return fact if isinstance(fact, dict) and isinstance(fact.get("event_id"), str) else None
 
 
 def check_facts(
     bootstrap: str, dsn: str, schema: str = "ledger", topic: str = topics.EVENTS,
-    dlq: str = topics.DLQ,
+    dlq: str = topics.DLQ, facts_per_bucket: int = FACTS_PER_BUCKET,
 ) -> Check:  # fmt: skip
     """The projections in `schema` against `topic`, fact by fact, up to the stored offsets."""
-    options = f"-c search_path={check_schema_name(schema)}"
-    with psycopg.connect(dsn, options=options, connect_timeout=10) as db:
+    # One snapshot from the first query to the last, through the minutes of reading the topic:
+    # the stack's idle-in-transaction timeout (60 s) is lifted for this session.
+    options = f"-c search_path={check_schema_name(schema)} -c idle_in_transaction_session_timeout=0"
+    with (
+        psycopg.connect(dsn, options=options, connect_timeout=10) as db,
+        tempfile.TemporaryDirectory(prefix="ledger-factcheck-") as folder,
+    ):
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        database = read_database(db, topic)
-    dead = dead_lettered(bootstrap, dlq, topic)
-    comparison = _Comparison(database, topic)
-    for record in read_topic(bootstrap, topic, database.offsets):
-        comparison.record(record, dead)
-    comparison.leftovers()
+        database = Database(db, topic, facts_per_bucket)
+        dead = dead_lettered(bootstrap, dlq, topic)
+        comparison = _Comparison(topic, database.close_marks)
+        with _Spill(Path(folder), "facts", database.buckets) as facts:
+            for record in read_topic(bootstrap, topic, database.offsets):
+                comparison.spill(record, dead, facts)
+        database.open()
+        with _Spill(Path(folder), "openings", database.buckets) as openings:
+            for bucket in range(database.buckets):
+                comparison.compare(database.slice(bucket), facts.read(bucket), openings)
+        for bucket in range(database.buckets):
+            comparison.accounts(database.accounts(bucket), openings.read(bucket))
+        comparison.marks_left()
     if comparison.differences > DIFFERENCES_MAX:
         comparison.check.mismatches.append(
             f"... {comparison.differences - DIFFERENCES_MAX} more differences"

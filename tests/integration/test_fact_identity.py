@@ -25,7 +25,7 @@ from ledger.core.reference import Reference
 from ledger.core.runner import LocalAuthorizer
 from ledger.produce import LedgerProducer
 from ledger.stack.state import StackState
-from projections.factcheck import check_facts
+from projections.factcheck import bucket_of, bucket_sql, check_facts
 from projections.replay import drop_schema, fresh_schema
 from projections.store import ConflictingFacts
 from projections.writer import Writer
@@ -236,9 +236,14 @@ def test_reconcile_compares_the_topic_with_the_database_fact_by_fact(private: Pr
                    " VALUES (%s, 1, %s)", (private.topic, poison.offset + 1))  # fmt: skip
 
     def check() -> list[str]:
-        return check_facts(
-            private.bootstrap, private.dsn, private.schema, private.topic, private.dlq
-        ).mismatches
+        """The check in one bucket and in buckets of three facts: the same differences."""
+        whole, *sliced = (
+            check_facts(private.bootstrap, private.dsn, private.schema, private.topic,
+                        private.dlq, facts_per_bucket=size).mismatches
+            for size in (100_000, 3)
+        )  # fmt: skip
+        assert sorted(whole) == sorted(sliced[0]), (whole, sliced)
+        return whole
 
     assert check() == []
     purchase = next(f for f in facts if getattr(f, "purchase_id", None) == "p2")
@@ -262,3 +267,14 @@ def test_reconcile_compares_the_topic_with_the_database_fact_by_fact(private: Pr
         db.execute("UPDATE applied_events SET fingerprint = sha256('other') WHERE event_id = %s",
                    (purchase.event_id,))  # fmt: skip
     assert any("applied_events holds another fact" in line for line in check())
+
+
+def test_the_fact_check_buckets_an_id_alike_in_python_and_in_postgresql(private: Private) -> None:
+    ids = [f"purchase.p{n}.{n * 7919:016x}" for n in range(200)]
+    ids += ["account.é-ü.opened", "command.日本.rejected.isp_unknown", ""]
+    for buckets in (1, 7, 45, 512):
+        found = private.rows(
+            f"SELECT id, {bucket_sql('id', buckets)} FROM unnest(%s::text[]) AS id", ids
+        )
+        assert {i: b for i, b in found} == {i: bucket_of(i, buckets) for i in ids}
+    assert len({bucket_of(i, 45) for i in ids}) > 30  # spread, not one bucket
