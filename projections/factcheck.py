@@ -66,12 +66,14 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+# json.dumps with arguments builds an encoder each call: built once (a third of the cost)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(fact: JSON) -> bytes:
     """Null fields left out, keys sorted, no spaces, UTF-8 (README: "An event id names one
     fact")."""
-    text = json.dumps(_without_nulls(fact), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)  # fmt: skip
-    return text.encode()
+    return _CANONICAL.encode(_without_nulls(fact)).encode()
 
 
 _OLD_TAIL = re.compile(r"[0-9a-f]{16}")
@@ -103,7 +105,7 @@ def as_read_today(fact: JSON) -> JSON:
 # at a time, so that the check's memory is bounded by a bucket, not by the log: read whole, the
 # seed's half year (3.3 million purchases) took over 20 GB and was killed (issue 13). The topic
 # is read once into a file per bucket; each table once, in bucket order, from a server-side cursor.
-FACTS_PER_BUCKET = 100_000
+FACTS_PER_BUCKET = 25_000
 BUCKETS_MAX = 512  # files open at once while the topic is read
 FETCH_ROWS = 5_000
 
@@ -193,7 +195,7 @@ class _Rows:
     ) -> None:
         self._cursor = db.cursor(name=f"factcheck_{name}")
         self._cursor.itersize = FETCH_ROWS
-        self._cursor.execute(query.encode(), params)
+        self._cursor.execute(query.encode(), params, binary=True)
         self._rows = iter(self._cursor)
         self._head: Row | None = next(self._rows, None)
 
@@ -403,20 +405,22 @@ class _Comparison:
         if fact is None:
             self.differ(f"{self.where(record)} is not a fact and is not on the dead-letter topic")
             return
-        event_id = as_read_today(fact)["event_id"]
-        facts.write(bucket_of(event_id, len(facts)), record.partition, record.offset,
-                    record.value or b"")  # fmt: skip
+        fact = as_read_today(fact)
+        # Parsed once: the fact and the record's bytes, as marshal writes them (quicker to read
+        # back than the JSON again).
+        facts.write(bucket_of(fact["event_id"], len(facts)), record.partition, record.offset,
+                    marshal.dumps((fact, record.value or b"")))  # fmt: skip
 
     def compare(self, rows: Slice, records: Iterator[tuple[int, int, bytes]],
                 openings: _Spill) -> None:  # fmt: skip
         """One bucket: its records of the topic, in the topic's order, against its rows."""
         self.db, self.seen, self.openings = rows, {}, openings
-        for partition, offset, value in records:
-            self.record(Record(partition, offset, None, None), value)
+        for partition, offset, data in records:
+            fact, value = marshal.loads(data)
+            self.record(Record(partition, offset, None, None), fact, value)
         self.leftovers()
 
-    def record(self, record: Record, value: bytes) -> None:
-        fact = as_read_today(_parsed(value) or {})
+    def record(self, record: Record, fact: JSON, value: bytes) -> None:
         text = canonical(fact)
         digest = hashlib.sha256(text).digest()
         event_id = fact["event_id"]
