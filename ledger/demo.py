@@ -74,10 +74,25 @@ def _send(bootstrap: str, partitions: int, workload: simulate.Workload) -> tuple
     return sent, malformed
 
 
+# Not on a terminal (a log file, CI), the progress is a line every this many seconds rather
+# than a bar redrawn twice a second.
+PROGRESS_LINE_SECONDS = 15.0
+_progress_lines: dict[str, float] = {}
+
+
 def _progress(done: int, total: int, started: float, what: str) -> None:
-    filled = 40 * done // max(1, total)
-    sys.stderr.write(f"\r{what:>9} [{'#' * filled}{'.' * (40 - filled)}] {done:,}/{total:,}"
-                     f" records  {time.monotonic() - started:,.0f} s ")  # fmt: skip
+    now = time.monotonic()
+    text = f"{what:>9} [{'#' * (40 * done // max(1, total)):.<40}] {done:,}/{total:,} records" \
+           f"  {now - started:,.0f} s "  # fmt: skip
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{text}")
+    else:
+        last, final = _progress_lines.get(what), done >= total
+        if last == float("inf"):  # its last line is written
+            return
+        if final or last is None or now - last >= PROGRESS_LINE_SECONDS:
+            sys.stderr.write(f"{text}\n")
+            _progress_lines[what] = float("inf") if final else now
     sys.stderr.flush()
 
 

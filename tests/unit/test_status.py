@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ledger.status import LastDecision, PartitionLag, PeriodState, Status, render
 
 
@@ -55,3 +57,22 @@ def test_an_empty_ledger_says_so_instead_of_failing() -> None:
     assert "last decision: none on ledger.events" in screen
     assert "dead letters: 0" in screen and "look at" not in screen
     assert "none yet" in screen
+
+
+def test_the_demo_progress_is_a_line_now_and_then_when_not_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a log file the bar is not redrawn twice a second (the half year's log held 1,900 of
+    them on one line): a line every PROGRESS_LINE_SECONDS, and the last one once."""
+    from ledger import demo
+
+    monkeypatch.setattr(demo, "_progress_lines", {})
+    clock = iter([0.0, 1.0, 20.0, 21.0, 22.0, 23.0])
+    monkeypatch.setattr(demo.time, "monotonic", lambda: next(clock))
+    for done in (10, 20, 30, 40, 100, 100):
+        demo._progress(done, 100, 0.0, "decided")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("]")[1].split(" records")[0].strip() for line in lines] == [
+        "10/100", "30/100", "100/100",
+    ]  # fmt: skip
+    assert all("\r" not in line for line in lines)
