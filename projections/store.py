@@ -12,13 +12,11 @@ of the authorizer: the batch stops with both facts named (ConflictingFacts) and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import msgspec
 import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Buffer, Dumper
@@ -418,31 +416,6 @@ async def billed_facts(
     return facts
 
 
-def _line_rows(invoice: billing.Invoice) -> list[projected.Row]:
-    return [
-        (invoice.invoice_id, number, invoice.isp_id, line.event_id, line.kind, line.purchase_id,
-         line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
-         line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
-         line.late_for_period)
-        for number, line in enumerate(invoice.lines, start=1)
-    ]  # fmt: skip
-
-
-INVOICE_COLUMNS = (
-    "invoice_id", "isp_id", "period", "account_id", "account_kind", "company_name", "lines",
-    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal", "vat_by_rate",
-)  # fmt: skip
-LINE_COLUMNS = (
-    "invoice_id", "line_no", "isp_id", "event_id", "kind", "purchase_id", "refund_id", "user_id",
-    "publisher_id", "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents",
-    "gross_cents", "late_for_period",
-)  # fmt: skip
-STATEMENT_COLUMNS = (
-    "statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds", "gross_cents",
-    "net_cents", "vat_cents", "owed_cents", "seal",
-)  # fmt: skip
-
-
 async def _earlier_purchase_rates(
     conn: psycopg.AsyncConnection[Any], isp_id: str, facts: list[MoneyFact]
 ) -> dict[billing.PurchaseKey, int]:
@@ -467,13 +440,6 @@ async def _earlier_purchase_rates(
     return rates
 
 
-def _vat_json(totals: tuple[billing.VatTotal, ...]) -> str:
-    return _json_encoder.encode(list(totals)).decode()
-
-
-_json_encoder = msgspec.json.Encoder()
-
-
 async def seal_period(
     conn: psycopg.AsyncConnection[Any], isp_id: str, period: str, closed_at: datetime
 ) -> None:
@@ -491,18 +457,10 @@ async def seal_period(
         ([i.account_id for i in invoices if i.account_kind == "enterprise"],),
     )
     companies = dict(await cursor.fetchall())
-    await _copy(conn, "invoices", INVOICE_COLUMNS, [
-        (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
-         companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
-         json.dumps(i.gross_cents_by_user), i.seal, _vat_json(i.vat_by_rate))
-        for i in invoices
-    ])  # fmt: skip
-    await _copy(conn, "invoice_lines", LINE_COLUMNS, [r for i in invoices for r in _line_rows(i)])
-    await _copy(conn, "statements", STATEMENT_COLUMNS, [
-        (s.statement_id, s.isp_id, s.period, s.publisher_id, s.purchases, s.refunds,
-         s.gross_cents, s.net_cents, s.vat_cents, s.owed_cents, s.seal)
-        for s in statements
-    ])  # fmt: skip
+    rows = projected.seal_rows(invoices, statements, companies)
+    await _copy(conn, "invoices", projected.INVOICE_COLUMNS, rows.invoices)
+    await _copy(conn, "invoice_lines", projected.LINE_COLUMNS, rows.lines)
+    await _copy(conn, "statements", projected.STATEMENT_COLUMNS, rows.statements)
     await conn.execute(
         "UPDATE billing_periods SET state = 'closed', closed_at = %s, invoices = %s,"
         " net_cents = %s, vat_cents = %s, gross_cents = %s, commission_cents = %s,"
@@ -510,6 +468,7 @@ async def seal_period(
         " WHERE isp_id = %s AND period = %s",
         (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
          summary.commission_cents, summary.owed_to_platform_cents,
-         billing.period_seal(summary, invoices, statements), _vat_json(summary.vat_by_rate),
+         billing.period_seal(summary, invoices, statements),
+         projected.vat_json(summary.vat_by_rate),
          isp_id, period),
     )  # fmt: skip
