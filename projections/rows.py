@@ -251,16 +251,6 @@ def vat_json(totals: tuple[billing.VatTotal, ...]) -> str:
     return _json.encode(list(totals)).decode()
 
 
-def _line_rows(invoice: billing.Invoice) -> list[Row]:
-    return [
-        (invoice.invoice_id, number, invoice.isp_id, line.event_id, line.kind, line.purchase_id,
-         line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
-         line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
-         line.late_for_period)
-        for number, line in enumerate(invoice.lines, start=1)
-    ]  # fmt: skip
-
-
 def seal_rows(
     invoices: list[billing.Invoice],
     statements: list[billing.Statement],
@@ -268,14 +258,25 @@ def seal_rows(
 ) -> SealRows:
     """The rows of a period's invoices (`companies`: the name of each enterprise account), their
     lines, numbered from 1 in the invoice's order, and its statements."""
+    lines: list[Row] = []
+    for i in invoices:
+        invoice_id, isp_id = i.invoice_id, i.isp_id
+        lines += [
+            (invoice_id, number, isp_id, line.event_id, line.kind, line.purchase_id,
+             line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
+             line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
+             line.late_for_period)
+            for number, line in enumerate(i.lines, start=1)
+        ]  # fmt: skip
     return SealRows(
         [
             (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
              companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
-             json.dumps(i.gross_cents_by_user), i.seal, vat_json(i.vat_by_rate))
+             json.dumps(i.gross_cents_by_user) if i.gross_cents_by_user else "{}", i.seal,
+             vat_json(i.vat_by_rate))
             for i in invoices
         ],
-        [r for i in invoices for r in _line_rows(i)],
+        lines,
         [
             (s.statement_id, s.isp_id, s.period, s.publisher_id, s.purchases, s.refunds,
              s.gross_cents, s.net_cents, s.vat_cents, s.owed_cents, s.seal)
