@@ -7,13 +7,15 @@ here imports psycopg (STYLE.md §1); the adapter in `projections.store` writes w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
+from ledger.core import billing
 from schemas.facts import (
     AccountBlocked,
     AccountOpened,
@@ -218,3 +220,66 @@ def project(facts: Iterable[tuple[Fact, bytes]]) -> Rows:
     for fact, raw in facts:
         add(rows, fact, raw)
     return rows
+
+
+# --- the rows of a sealed period ----------------------------------------------------------------
+
+INVOICE_COLUMNS = (
+    "invoice_id", "isp_id", "period", "account_id", "account_kind", "company_name", "lines",
+    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal", "vat_by_rate",
+)  # fmt: skip
+LINE_COLUMNS = (
+    "invoice_id", "line_no", "isp_id", "event_id", "kind", "purchase_id", "refund_id", "user_id",
+    "publisher_id", "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents",
+    "gross_cents", "late_for_period",
+)  # fmt: skip
+STATEMENT_COLUMNS = (
+    "statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds", "gross_cents",
+    "net_cents", "vat_cents", "owed_cents", "seal",
+)  # fmt: skip
+
+
+class SealRows(NamedTuple):
+    """What the seal of a period copies into invoices, invoice_lines and statements."""
+
+    invoices: list[Row]
+    lines: list[Row]
+    statements: list[Row]
+
+
+def vat_json(totals: tuple[billing.VatTotal, ...]) -> str:
+    return _json.encode(list(totals)).decode()
+
+
+def seal_rows(
+    invoices: list[billing.Invoice],
+    statements: list[billing.Statement],
+    companies: Mapping[str, str],
+) -> SealRows:
+    """The rows of a period's invoices (`companies`: the name of each enterprise account), their
+    lines, numbered from 1 in the invoice's order, and its statements."""
+    lines: list[Row] = []
+    for i in invoices:
+        invoice_id, isp_id = i.invoice_id, i.isp_id
+        lines += [
+            (invoice_id, number, isp_id, line.event_id, line.kind, line.purchase_id,
+             line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
+             line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
+             line.late_for_period)
+            for number, line in enumerate(i.lines, start=1)
+        ]  # fmt: skip
+    return SealRows(
+        [
+            (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
+             companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
+             json.dumps(i.gross_cents_by_user) if i.gross_cents_by_user else "{}", i.seal,
+             vat_json(i.vat_by_rate))
+            for i in invoices
+        ],
+        lines,
+        [
+            (s.statement_id, s.isp_id, s.period, s.publisher_id, s.purchases, s.refunds,
+             s.gross_cents, s.net_cents, s.vat_cents, s.owed_cents, s.seal)
+            for s in statements
+        ],
+    )  # fmt: skip

@@ -12,13 +12,11 @@ of the authorizer: the batch stops with both facts named (ConflictingFacts) and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import msgspec
 import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Buffer, Dumper
@@ -26,7 +24,7 @@ from psycopg.adapt import Buffer, Dumper
 from ledger.core import billing
 from projections import rows as projected
 from projections.migrate import check_schema_name
-from schemas import codec
+from schemas import checked
 from schemas.facts import (
     Fact,
     MoneyFact,
@@ -409,38 +407,16 @@ async def billed_facts(
     cursor = await conn.execute(
         "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s ORDER BY event_id",
         (isp_id, period),
+        binary=True,  # the bytea as it is, not in hex to decode
     )
     facts: list[MoneyFact] = []
     for (raw,) in await cursor.fetchall():
-        fact = codec.decode_fact(bytes(raw))
+        # As strict as codec.decode_fact, quicker (measured on a period of 262,450 money facts:
+        # 13.3 -> 9.5 us a fact).
+        fact = checked.decode_fact(bytes(raw))
         assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
         facts.append(fact)
     return facts
-
-
-def _line_rows(invoice: billing.Invoice) -> list[projected.Row]:
-    return [
-        (invoice.invoice_id, number, invoice.isp_id, line.event_id, line.kind, line.purchase_id,
-         line.refund_id, line.user_id, line.publisher_id, line.description, line.occurred_at,
-         line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
-         line.late_for_period)
-        for number, line in enumerate(invoice.lines, start=1)
-    ]  # fmt: skip
-
-
-INVOICE_COLUMNS = (
-    "invoice_id", "isp_id", "period", "account_id", "account_kind", "company_name", "lines",
-    "net_cents", "vat_cents", "gross_cents", "gross_cents_by_user", "seal", "vat_by_rate",
-)  # fmt: skip
-LINE_COLUMNS = (
-    "invoice_id", "line_no", "isp_id", "event_id", "kind", "purchase_id", "refund_id", "user_id",
-    "publisher_id", "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents",
-    "gross_cents", "late_for_period",
-)  # fmt: skip
-STATEMENT_COLUMNS = (
-    "statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds", "gross_cents",
-    "net_cents", "vat_cents", "owed_cents", "seal",
-)  # fmt: skip
 
 
 async def _earlier_purchase_rates(
@@ -448,30 +424,31 @@ async def _earlier_purchase_rates(
 ) -> dict[billing.PurchaseKey, int]:
     """The VAT rate of each purchase that a refund among `facts` reverses and that is billed in
     an earlier period (by the same ISP: the account's): read from that period's money facts, by
-    the index on money_facts, once per seal."""
-    known = billing.purchase_vat_rates(facts)
-    wanted = {billing.purchase_key(f) for f in facts if isinstance(f, PurchaseRefunded)}
-    wanted -= known.keys()
+    the index on money_facts, once per seal. Only the facts of the purchases wanted leave the
+    database: an accepted purchase's id is `purchase.{purchase_id}.{fingerprint16}`
+    (schemas.facts.event_id_of), and a refund names a few of a period's purchases."""
+    refunds = [f for f in facts if isinstance(f, PurchaseRefunded)]
+    refunded = {f.purchase_id for f in refunds}
+    wanted = {billing.purchase_key(f) for f in refunds}
+    wanted -= {
+        billing.purchase_key(f) for f in facts
+        if f.purchase_id in refunded and isinstance(f, PurchaseAuthorized)
+    }  # fmt: skip
     rates: dict[billing.PurchaseKey, int] = {}
     for period in sorted({key[2] for key in wanted}):
+        names = sorted({f"purchase.{key[1]}" for key in wanted if key[2] == period})
         cursor = await conn.execute(
             "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s"
-            " AND event_id LIKE 'purchase.%%'",
-            (isp_id, period),
+            " AND event_id LIKE 'purchase.%%' AND left(event_id, -17) = ANY(%s)",
+            (isp_id, period, names),
+            binary=True,
         )
         for (raw,) in await cursor.fetchall():
-            fact = codec.decode_fact(bytes(raw))
+            fact = checked.decode_fact(bytes(raw))
             assert isinstance(fact, PurchaseAuthorized)
             if billing.purchase_key(fact) in wanted:
                 rates[billing.purchase_key(fact)] = fact.vat_rate_bp
     return rates
-
-
-def _vat_json(totals: tuple[billing.VatTotal, ...]) -> str:
-    return _json_encoder.encode(list(totals)).decode()
-
-
-_json_encoder = msgspec.json.Encoder()
 
 
 async def seal_period(
@@ -482,27 +459,18 @@ async def seal_period(
     rows are never updated (the database refuses it)."""
     facts = await billed_facts(conn, isp_id, period)
     rates = await _earlier_purchase_rates(conn, isp_id, facts)
-    invoices = billing.build_invoices(isp_id, period, facts, rates)
-    statements = billing.build_statements(isp_id, period, facts, rates)
-    summary = billing.summarize(isp_id, period, facts, rates)
+    billed = billing.bill_period(isp_id, period, facts, rates)
+    invoices, statements, summary = billed.invoices, billed.statements, billed.summary
     cursor = await conn.execute(
         "SELECT account_id, company_name FROM accounts WHERE account_id = ANY(%s)"
         " AND company_name IS NOT NULL",
         ([i.account_id for i in invoices if i.account_kind == "enterprise"],),
     )
     companies = dict(await cursor.fetchall())
-    await _copy(conn, "invoices", INVOICE_COLUMNS, [
-        (i.invoice_id, i.isp_id, i.period, i.account_id, i.account_kind,
-         companies.get(i.account_id), len(i.lines), i.net_cents, i.vat_cents, i.gross_cents,
-         json.dumps(i.gross_cents_by_user), i.seal, _vat_json(i.vat_by_rate))
-        for i in invoices
-    ])  # fmt: skip
-    await _copy(conn, "invoice_lines", LINE_COLUMNS, [r for i in invoices for r in _line_rows(i)])
-    await _copy(conn, "statements", STATEMENT_COLUMNS, [
-        (s.statement_id, s.isp_id, s.period, s.publisher_id, s.purchases, s.refunds,
-         s.gross_cents, s.net_cents, s.vat_cents, s.owed_cents, s.seal)
-        for s in statements
-    ])  # fmt: skip
+    rows = projected.seal_rows(invoices, statements, companies)
+    await _copy(conn, "invoices", projected.INVOICE_COLUMNS, rows.invoices)
+    await _copy(conn, "invoice_lines", projected.LINE_COLUMNS, rows.lines)
+    await _copy(conn, "statements", projected.STATEMENT_COLUMNS, rows.statements)
     await conn.execute(
         "UPDATE billing_periods SET state = 'closed', closed_at = %s, invoices = %s,"
         " net_cents = %s, vat_cents = %s, gross_cents = %s, commission_cents = %s,"
@@ -510,6 +478,7 @@ async def seal_period(
         " WHERE isp_id = %s AND period = %s",
         (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
          summary.commission_cents, summary.owed_to_platform_cents,
-         billing.period_seal(summary, invoices, statements), _vat_json(summary.vat_by_rate),
+         billing.period_seal(summary, invoices, statements),
+         projected.vat_json(summary.vat_by_rate),
          isp_id, period),
     )  # fmt: skip
