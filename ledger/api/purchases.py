@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ledger.api.errors import ApiError
 from ledger.core.authorizer import HORIZON_SECONDS_DEFAULT
@@ -44,13 +44,13 @@ class Database(Protocol):
 
 
 class Recent(Protocol):
-    """The listener's recent facts, by (publisher_id, purchase_id)."""
+    """The listener's recent decisions, by (publisher_id, purchase_id)."""
 
-    purchases: Any
-    refunds: Any
+    purchases: Any  # Mapping[(publisher_id, purchase_id), Purchase]
+    refunds: Any  # Mapping[(publisher_id, purchase_id), list[RecentRefund]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Purchase:
     purchase_id: str
     account_id: str
@@ -115,12 +115,25 @@ class Purchase:
         return view
 
 
-def replaces(new: PurchaseAuthorized | PurchaseRejected, old: Any) -> bool:
+def replaces(new: Purchase, old: Purchase | None) -> bool:
     """Whether a decision of a purchase id stands for it instead of the one known: the first
     remembered decision stands; an unremembered rejection gives way to any later decision."""
-    if isinstance(new, PurchaseRejected) and new.reason == "duplicate_with_different_body":
+    if not new.authorized and new.reason == "duplicate_with_different_body":
         return False  # an answer to another body, not the purchase's decision
-    return old is None or (isinstance(old, PurchaseRejected) and old.reason in UNREMEMBERED)
+    return old is None or (not old.authorized and old.reason in UNREMEMBERED)
+
+
+class RecentRefund(NamedTuple):
+    """What the API keeps of a refund accepted recently (the listener's index)."""
+
+    event_id: str
+    refund_id: str
+    account_id: str
+    amount_cents: int
+
+    @classmethod
+    def of_fact(cls, fact: PurchaseRefunded) -> RecentRefund:
+        return cls(fact.event_id, fact.refund_id, fact.account_id, fact.amount_cents)
 
 
 _PURCHASE = (
@@ -136,8 +149,7 @@ _PURCHASE = (
 
 async def find(db: Database, recent: Recent, publisher_id: str, purchase_id: str) -> Purchase:
     """The caller's purchase of this id, else a 404 that says nothing of other publishers'."""
-    fact = recent.purchases.get((publisher_id, purchase_id))
-    known = Purchase.of_fact(fact) if fact is not None else None
+    known: Purchase | None = recent.purchases.get((publisher_id, purchase_id))
     if known is not None and known.stands:
         return known
     rows = await db.query(_PURCHASE, (purchase_id, publisher_id))
@@ -170,7 +182,7 @@ async def refunds_of(db: Database, recent: Recent, purchase: Purchase) -> Refund
     )
     amounts = {row["event_id"]: int(row["amount_cents"]) for row in rows}
     ids = {row["refund_id"] for row in rows}
-    known: list[PurchaseRefunded] = recent.refunds.get(
+    known: list[RecentRefund] = recent.refunds.get(
         (purchase.publisher_id, purchase.purchase_id), []
     )
     for refund in known:

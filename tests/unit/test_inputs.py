@@ -75,11 +75,15 @@ def test_the_decision_that_stands_for_a_purchase_id() -> None:
     ledger.handle(b.open_account("acct"))
     (authorized,) = ledger.handle(b.purchase("acct", 266, purchase_id="p1"), origin=2)
     (conflict,) = ledger.handle(b.purchase("acct", 267, purchase_id="p1"), origin=3)
-    assert replaces(unknown, None)  # type: ignore[arg-type]
-    assert replaces(authorized, unknown)  # type: ignore[arg-type]  # unremembered: gives way
-    assert not replaces(conflict, authorized)  # type: ignore[arg-type]  # another body's answer
-    assert not replaces(conflict, None)  # type: ignore[arg-type]
-    view = Purchase.of_fact(authorized).view(refunded_cents=100)  # type: ignore[arg-type]
+    unknown_, authorized_, conflict_ = (
+        Purchase.of_fact(f)  # type: ignore[arg-type]
+        for f in (unknown, authorized, conflict)
+    )
+    assert replaces(unknown_, None)
+    assert replaces(authorized_, unknown_)  # unremembered: gives way
+    assert not replaces(conflict_, authorized_)  # another body's answer
+    assert not replaces(conflict_, None)
+    view = authorized_.view(refunded_cents=100)
     assert (view["status"], view["refunded_cents"], view["amount_cents"]) == (
         "authorized",
         100,

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ledger.api.listener import DecisionListener, wait_key
+from ledger.api.purchases import Purchase
 from ledger.core.runner import LocalAuthorizer
 from ledger.kafka.reference import ReferenceReader
 from schemas import codec
@@ -185,4 +186,5 @@ def test_decision_listener_answers_waiters_and_indexes_purchases() -> None:
 
     answered, listener = asyncio.run(scenario())
     assert answered == fact
-    assert listener.purchases[(fact.publisher_id, "p1")] == fact  # the conflict did not replace it
+    # the conflict did not replace it; what is kept is the decision, not the whole fact
+    assert listener.purchases[(fact.publisher_id, "p1")] == Purchase.of_fact(fact)
