@@ -14,15 +14,18 @@ from ledger.kafka.partitioning import partition_for
 from ledger.kafka.settings import consumer_config
 from schemas.types import Party
 
-READ_DEADLINE_SECONDS = 60
+STALL_SECONDS_MAX = 60  # reading a changelog: no record for this long is an error
 POLL_TIMEOUT_MS = 500
 
 
 def read_partitions(
-    bootstrap_servers: str, topic: str, partitions: list[int], bookkeeping: bool = False
-) -> dict[bytes, bytes]:
+    bootstrap_servers: str, topic: str, partitions: list[int], bookkeeping: bool = False,
+    keys: frozenset[bytes] | None = None,
+) -> dict[bytes, bytes]:  # fmt: skip
     """The latest value of every key in these partitions of a changelog (deleted keys left out;
-    the workers' own keys, which start with a NUL byte, only if `bookkeeping`)."""
+    the workers' own keys, which start with a NUL byte, only if `bookkeeping`), or of `keys`
+    only: the others are not kept while reading (1.1 million account states, when only the
+    partitions' summaries are wanted)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-tables", group_id=None))
@@ -34,13 +37,15 @@ def read_partitions(
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
         end = consumer.end_offsets(assigned)
-        deadline = time.monotonic() + READ_DEADLINE_SECONDS
+        stalled_at = time.monotonic() + STALL_SECONDS_MAX
         while any(consumer.position(tp) < end[tp] for tp in assigned):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took over {READ_DEADLINE_SECONDS} s")
+            if time.monotonic() > stalled_at:
+                raise TimeoutError(f"reading {topic}: no record for {STALL_SECONDS_MAX} s")
             for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
+                stalled_at = time.monotonic() + STALL_SECONDS_MAX
                 for record in records:
-                    latest[record.key] = record.value
+                    if keys is None or record.key in keys:
+                        latest[record.key] = record.value
     finally:
         consumer.close()
     return {
@@ -52,8 +57,9 @@ def read_partitions(
 
 def read_key(bootstrap_servers: str, table: str, key: str, partitions: int) -> bytes | None:
     found = read_partitions(
-        bootstrap_servers, changelog_topic(table), [partition_for(key, partitions)]
-    )
+        bootstrap_servers, changelog_topic(table), [partition_for(key, partitions)],
+        keys=frozenset({key.encode()}),
+    )  # fmt: skip
     return found.get(key.encode())
 
 
@@ -67,8 +73,9 @@ def read_balances(
     """Every publisher's or ISP's balance: the sum of the partial balances that each partition's
     summary holds (ledger/core/batch.py)."""
     found = read_partitions(
-        bootstrap_servers, changelog_topic(table), list(range(partitions)), bookkeeping=True
-    )
+        bootstrap_servers, changelog_topic(table), list(range(partitions)), bookkeeping=True,
+        keys=frozenset(summary_key(p) for p in range(partitions)),
+    )  # fmt: skip
     summaries = [decode_summary(found[summary_key(p)]) for p in range(partitions)
                  if summary_key(p) in found]  # fmt: skip
     return sum_balances(s.publishers if party == "publisher" else s.isps for s in summaries)
