@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from ledger.core.invariant import present
+from ledger.core.money import owed_by
 from schemas.facts import MoneyFact, PurchaseAuthorized
 from schemas.types import Party
 
@@ -58,12 +59,7 @@ class Money(msgspec.Struct, array_like=True, frozen=True):
 
 def money_of(fact: MoneyFact) -> Money:
     origin = present(fact.origin, "a fact without origin reached a balance: %s", fact.event_id)
-    publisher = isp = 0
-    for posting in fact.postings:
-        if posting.party == "publisher":
-            publisher -= posting.amount_cents
-        elif posting.party == "isp":
-            isp -= posting.amount_cents
+    publisher, isp = owed_by(fact.postings)
     return Money(
         origin, fact.publisher_id, fact.isp_id, not isinstance(fact, PurchaseAuthorized),
         fact.amount_cents, publisher, isp,

@@ -21,6 +21,7 @@ from typing import Literal
 
 import msgspec
 
+from ledger.core.money import owed_by
 from schemas.facts import MoneyFact, PurchaseAuthorized, PurchaseRefunded
 
 LineKind = Literal["purchase", "refund"]
@@ -269,17 +270,6 @@ def _invoice(
     )
 
 
-def _postings(fact: MoneyFact) -> tuple[int, int]:
-    """What the ISP and the publisher are owed by this fact (credits are negative postings)."""
-    isp = publisher = 0
-    for posting in fact.postings:
-        if posting.party == "isp":
-            isp -= posting.amount_cents
-        elif posting.party == "publisher":
-            publisher -= posting.amount_cents
-    return isp, publisher
-
-
 @dataclass(frozen=True)
 class PeriodBilling:
     """What one ISP's period bills: the projection writer seals these."""
@@ -325,7 +315,7 @@ def bill_period(
             publisher = by_publisher[fact.publisher_id] = []
             counts[fact.publisher_id] = [0, 0, 0]
         publisher.append(line)
-        isp_owed, publisher_owed = _postings(fact)
+        publisher_owed, isp_owed = owed_by(fact.postings)
         commission += isp_owed
         count = counts[fact.publisher_id]
         count[0 if isinstance(fact, PurchaseAuthorized) else 1] += 1

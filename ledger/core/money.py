@@ -10,6 +10,7 @@ Rounding rules (one each, documented once, used everywhere):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ledger.core.invariant import invariant
@@ -121,3 +122,14 @@ def assert_balanced(postings: tuple[Posting, ...]) -> None:
     """Postings that do not sum to zero are a programmer's error: the worker stops (STYLE.md §6)."""
     total = sum(p.amount_cents for p in postings)
     invariant(total == 0, "postings sum to %d, not 0: %s", total, postings)
+
+
+def owed_by(postings: Iterable[Posting]) -> tuple[int, int]:
+    """What the publisher and the ISP are owed by a fact's postings (credits are negative)."""
+    publisher = isp = 0
+    for posting in postings:
+        if posting.party == "publisher":
+            publisher -= posting.amount_cents
+        elif posting.party == "isp":
+            isp -= posting.amount_cents
+    return publisher, isp
