@@ -63,18 +63,6 @@ class VatTotal(msgspec.Struct, frozen=True):
     gross_cents: int
 
 
-def vat_by_rate(lines: Iterable[InvoiceLine]) -> tuple[VatTotal, ...]:
-    """Totals per VAT rate, by rate; a rate whose lines cancel out (a purchase refunded whole)
-    is shown at zero, so that the lines of every rate on the invoice have their total."""
-    sums: dict[int, list[int]] = {}
-    for line in lines:
-        total = sums.setdefault(line.vat_rate_bp, [0, 0, 0])
-        total[0] += line.net_cents
-        total[1] += line.vat_cents
-        total[2] += line.gross_cents
-    return tuple(VatTotal(rate, *sums[rate]) for rate in sorted(sums))
-
-
 def _merged(totals: Iterable[VatTotal]) -> tuple[VatTotal, ...]:
     sums: dict[int, list[int]] = {}
     for t in totals:
@@ -229,8 +217,9 @@ def _refund_rates(
 
 
 def _totals(lines: Iterable[InvoiceLine]) -> tuple[int, int, int, tuple[VatTotal, ...]]:
-    """Net, VAT and gross of the lines, and their totals per rate (as `vat_by_rate`), in one
-    pass."""
+    """Net, VAT and gross of the lines, and their totals per VAT rate, by rate, in one pass; a
+    rate whose lines cancel out (a purchase refunded whole) is shown at zero, so that the lines of
+    every rate on the invoice have their total."""
     net = vat = gross = 0
     sums: dict[int, list[int]] = {}
     for line in lines:
