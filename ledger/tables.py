@@ -5,17 +5,14 @@ which for every table of the ledger is partition_for(key)."""
 
 from __future__ import annotations
 
-import time
-
 from ledger.core.balances import Balance
 from ledger.core.batch import decode_summary, sum_balances, summary_key
 from ledger.kafka.groups import changelog_topic
 from ledger.kafka.partitioning import partition_for
-from ledger.kafka.settings import consumer_config
+from ledger.kafka.read import read_records
 from schemas.types import Party
 
 STALL_SECONDS_MAX = 60  # reading a changelog: no record for this long is an error
-POLL_TIMEOUT_MS = 500
 
 
 def read_partitions(
@@ -26,28 +23,11 @@ def read_partitions(
     the workers' own keys, which start with a NUL byte, only if `bookkeeping`), or of `keys`
     only: the others are not kept while reading (1.1 million account states, when only the
     partitions' summaries are wanted)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**consumer_config(bootstrap_servers, "ledger-tables", group_id=None))
-    latest: dict[bytes, bytes | None] = {}
-    try:
-        if topic not in consumer.topics():
-            return {}
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        end = consumer.end_offsets(assigned)
-        stalled_at = time.monotonic() + STALL_SECONDS_MAX
-        while any(consumer.position(tp) < end[tp] for tp in assigned):
-            if time.monotonic() > stalled_at:
-                raise TimeoutError(f"reading {topic}: no record for {STALL_SECONDS_MAX} s")
-            for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
-                stalled_at = time.monotonic() + STALL_SECONDS_MAX
-                for record in records:
-                    if keys is None or record.key in keys:
-                        latest[record.key] = record.value
-    finally:
-        consumer.close()
+    latest: dict[bytes | None, bytes | None] = {}
+    for record in read_records(bootstrap_servers, "ledger-tables", topic, STALL_SECONDS_MAX,
+                               partitions):  # fmt: skip
+        if keys is None or record.key in keys:
+            latest[record.key] = record.value
     return {
         key: value
         for key, value in latest.items()

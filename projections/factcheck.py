@@ -25,7 +25,6 @@ import marshal
 import re
 import struct
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,14 +34,12 @@ from typing import Any, BinaryIO
 import psycopg
 
 from ledger.kafka import topics
-from ledger.kafka.partitions import topic_partitions
-from ledger.kafka.settings import consumer_config
+from ledger.kafka.read import Record, read_records
 from projections.migrate import check_schema_name
 from projections.reconcile import Check
 
 DIFFERENCES_MAX = 100
 STALL_SECONDS_MAX = 120.0  # reading a topic: no record for this long is an error
-POLL_TIMEOUT_MS = 1_000
 NAME = "every fact on the topic is in the database once, as it is on the topic, and nothing else"
 
 JSON = dict[str, Any]
@@ -277,42 +274,12 @@ class Database:
 # --- the topic -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 def read_topic(bootstrap: str, topic: str, until: dict[int, int] | None) -> Iterator[Record]:
     """Every record of the topic from its start, per partition up to `until` (None: to the end
-    as it is now), in partition order."""
-    from kafka import KafkaConsumer
-
-    # Each batch's CRC is checked as it is read (kafka-python's default): in C with the crc32c
-    # package (pyproject.toml); in pure Python it cost 6k records/s against 45k without.
-    consumer = KafkaConsumer(**consumer_config(bootstrap, "ledger-reconcile", group_id=None))
-    try:
-        tps = topic_partitions(consumer, topic)
-        ends = consumer.end_offsets(tps)
-        for tp in tps:
-            end = ends[tp] if until is None else min(ends[tp], until.get(tp.partition, 0))
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            stalled_at = time.monotonic() + STALL_SECONDS_MAX
-            while consumer.position(tp) < end:
-                if time.monotonic() > stalled_at:
-                    raise TimeoutError(f"{topic}[{tp.partition}]: no record for"
-                                       f" {STALL_SECONDS_MAX:.0f} s")  # fmt: skip
-                records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS).get(tp, [])
-                if records:
-                    stalled_at = time.monotonic() + STALL_SECONDS_MAX
-                for record in records:
-                    if record.offset < end:
-                        yield Record(tp.partition, record.offset, record.key, record.value)
-    finally:
-        consumer.close()
+    as it is now), in partition order. Each batch's CRC is checked as it is read (kafka-python's
+    default): in C with the crc32c package (pyproject.toml); in pure Python it cost 6k records/s
+    against 45k without."""
+    return read_records(bootstrap, "ledger-reconcile", topic, STALL_SECONDS_MAX, until=until)
 
 
 def dead_lettered(bootstrap: str, dlq: str, source: str) -> set[tuple[int, int]]:
