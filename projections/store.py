@@ -427,13 +427,8 @@ async def _earlier_purchase_rates(
     the index on money_facts, once per seal. Only the facts of the purchases wanted leave the
     database: an accepted purchase's id is `purchase.{purchase_id}.{fingerprint16}`
     (schemas.facts.event_id_of), and a refund names a few of a period's purchases."""
-    refunds = [f for f in facts if isinstance(f, PurchaseRefunded)]
-    refunded = {f.purchase_id for f in refunds}
-    wanted = {billing.purchase_key(f) for f in refunds}
-    wanted -= {
-        billing.purchase_key(f) for f in facts
-        if f.purchase_id in refunded and isinstance(f, PurchaseAuthorized)
-    }  # fmt: skip
+    wanted = {billing.purchase_key(f) for f in facts if isinstance(f, PurchaseRefunded)}
+    wanted -= billing.refunded_purchase_rates(facts, facts).keys()
     rates: dict[billing.PurchaseKey, int] = {}
     for period in sorted({key[2] for key in wanted}):
         names = sorted({f"purchase.{key[1]}" for key in wanted if key[2] == period})
@@ -446,8 +441,9 @@ async def _earlier_purchase_rates(
         for (raw,) in await cursor.fetchall():
             fact = checked.decode_fact(bytes(raw))
             assert isinstance(fact, PurchaseAuthorized)
-            if billing.purchase_key(fact) in wanted:
-                rates[billing.purchase_key(fact)] = fact.vat_rate_bp
+            key = billing.purchase_key(fact)
+            if key in wanted:
+                rates[key] = fact.vat_rate_bp
     return rates
 
 

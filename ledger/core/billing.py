@@ -198,22 +198,24 @@ def _billed(facts: Iterable[MoneyFact], isp_id: str, period: str) -> list[MoneyF
     return [f for f in facts if f.isp_id == isp_id and f.billing_period == period]
 
 
+def refunded_purchase_rates(
+    facts: Iterable[MoneyFact], refunds: Iterable[MoneyFact]
+) -> dict[PurchaseKey, int]:
+    """The VAT rate of each purchase among `facts` (the last of a key, as `purchase_vat_rates`
+    keeps it) that a refund among `refunds` names. A period is nearly all purchases: only the few
+    refunded are looked at."""
+    refunded = {f.purchase_id for f in refunds if isinstance(f, PurchaseRefunded)}
+    return purchase_vat_rates(f for f in facts if f.purchase_id in refunded) if refunded else {}
+
+
 def _refund_rates(
     facts: list[MoneyFact],
     billed: list[MoneyFact],
     purchase_rates: Mapping[PurchaseKey, int] | None,
 ) -> dict[PurchaseKey, int]:
     """What `line_of` needs for the refunds among `billed`: the rates in `purchase_rates`, and
-    over them those of the purchases among `facts` (the last of a key, as `purchase_vat_rates`
-    keeps it) that a refund names. A period is nearly all purchases: only the few refunded are
-    looked at."""
-    refunded = {f.purchase_id for f in billed if isinstance(f, PurchaseRefunded)}
-    rates = dict(purchase_rates or {})
-    if refunded:
-        for f in facts:
-            if f.purchase_id in refunded and isinstance(f, PurchaseAuthorized):
-                rates[f.account_id, f.purchase_id, f.billing_period] = f.vat_rate_bp
-    return rates
+    over them those of the purchases among `facts` that a refund names."""
+    return {**(purchase_rates or {}), **refunded_purchase_rates(facts, billed)}
 
 
 def _totals(lines: Iterable[InvoiceLine]) -> tuple[int, int, int, tuple[VatTotal, ...]]:
