@@ -105,11 +105,21 @@ class LedgerProcess:
         assert self.process is not None
         self.process.wait(timeout=timeout)
 
-    def metrics(self) -> dict[str, float]:
-        """Sample name with labels → value, e.g. 'ledger_decisions_total{outcome=...}'."""
+    def metrics(self, wait_seconds: float = 0.0) -> dict[str, float]:
+        """Sample name with labels → value, e.g. 'ledger_decisions_total{outcome=...}'. A process
+        just started may not serve them yet: refused connections are tried again for up to
+        `wait_seconds` while it runs."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    text = response.read().decode()
+                break
+            except urllib.error.URLError:
+                if time.monotonic() >= deadline or not self.alive():
+                    raise
+                time.sleep(0.2)
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -30,6 +30,7 @@ from tests.fault.workload import Sender, Workload, build
 from tests.harness import PROJECT_ROOT, end_offsets, metric, wait_for
 
 LAG_BOUND_SECONDS = 240.0
+METRICS_WAIT_SECONDS = 30.0
 RESULTS = PROJECT_ROOT / ".ledger" / "fault-results"
 
 
@@ -89,13 +90,15 @@ def _send_all(
 
 def _metrics_agree(sup: Supervisor) -> dict[str, Any]:
     assert sup.writer is not None
-    samples = sup.writer.metrics()
+    # A writer or worker restarted by the last fault may not serve its metrics yet (many-kills,
+    # seed 421927: the writer restarted at 47.80 s, the lag was zero 0.5 s later).
+    samples = sup.writer.metrics(wait_seconds=METRICS_WAIT_SECONDS)
     consumed = metric(samples, "ledger_projection_records_consumed_total")
     outcomes = metric(samples, "ledger_projection_records_total")
     workers = {}
     for name, worker in sup.workers.items():
         if worker.alive():
-            w = worker.metrics()
+            w = worker.metrics(wait_seconds=METRICS_WAIT_SECONDS)
             workers[name] = {
                 "commands_consumed": metric(w, "ledger_commands_consumed_total"),
                 "decisions": metric(w, "ledger_decisions_total"),
