@@ -20,7 +20,12 @@ from ledger.kafka.batches import Outgoing, RecordTooLarge, send_batched
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.settings import aiokafka_producer_config, producer_config
 from schemas import codec
-from schemas.commands import Command, PeriodCloseRequested
+from schemas.commands import (
+    Command,
+    HoldsExpireRequested,
+    PeriodCloseRequested,
+    barrier_key,
+)
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
 
 SEND_TIMEOUT_SECONDS = 60
@@ -87,9 +92,9 @@ class LedgerProducer:
 
 def command_record(command: Command, partitions: int) -> Outgoing:
     """A command as LedgerProducer.send_command sends it: keyed and partitioned by account (a
-    period close by ISP, to the partition it closes)."""
-    if isinstance(command, PeriodCloseRequested):
-        key, partition = command.isp_id, command.partition
+    period close or an expiry barrier to the partition it names)."""
+    if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+        key, partition = barrier_key(command), command.partition
     else:
         key, partition = command.account_id, partition_for(command.account_id, partitions)
     return topics.COMMANDS, partition, key.encode(), codec.encode(command)
@@ -126,6 +131,19 @@ def close_commands(
         PeriodCloseRequested(
             command_id=command_id, isp_id=isp_id, period=period, partition=p,
             partitions=partitions, occurred_at=occurred_at,
+        )
+        for p in range(partitions)
+    ]  # fmt: skip
+
+
+def expire_commands(
+    as_of: Any, partitions: int, command_id: str, occurred_at: Any
+) -> list[HoldsExpireRequested]:
+    """An expiry barrier goes to every partition (see HoldsExpireRequested)."""
+    return [
+        HoldsExpireRequested(
+            command_id=command_id, as_of=as_of, partition=p, partitions=partitions,
+            occurred_at=occurred_at,
         )
         for p in range(partitions)
     ]  # fmt: skip
