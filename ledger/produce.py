@@ -11,8 +11,10 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from ledger.errors import LedgerError
 from ledger.kafka import topics
@@ -137,16 +139,45 @@ def close_commands(
 
 
 def expire_commands(
-    as_of: Any, partitions: int, command_id: str, occurred_at: Any
-) -> list[HoldsExpireRequested]:
-    """An expiry barrier goes to every partition (see HoldsExpireRequested)."""
+    as_of: datetime, partitions: int, command_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> list[HoldsExpireRequested]:  # fmt: skip
+    """An expiry barrier goes to every partition (see HoldsExpireRequested): every hold whose
+    `hold_expires_at` is at or before `as_of` expires, in each partition at that point of its
+    order. The command id names the time (and a random tail: two barriers of one instant are two
+    commands, the second one expiring nothing)."""
+    command_id = command_id or f"expire-{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid4().hex[:8]}"
     return [
         HoldsExpireRequested(
             command_id=command_id, as_of=as_of, partition=p, partitions=partitions,
-            occurred_at=occurred_at,
+            occurred_at=occurred_at or as_of,
         )
         for p in range(partitions)
     ]  # fmt: skip
+
+
+def send_holds_expiry(
+    bootstrap_servers: str, partitions: int, as_of: datetime | None = None
+) -> list[HoldsExpireRequested]:
+    """`ledger expire-holds`: the barrier at `as_of` (now by default) to every partition, each
+    send confirmed by the broker."""
+    commands = expire_commands(as_of or datetime.now(UTC), partitions)
+    with LedgerProducer(bootstrap_servers, partitions, "ledger-expire-holds") as producer:
+        for command in commands:
+            producer.send_command(command).get(timeout=SEND_TIMEOUT_SECONDS)
+    return commands
+
+
+async def send_holds_expiry_async(
+    producer: Any, partitions: int, as_of: datetime | None = None
+) -> list[HoldsExpireRequested]:
+    """The same from a process with a started AIOKafkaProducer (the API's timer, every minute):
+    each copy sent and awaited (acks=all in the producer's settings)."""
+    commands = expire_commands(as_of or datetime.now(UTC), partitions)
+    for command in commands:
+        topic, partition, key, value = command_record(command, partitions)
+        await producer.send_and_wait(topic, key=key, value=value, partition=partition)
+    return commands
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
