@@ -118,6 +118,7 @@ class PartitionBatch:
     already_applied: int = 0  # commands whose state held them already: folded, not re-emitted
     folded: int = 0  # money facts counted in the partials
     captured: int = 0  # held payments captured (their facts are purchases')
+    expiries: int = 0  # expiry barriers decided (each one decision, whatever it expired)
 
 
 def decide_batch(
@@ -150,6 +151,7 @@ def decide_batch(
             batch.facts.append((command.isp_id, fact))
             continue
         if isinstance(command, HoldsExpireRequested):
+            batch.expiries += 1
             _expire(batch, command, offset, load, policy)
             continue
         account_id = command.account_id

@@ -19,7 +19,15 @@ from ledger.stack.state import StackState
 from projections.access import grant
 from schemas.reference import IspRegistered
 from tests import builders as b
-from tests.harness import PROJECT_ROOT, LedgerProcess, Projector, Worker, produce, wait_for
+from tests.harness import (
+    PROJECT_ROOT,
+    LedgerProcess,
+    Projector,
+    Worker,
+    metric,
+    produce,
+    wait_for,
+)
 from tests.world import T0, World
 
 pytestmark = pytest.mark.integration
@@ -76,6 +84,7 @@ class Payments:
     c2: str
     c3: str
     expire_output: str
+    worker_metrics: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +153,8 @@ def payments(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for isp_id in (world.isp.isp_id, isp2.isp_id):
             closed = ledger_cli("close-period", "--isp", isp_id, "--period", MARCH)
             assert closed.returncode == 0, closed.stdout + closed.stderr
-        yield Payments(stack, world, isp2, dsn, c1, c2, c3, done.stdout)
+        samples = processes[0].metrics()
+        yield Payments(stack, world, isp2, dsn, c1, c2, c3, done.stdout, samples)
     finally:
         for process in processes:
             process.stop()
@@ -221,3 +231,20 @@ def test_the_fact_check_accounts_for_every_payment_fact(payments: Payments) -> N
     done = ledger_cli("reconcile", "--skip-stream", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "MISMATCH" not in done.stdout
+
+
+def test_the_worker_counts_held_payments_by_outcome(payments: Payments) -> None:
+    samples = payments.worker_metrics
+
+    def count(labels: str) -> float:
+        return metric(samples, f"ledger_payments_total{{{labels}")
+
+    assert count("outcome=reserved") == 5
+    assert count("outcome=captured") == 1
+    assert count("outcome=voided") == 1
+    assert count("outcome=expired") == 1
+    assert count("outcome=capture_rejected,reason=reservation_expired") == 1
+    assert count("outcome=capture_rejected,reason=capture_exceeds_hold") == 1
+    # Every command read is one decision, the expiry barrier too (one per partition).
+    consumed = metric(samples, "ledger_commands_consumed_total")
+    assert consumed == metric(samples, "ledger_decisions_total")
