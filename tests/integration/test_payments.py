@@ -15,8 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger.kafka import topics
+from ledger.kafka.partitioning import partition_for
 from ledger.stack.state import StackState
 from projections.access import grant
+from schemas import codec
 from schemas.reference import IspRegistered
 from tests import builders as b
 from tests.harness import (
@@ -24,8 +27,10 @@ from tests.harness import (
     LedgerProcess,
     Projector,
     Worker,
+    end_offsets,
     metric,
     produce,
+    read_until,
     wait_for,
 )
 from tests.world import T0, World
@@ -248,3 +253,29 @@ def test_the_worker_counts_held_payments_by_outcome(payments: Payments) -> None:
     # Every command read is one decision, the expiry barrier too (one per partition).
     consumed = metric(samples, "ledger_commands_consumed_total")
     assert consumed == metric(samples, "ledger_decisions_total")
+
+
+def test_a_barrier_on_the_wrong_partition_and_an_overlong_hold_are_dead_lettered(
+    payments: Payments,
+) -> None:
+    p = payments
+    assert p.stack.kafka is not None
+    bootstrap, partitions = p.stack.kafka.bootstrap_servers, p.stack.topic_partitions or 4
+    dlq_start = end_offsets(bootstrap, topics.DLQ)
+    elsewhere = b.expire(T0, partition=1, partitions=partitions, command_id=f"x-{p.world.run}")
+    hold = b.hold(p.c1, 100, T0, payment_id=f"long-{p.world.run}")
+    overlong = codec.encode(hold).replace(
+        b'"hold_expires_at":"2006-03-01T10:00:00Z"', b'"hold_expires_at":"2006-03-09T09:00:00Z"'
+    )
+    poison = [
+        (b"x", codec.encode(elsewhere), 0),
+        (p.c1.encode(), overlong, partition_for(p.c1, partitions)),
+    ]
+    produced = produce(bootstrap, partitions, [], [], poison)
+    letters = read_until(bootstrap, topics.DLQ, dlq_start, lambda r: len(r) >= 2, 60)
+    dead = {(d.partition, d.offset): d for d in map(codec.decode_dead_letter,
+                                                    (r.value for r in letters))}  # fmt: skip
+    assert set(dead) == set(produced.poison)
+    reasons = {dead[where].reason for where in produced.poison}
+    assert reasons == {"wrong_partition", "invalid_field"}
+    assert any("at most 7 days" in d.detail for d in dead.values())
