@@ -11,8 +11,10 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from ledger.errors import LedgerError
 from ledger.kafka import topics
@@ -20,7 +22,12 @@ from ledger.kafka.batches import Outgoing, RecordTooLarge, send_batched
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.settings import aiokafka_producer_config, producer_config
 from schemas import codec
-from schemas.commands import Command, PeriodCloseRequested
+from schemas.commands import (
+    Command,
+    HoldsExpireRequested,
+    PeriodCloseRequested,
+    barrier_key,
+)
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
 
 SEND_TIMEOUT_SECONDS = 60
@@ -87,9 +94,9 @@ class LedgerProducer:
 
 def command_record(command: Command, partitions: int) -> Outgoing:
     """A command as LedgerProducer.send_command sends it: keyed and partitioned by account (a
-    period close by ISP, to the partition it closes)."""
-    if isinstance(command, PeriodCloseRequested):
-        key, partition = command.isp_id, command.partition
+    period close or an expiry barrier to the partition it names)."""
+    if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+        key, partition = barrier_key(command), command.partition
     else:
         key, partition = command.account_id, partition_for(command.account_id, partitions)
     return topics.COMMANDS, partition, key.encode(), codec.encode(command)
@@ -129,6 +136,48 @@ def close_commands(
         )
         for p in range(partitions)
     ]  # fmt: skip
+
+
+def expire_commands(
+    as_of: datetime, partitions: int, command_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> list[HoldsExpireRequested]:  # fmt: skip
+    """An expiry barrier goes to every partition (see HoldsExpireRequested): every hold whose
+    `hold_expires_at` is at or before `as_of` expires, in each partition at that point of its
+    order. The command id names the time (and a random tail: two barriers of one instant are two
+    commands, the second one expiring nothing)."""
+    command_id = command_id or f"expire-{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid4().hex[:8]}"
+    return [
+        HoldsExpireRequested(
+            command_id=command_id, as_of=as_of, partition=p, partitions=partitions,
+            occurred_at=occurred_at or as_of,
+        )
+        for p in range(partitions)
+    ]  # fmt: skip
+
+
+def send_holds_expiry(
+    bootstrap_servers: str, partitions: int, as_of: datetime | None = None
+) -> list[HoldsExpireRequested]:
+    """`ledger expire-holds`: the barrier at `as_of` (now by default) to every partition, each
+    send confirmed by the broker."""
+    commands = expire_commands(as_of or datetime.now(UTC), partitions)
+    with LedgerProducer(bootstrap_servers, partitions, "ledger-expire-holds") as producer:
+        for command in commands:
+            producer.send_command(command).get(timeout=SEND_TIMEOUT_SECONDS)
+    return commands
+
+
+async def send_holds_expiry_async(
+    producer: Any, partitions: int, as_of: datetime | None = None
+) -> list[HoldsExpireRequested]:
+    """The same from a process with a started AIOKafkaProducer (the API's timer, every minute):
+    each copy sent and awaited (acks=all in the producer's settings)."""
+    commands = expire_commands(as_of or datetime.now(UTC), partitions)
+    for command in commands:
+        topic, partition, key, value = command_record(command, partitions)
+        await producer.send_and_wait(topic, key=key, value=value, partition=partition)
+    return commands
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -1,7 +1,8 @@
 """`ledger status`: what an operator looks at first. Lag per partition of the workers and of the
 projection writer, throughput over the last minute, the last decision, the dead letters and the
 state of each billing period, read from the broker and the database (not from the processes'
-metrics: it answers even when a process is down, which is when it is needed).
+metrics: it answers even when a process is down, which is when it is needed), and the open holds
+of each ISP (issue 14).
 
 `gather` reads; `render` is pure and turns what was read into the screen.
 """
@@ -17,7 +18,7 @@ from ledger.kafka import topics
 from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitions import topic_partitions
 from ledger.kafka.settings import admin_config, consumer_config
-from projections.status import PeriodState, stored_offsets_and_periods
+from projections.status import OpenHolds, PeriodState, open_holds, stored_offsets_and_periods
 from schemas import codec
 from schemas.facts import PurchaseAuthorized, PurchaseRejected
 
@@ -61,6 +62,7 @@ class Status:
     dead_letters: int = 0
     last_dead_letter_reason: str | None = None
     periods: list[PeriodState] = field(default_factory=list)
+    holds: list[OpenHolds] = field(default_factory=list)  # per ISP
     services: dict[str, int] = field(default_factory=dict)  # name → pid, of this machine
 
     def as_json(self) -> dict[str, Any]:
@@ -120,6 +122,14 @@ def render(status: Status) -> str:
         out.append(
             f"  {period.isp_id:<16} {period.period}  {period.state:<8} "
             f"{period.purchases:>8,} purchases {_euros(period.gross_cents):>14} bought{invoices}"
+        )
+    out += ["", "open holds (held payments not captured, voided or expired):"]
+    if not status.holds:
+        out.append("  none")
+    for held in status.holds:
+        out.append(
+            f"  {held.isp_id:<16} {held.holds:>8,} holds {_euros(held.held_cents):>14} held,"
+            f" oldest {held.oldest_reserved_at}, next expiry {held.next_expiry_at}"
         )
     if status.services:
         running = sorted(status.services.items())
@@ -220,5 +230,6 @@ def _read_tails(status: Status, consumer: Any, tails: dict[Any, int], ends: dict
 def gather(bootstrap: str, dsn: str, services: dict[str, int]) -> Status:
     status = Status(read_at=datetime.now(UTC).isoformat(timespec="seconds"), services=services)
     stored, status.periods = stored_offsets_and_periods(dsn, RECENT_PERIODS_PER_ISP)
+    status.holds = open_holds(dsn)
     _kafka_part(status, bootstrap, stored)
     return status

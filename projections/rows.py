@@ -25,6 +25,10 @@ from schemas.facts import (
     EmployeeRevoked,
     Fact,
     LimitsSet,
+    PaymentCommandRejected,
+    PaymentExpired,
+    PaymentReserved,
+    PaymentVoided,
     PeriodClosed,
     PurchaseAuthorized,
     PurchaseRefunded,
@@ -50,6 +54,10 @@ REFUND_COLUMNS = (
 MONEY_FACT_COLUMNS = ("event_id", "isp_id", "billing_period", "fact")
 ACCOUNT_COLUMNS = ("account_id", "isp_id", "kind", "company_name", "opened_at")
 ACCOUNT_FACT_COLUMNS = ("event_id", "type", "account_id", "isp_id", "occurred_at", "fact")
+PAYMENT_COLUMNS = (
+    "account_id", "payment_id", "isp_id", "publisher_id", "user_id", "status",
+    "amount_held_cents", "reserved_at", "hold_expires_at", "reserved_event_id",
+)  # fmt: skip
 
 # The PostgreSQL type of each column above, in the same order, for the writer's binary COPY
 # (PERF.md: 42k events/s binary against 23.8k text). Binary COPY applies no cast: a type here
@@ -98,6 +106,13 @@ class Rows:
     blocks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
     balances: dict[tuple[str, str], BalanceDelta] = field(default_factory=dict)
     closes: list[PeriodClosed] = field(default_factory=list)
+    # Held payments (issue 14): the new ones (PAYMENT_COLUMNS); every authorized purchase, for
+    # the captures among them (account, purchase id, amount, event id: a capture is a purchase
+    # whose id is an open hold's, which only the database knows); voids and expiries (account,
+    # payment id, status, finished at, event id). Applied in this order.
+    payments: list[Row] = field(default_factory=list)
+    authorized: list[Row] = field(default_factory=list)
+    finished: list[Row] = field(default_factory=list)
     # (isp_id, billing_period) of the money facts: none may be billed in a sealed period.
     billed: set[tuple[str, str]] = field(default_factory=set)
 
@@ -179,11 +194,30 @@ def _account_fact(rows: Rows, fact: Fact, occurred_at: datetime) -> None:
     )
 
 
+def _payment(
+    rows: Rows, fact: PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandRejected
+) -> None:
+    if isinstance(fact, PaymentReserved):
+        rows.payments.append((
+            fact.account_id, fact.payment_id, fact.isp_id, fact.publisher_id, fact.user_id,
+            "reserved", fact.amount_cents, fact.occurred_at, fact.hold_expires_at, fact.event_id,
+        ))  # fmt: skip
+    elif isinstance(fact, PaymentVoided | PaymentExpired):
+        status = "voided" if isinstance(fact, PaymentVoided) else "expired"
+        rows.finished.append(
+            (fact.account_id, fact.payment_id, status, fact.occurred_at, fact.event_id)
+        )
+    _account_fact(rows, fact, fact.occurred_at)
+
+
 def add(rows: Rows, fact: Fact, raw: bytes) -> None:
     """Add the rows of one new fact, the next in the order of the log."""
     if isinstance(fact, PurchaseAuthorized):
         _purchase(rows, fact)
         _money(rows, fact, raw)
+        rows.authorized.append(
+            (fact.account_id, fact.purchase_id, fact.amount_cents, fact.event_id)
+        )
     elif isinstance(fact, PurchaseRefunded):
         _refund(rows, fact)
         _money(rows, fact, raw)
@@ -193,6 +227,10 @@ def add(rows: Rows, fact: Fact, raw: bytes) -> None:
         _refund(rows, fact)
     elif isinstance(fact, PeriodClosed):
         rows.closes.append(fact)
+    elif isinstance(
+        fact, PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandRejected
+    ):
+        _payment(rows, fact)
     elif isinstance(fact, AccountOpened):
         rows.accounts.append(
             (fact.account_id, fact.isp_id, fact.kind, fact.company_name, fact.occurred_at)

@@ -1,5 +1,5 @@
 """What `ledger status` reads from the database: where the projection writer resumes each
-partition of ledger.events, and the latest billing periods of each ISP."""
+partition of ledger.events, the latest billing periods of each ISP, and its open holds."""
 
 from __future__ import annotations
 
@@ -58,3 +58,29 @@ def stored_offsets_and_periods(
             ).fetchall()
         ]
     return stored, periods
+
+
+_HOLDS = """
+    SELECT isp_id, count(*), sum(amount_held_cents), min(reserved_at), min(hold_expires_at)
+    FROM holds GROUP BY isp_id ORDER BY isp_id
+"""
+
+
+@dataclass(frozen=True)
+class OpenHolds:
+    """An ISP's held payments not captured, voided or expired yet (issue 14)."""
+
+    isp_id: str
+    holds: int
+    held_cents: int
+    oldest_reserved_at: str  # ISO time
+    next_expiry_at: str
+
+
+def open_holds(dsn: str) -> list[OpenHolds]:
+    with connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as db:
+        return [
+            OpenHolds(isp, int(count), int(held), oldest.isoformat(timespec="seconds"),
+                      expiry.isoformat(timespec="seconds"))
+            for isp, count, held, oldest, expiry in db.execute(_HOLDS).fetchall()
+        ]  # fmt: skip

@@ -281,6 +281,36 @@ async def _blocks(
     )
 
 
+async def _payments(conn: psycopg.AsyncConnection[Any], rows: projected.Rows) -> None:
+    """Held payments (issue 14): the new ones, then the captures (an authorized purchase whose
+    id is an open hold's of its account: by the partial index of the open ones, which are few),
+    then the voids and expiries. A fact is applied once (applied_events), and an authorizer
+    finishes a hold once: each update finds its payment reserved."""
+    await _copy(conn, "payments", projected.PAYMENT_COLUMNS, rows.payments)
+    if rows.authorized:
+        columns = list(zip(*rows.authorized, strict=True))
+        await conn.execute(
+            "UPDATE payments p SET status = 'captured', amount_captured_cents = c.amount,"
+            " finished_event_id = c.event_id"
+            " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])"
+            " AS c(account_id, payment_id, amount, event_id)"
+            " WHERE p.status = 'reserved' AND p.account_id = c.account_id"
+            " AND p.payment_id = c.payment_id",
+            [list(column) for column in columns],
+        )
+    if rows.finished:
+        columns = list(zip(*rows.finished, strict=True))
+        await conn.execute(
+            "UPDATE payments p SET status = f.status, finished_at = f.finished_at,"
+            " finished_event_id = f.event_id"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])"
+            " AS f(account_id, payment_id, status, finished_at, event_id)"
+            " WHERE p.status = 'reserved' AND p.account_id = f.account_id"
+            " AND p.payment_id = f.payment_id",
+            [list(column) for column in columns],
+        )
+
+
 async def _refuse_sealed(conn: psycopg.AsyncConnection[Any], billed: set[tuple[str, str]]) -> None:
     if not billed:
         return
@@ -349,6 +379,7 @@ async def apply_prepared(
         await _copy(conn, "account_facts", projected.ACCOUNT_FACT_COLUMNS, rows.account_facts,
                     projected.ACCOUNT_FACT_TYPES)  # fmt: skip
         await _blocks(conn, rows.blocks)
+        await _payments(conn, rows)
         await _balances(conn, rows.balance_rows())
         for close in rows.closes:
             if await _close_mark(conn, close):

@@ -7,7 +7,7 @@ of schemas/types.py, so what comes out is valid or an InvalidMessage was raised.
 from __future__ import annotations
 
 import re
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import msgspec
@@ -104,20 +104,30 @@ def _check_texts(raw: bytes, message: Message) -> None:
             )
 
 
+# The times a message may carry besides occurred_at (a hold's end, an expiry barrier's time).
+_OTHER_TIMES = ("hold_expires_at", "as_of")
+
+
 def _check_time(message: Message) -> None:
-    at = getattr(message, "occurred_at", None)
+    _check_instant("occurred_at", getattr(message, "occurred_at", None))
+    for name in _OTHER_TIMES:
+        if name in message.__struct_fields__:
+            _check_instant(name, getattr(message, name))
+
+
+def _check_instant(name: str, at: datetime | None) -> None:
     if at is None:
         return
     if at.tzinfo is not UTC:  # "Z", the usual case, needs no look at the offset
         offset = at.utcoffset()
         if offset is not None and abs(offset) > OFFSET_MAX:
             raise InvalidMessage(
-                "invalid_field", f"occurred_at {at.isoformat()}: a UTC offset is within ±14:00"
+                "invalid_field", f"{name} {at.isoformat()}: a UTC offset is within ±14:00"
             )
     if not YEAR_FIRST <= at.year <= YEAR_LAST:
         raise InvalidMessage(
             "invalid_field",
-            f"occurred_at {at.isoformat()} is not between {YEAR_FIRST} and {YEAR_LAST}",
+            f"{name} {at.isoformat()} is not between {YEAR_FIRST} and {YEAR_LAST}",
         )
 
 

@@ -8,12 +8,16 @@ a new version, a new class, and the old one still decodes.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Final
+
 import msgspec
 
 from schemas.types import (
     AccountKind,
     BlockReason,
     Category,
+    Digest,
     Id,
     NonNegativeCents,
     PartitionCount,
@@ -180,6 +184,73 @@ class PeriodCloseRequested(Message, frozen=True, tag="period.close_requested.v1"
             raise ValueError("partition must be below partitions")
 
 
+# A hold lives at most a week (docs/design/checkout.md: `hold_seconds` 60 s to 7 days).
+HOLD_DURATION_MAX: Final = timedelta(days=7)
+
+
+class PaymentHoldRequested(Message, frozen=True, tag="payment.hold_requested.v1"):
+    """A subscriber confirmed a payment that the publisher captures later: the cap room is taken
+    now (`payment.reserved.v1`), the money moves only at capture. `occurred_at` is the platform's
+    time of the confirmation, never the publisher's; `payment_id` shares the account's namespace
+    of purchase ids. `consent` is the SHA-256 of the subscriber's consent assertion."""
+
+    payment_id: Id
+    account_id: Id
+    user_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents  # including VAT
+    category: Category
+    description: Text
+    occurred_at: Timestamp
+    hold_expires_at: Timestamp
+    content_id: Id | None = None
+    consent: Digest | None = None
+
+    def __post_init__(self) -> None:
+        held = self.hold_expires_at - self.occurred_at
+        if held <= timedelta(0):
+            raise ValueError("hold_expires_at must be after occurred_at")
+        if held > HOLD_DURATION_MAX:
+            raise ValueError("a hold lasts at most 7 days")
+
+
+class PaymentCaptureRequested(Message, frozen=True, tag="payment.capture_requested.v1"):
+    """The publisher captures a held payment, all of it or a part (the rest is released). One
+    capture per payment; the same capture again gets the same answer again."""
+
+    payment_id: Id
+    account_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents
+    occurred_at: Timestamp
+
+
+class PaymentVoidRequested(Message, frozen=True, tag="payment.void_requested.v1"):
+    """The publisher gives a held payment up: its cap room is released, nothing is billed."""
+
+    payment_id: Id
+    account_id: Id
+    publisher_id: Id
+    occurred_at: Timestamp
+
+
+class HoldsExpireRequested(Message, frozen=True, tag="holds.expire_requested.v1"):
+    """Expire every hold of a partition whose `hold_expires_at` is at or before `as_of`. Sent once
+    to each of the `partitions` partitions of ledger.commands, like PeriodCloseRequested: a barrier
+    in each partition's order carrying its own time, so that a replay expires the same holds."""
+
+    command_id: Id
+    as_of: Timestamp
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        if self.partition >= self.partitions:
+            raise ValueError("partition must be below partitions")
+
+
+PaymentCommand = PaymentHoldRequested | PaymentCaptureRequested | PaymentVoidRequested
 AccountCommand = (
     PurchaseRequested
     | RefundRequested
@@ -189,8 +260,13 @@ AccountCommand = (
     | LimitsSetRequested
     | EmployeeAuthoriseRequested
     | EmployeeRevokeRequested
+    | PaymentHoldRequested
+    | PaymentCaptureRequested
+    | PaymentVoidRequested
 )
-Command = AccountCommand | PeriodCloseRequested
+# Sent once to every partition, each copy a barrier in its partition's order.
+PartitionBarrier = PeriodCloseRequested | HoldsExpireRequested
+Command = AccountCommand | PartitionBarrier
 
 # Older versions still read (and upcast to the current one by schemas.codec.decode_command).
 OLDER_COMMAND_TYPES: tuple[type[Message], ...] = (PurchaseRequestedV1,)
@@ -205,4 +281,15 @@ COMMAND_TYPES: tuple[type[Message], ...] = (
     EmployeeAuthoriseRequested,
     EmployeeRevokeRequested,
     PeriodCloseRequested,
+    PaymentHoldRequested,
+    PaymentCaptureRequested,
+    PaymentVoidRequested,
+    HoldsExpireRequested,
 )
+
+
+def barrier_key(command: PartitionBarrier) -> str:
+    """The message key of a barrier (it goes to the partition it names, not by key)."""
+    if isinstance(command, PeriodCloseRequested):
+        return command.isp_id
+    return command.command_id

@@ -24,12 +24,15 @@ from schemas.types import (
     BlockReason,
     Category,
     CommandRejection,
+    Digest,
     Fingerprint,
     Id,
     NonNegativeCents,
     PartitionCount,
     PartitionNumber,
     Party,
+    PaymentAction,
+    PaymentCommandRejection,
     PeriodKey,
     PositiveCents,
     PurchaseRejection,
@@ -204,6 +207,79 @@ class PeriodClosed(Message, frozen=True, tag="period.closed.v1"):
     occurred_at: Timestamp
 
 
+class PaymentReserved(Message, frozen=True, tag="payment.reserved.v1"):
+    """A held payment accepted (payment.hold_requested.v1): its amount takes cap room like a
+    purchase, but it has no postings and is not money owed until it is captured, which is a
+    `purchase.authorized.v1` with `purchase_id` = `payment_id`. The rates are the hold's, kept
+    for the capture."""
+
+    event_id: str
+    payment_id: Id
+    account_id: Id
+    account_kind: AccountKind
+    isp_id: Id
+    user_id: Id
+    publisher_id: Id
+    category: Category
+    description: Text
+    occurred_at: Timestamp
+    amount_cents: PositiveCents  # held, including VAT
+    hold_expires_at: Timestamp
+    vat_rate_bp: BasisPoints
+    commission_bp: BasisPoints
+    revenue_share_bp: BasisPoints
+    period: PeriodKey  # the ISP period it occurred in: whose monthly cap it takes room in
+    body_fingerprint: Fingerprint
+    origin: Origin | None = None
+    content_id: Id | None = None
+    consent: Digest | None = None
+
+
+class PaymentVoided(Message, frozen=True, tag="payment.voided.v1"):
+    """The publisher gave a hold up: `amount_cents` (all of it) is released."""
+
+    event_id: str
+    payment_id: Id
+    account_id: Id
+    isp_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents
+    occurred_at: Timestamp
+    body_fingerprint: Fingerprint
+    origin: Origin | None = None
+
+
+class PaymentExpired(Message, frozen=True, tag="payment.expired.v1"):
+    """A hold reached its `hold_expires_at` before it was captured or voided, as seen by the
+    expiry barrier (holds.expire_requested.v1) whose `as_of` is `occurred_at`."""
+
+    event_id: str
+    payment_id: Id
+    account_id: Id
+    isp_id: Id
+    publisher_id: Id
+    amount_cents: PositiveCents
+    occurred_at: Timestamp
+    origin: Origin | None = None
+
+
+class PaymentCommandRejected(Message, frozen=True, tag="payment.command_rejected.v1"):
+    """A capture or void refused. Decided afresh each time it comes: its id names its origin."""
+
+    event_id: str
+    payment_id: Id
+    account_id: Id
+    publisher_id: Id
+    action: PaymentAction
+    amount_cents: PositiveCents | None  # the capture's; None for a void
+    occurred_at: Timestamp
+    reason: PaymentCommandRejection
+    body_fingerprint: Fingerprint
+    isp_id: Id | None = None  # None when the account is unknown
+    origin: Origin | None = None
+
+
+PaymentFact = PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandRejected
 MoneyFact = PurchaseAuthorized | PurchaseRefunded
 Fact = (
     PurchaseAuthorized
@@ -218,6 +294,10 @@ Fact = (
     | EmployeeRevoked
     | CommandRejected
     | PeriodClosed
+    | PaymentReserved
+    | PaymentVoided
+    | PaymentExpired
+    | PaymentCommandRejected
 )
 
 FACT_TYPES: tuple[type[Message], ...] = (
@@ -233,6 +313,10 @@ FACT_TYPES: tuple[type[Message], ...] = (
     EmployeeRevoked,
     CommandRejected,
     PeriodClosed,
+    PaymentReserved,
+    PaymentVoided,
+    PaymentExpired,
+    PaymentCommandRejected,
 )
 
 

@@ -39,6 +39,10 @@ Category = Annotated[
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
 Text = Annotated[str, Meta(max_length=200, extra_json_schema={"pattern": TEXT_PATTERN})]
 Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$(?!\n)")]
+# SHA-256 of a subscriber's consent assertion (docs/design/checkout.md): evidence kept on the fact.
+Digest = Annotated[
+    str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="SHA-256, 64 lowercase hex digits")
+]
 PartitionNumber = Annotated[int, Meta(ge=0, le=1023)]
 PartitionCount = Annotated[int, Meta(ge=1, le=1024)]
 
@@ -81,3 +85,15 @@ CommandRejection = Literal[
     "period_not_ended",
     "period_already_closed",
 ]
+# Capture and void of a held payment (docs/design/checkout.md). `payment_unknown` also answers a
+# publisher asking about another publisher's payment: nothing is said about whether it exists.
+PaymentCommandRejection = Literal[
+    "payment_unknown",
+    "reservation_expired",
+    "reservation_voided",
+    "reservation_captured",
+    "capture_exceeds_hold",
+    "duplicate_with_different_body",
+]
+PaymentAction = Literal["capture", "void"]
+HoldStatus = Literal["reserved", "captured", "voided", "expired"]

@@ -48,9 +48,15 @@ from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from schemas import codec
-from schemas.commands import Command, PeriodCloseRequested
+from schemas.commands import Command, HoldsExpireRequested, PeriodCloseRequested
 from schemas.deadletter import set_aside
-from schemas.facts import CommandRejected, PurchaseRejected, RefundRejected
+from schemas.facts import (
+    CommandRejected,
+    PaymentCommandRejected,
+    PaymentExpired,
+    PurchaseRejected,
+    RefundRejected,
+)
 from streams import metrics
 from streams.gate import Gates
 
@@ -244,10 +250,10 @@ class BatchAuthorizer:
             return None
         part.consumed[command.__struct_config__.tag] += 1  # type: ignore[index]
         partition = part.partition
-        if isinstance(command, PeriodCloseRequested):
+        if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
             if command.partition != partition or command.partitions != self._partitions:
                 part.letters.append((record, "wrong_partition", (
-                    f"a close for partition {command.partition} of {command.partitions} arrived "
+                    f"a barrier for partition {command.partition} of {command.partitions} arrived "
                     f"on partition {partition} of {self._partitions}")))  # fmt: skip
                 return None
             return command
@@ -321,23 +327,38 @@ class BatchAuthorizer:
         now = time.time()
         decided = 0
         outcomes: Counter[tuple[str, str]] = Counter()
+        payments: Counter[tuple[str, str]] = Counter()
         for part in parts:
             for tag, count in part.consumed.items():
                 metrics.COMMANDS_CONSUMED.labels(tag).inc(count)
             for _, fact in part.decided.facts:
-                if isinstance(fact, PurchaseRejected | RefundRejected | CommandRejected):
+                payment = metrics.payment_outcome(fact)
+                if payment is not None:
+                    payments[payment] += 1
+                if isinstance(fact, PaymentExpired):
+                    continue  # the barrier's, counted once per barrier below
+                if isinstance(
+                    fact,
+                    PurchaseRejected | RefundRejected | CommandRejected | PaymentCommandRejected,
+                ):
                     outcomes["rejected", fact.reason] += 1
                 else:
                     outcomes["accepted", ""] += 1
+            # An expiry barrier is one decision whatever it expired (none, or many holds): so
+            # that every command read is one decision (the fault suite's check of the metrics).
+            outcomes["accepted", ""] += part.decided.expiries
             for record in part.admitted:
                 metrics.DECISION_LATENCY.observe(max(0.0, now - record.timestamp))
             decided += len(part.admitted)
+            payments["captured", ""] += part.decided.captured
             metrics.BALANCE_FACTS.labels("partials", "applied").inc(part.decided.folded)
             # Commands whose state held them already (a batch written but not its summary):
             # decided before, not emitted again; counted so that every command read is a decision.
             outcomes["already_applied", ""] += part.decided.already_applied
         for (outcome, reason), count in outcomes.items():
             metrics.DECISIONS.labels(outcome, reason).inc(count)
+        for (outcome, reason), count in payments.items():
+            metrics.PAYMENTS.labels(outcome, reason).inc(count)
         metrics.BATCH_COMMANDS.observe(decided)
         metrics.BATCH_SECONDS.observe(seconds)
 

@@ -8,6 +8,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ledger.kafka import topics
 from schemas.codec import InvalidReason
+from schemas.facts import (
+    Fact,
+    PaymentCommandRejected,
+    PaymentExpired,
+    PaymentReserved,
+    PaymentVoided,
+)
 
 COMMANDS_CONSUMED = Counter(
     "ledger_commands_consumed_total", "Commands read from ledger.commands", ["type"]
@@ -15,6 +22,12 @@ COMMANDS_CONSUMED = Counter(
 DECISIONS = Counter(
     "ledger_decisions_total", "Facts decided by the authorizer", ["outcome", "reason"]
 )
+# Held payments (issue 14): reserved, captured, voided, expired; a refused capture or void by its
+# reason (`capture_rejected`, `void_rejected`). A refused hold is a purchase rejection (DECISIONS).
+PAYMENTS = Counter(
+    "ledger_payments_total", "Held payments' outcomes decided by the authorizer",
+    ["outcome", "reason"],
+)  # fmt: skip
 DEAD_LETTERS = Counter(
     "ledger_dead_letters_total", "Messages set aside on ledger.dlq", ["source_topic", "reason"]
 )
@@ -59,3 +72,17 @@ STATE_KEYS = Gauge(
 # alert on them (deploy/prometheus/alerts.yml) sees the very first one.
 for _reason in get_args(InvalidReason):
     DEAD_LETTERS.labels(topics.COMMANDS, _reason)
+
+
+def payment_outcome(fact: Fact) -> tuple[str, str] | None:
+    """The PAYMENTS labels of a fact of a held payment (a capture is counted by the batch, whose
+    fact is a purchase's)."""
+    if isinstance(fact, PaymentReserved):
+        return "reserved", ""
+    if isinstance(fact, PaymentVoided):
+        return "voided", ""
+    if isinstance(fact, PaymentExpired):
+        return "expired", ""
+    if isinstance(fact, PaymentCommandRejected):
+        return f"{fact.action}_rejected", fact.reason
+    return None

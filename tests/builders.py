@@ -13,8 +13,12 @@ from schemas.commands import (
     AccountUnblockRequested,
     EmployeeAuthoriseRequested,
     EmployeeRevokeRequested,
+    HoldsExpireRequested,
     LimitOverrides,
     LimitsSetRequested,
+    PaymentCaptureRequested,
+    PaymentHoldRequested,
+    PaymentVoidRequested,
     PeriodCloseRequested,
     PurchaseRequested,
     RefundRequested,
@@ -179,4 +183,66 @@ def close(
         partition=partition,
         partitions=partitions,
         occurred_at=when,
+    )
+
+
+def hold(
+    account_id: str,
+    amount_cents: int = 1_500,
+    when: datetime = T0,
+    *,
+    payment_id: str | None = None,
+    user_id: str = "u1",
+    publisher_id: str = "canalplay",
+    hold_for: timedelta = timedelta(hours=1),
+    consent: str | None = None,
+) -> PaymentHoldRequested:
+    return PaymentHoldRequested(
+        payment_id=payment_id or next_id("pay"),
+        account_id=account_id,
+        user_id=user_id,
+        publisher_id=publisher_id,
+        amount_cents=amount_cents,
+        category="vod",
+        description="location 48 h",
+        occurred_at=when,
+        hold_expires_at=when + hold_for,
+        consent=consent,
+    )
+
+
+def capture(
+    account_id: str,
+    payment_id: str,
+    amount_cents: int,
+    when: datetime = T0,
+    *,
+    publisher_id: str = "canalplay",
+) -> PaymentCaptureRequested:
+    return PaymentCaptureRequested(
+        payment_id=payment_id,
+        account_id=account_id,
+        publisher_id=publisher_id,
+        amount_cents=amount_cents,
+        occurred_at=when,
+    )
+
+
+def void(
+    account_id: str, payment_id: str, when: datetime = T0, *, publisher_id: str = "canalplay"
+) -> PaymentVoidRequested:
+    return PaymentVoidRequested(
+        payment_id=payment_id, account_id=account_id, publisher_id=publisher_id, occurred_at=when
+    )
+
+
+def expire(
+    as_of: datetime, partition: int = 0, partitions: int = 1, command_id: str | None = None
+) -> HoldsExpireRequested:
+    return HoldsExpireRequested(
+        command_id=command_id or next_id("expire"),
+        as_of=as_of,
+        partition=partition,
+        partitions=partitions,
+        occurred_at=as_of,
     )

@@ -29,6 +29,9 @@ from schemas.facts import (
     EmployeeRevoked,
     Fact,
     LimitsSet,
+    PaymentCommandRejected,
+    PaymentReserved,
+    PaymentVoided,
     PurchaseAuthorized,
     PurchaseRefunded,
     PurchaseRejected,
@@ -56,6 +59,11 @@ def wait_key(fact: Fact) -> WaitKey | None:
              EmployeeRevoked, CommandRejected)  # fmt: skip
     if isinstance(fact, admin):
         return ("command", fact.command_id, "")
+    # A held payment's hold, capture or void: under the payment id and the fingerprint of the
+    # command decided, as a purchase (a refused hold is a purchase.rejected, a capture a
+    # purchase.authorized, both under that key too).
+    if isinstance(fact, PaymentReserved | PaymentVoided | PaymentCommandRejected):
+        return ("purchase", fact.payment_id, fact.body_fingerprint)
     return None
 
 

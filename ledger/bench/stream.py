@@ -33,7 +33,14 @@ from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.partitions import end_offsets
 from schemas import codec
-from schemas.commands import AccountOpenRequested, Command, PeriodCloseRequested, PurchaseRequested
+from schemas.commands import (
+    AccountOpenRequested,
+    Command,
+    HoldsExpireRequested,
+    PeriodCloseRequested,
+    PurchaseRequested,
+    barrier_key,
+)
 from schemas.reference import (
     IspRegistered,
     PublisherRegistered,
@@ -69,8 +76,8 @@ def encode_commands(commands: Sequence[Command], partitions: int) -> list[Outgoi
     partition."""
     out: list[Outgoing] = []
     for command in commands:
-        if isinstance(command, PeriodCloseRequested):
-            key, partition = command.isp_id, command.partition
+        if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+            key, partition = barrier_key(command), command.partition
         else:
             key, partition = command.account_id, partition_for(command.account_id, partitions)
         out.append(Outgoing(topics.COMMANDS, partition, key.encode(), codec.encode(command)))

@@ -9,7 +9,7 @@
 | `stream` | `produce`, `worker`, `balances` |
 | `apis` | `api`, `isp-api` |
 | `bench` | `bench` and its parts |
-| `books` | `project`, `close-period`, `replay`, `reconcile`, `isp-access` |
+| `books` | `project`, `close-period`, `expire-holds`, `replay`, `reconcile`, `isp-access` |
 
 What they share: the running stack (`running`), the argument types (`argtypes`) and the exit
 statuses (`exits`). A command's heavy imports (faust, aiohttp, psycopg) are made in its handler,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from datetime import datetime
 
 from ledger.patterns import ID, ID_FORM, PERIOD, WHOLE_NUMBER
 
@@ -63,3 +64,16 @@ def scratch_schema(text: str) -> str:
             f"{LIVE_SCHEMA!r}; got {_shown(text)}"
         )
     return text
+
+
+def timestamp(text: str) -> datetime:
+    """An RFC 3339 time with its UTC offset (`Z` or `+01:00`): a naive time is ambiguous."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or not 1970 <= value.year <= 2099:
+        raise argparse.ArgumentTypeError(
+            f"a time with its UTC offset, like 2026-12-01T02:00:00Z; got {_shown(text)}"
+        )
+    return value

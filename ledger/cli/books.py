@@ -1,5 +1,5 @@
-"""The `ledger` commands of the PostgreSQL side: the projection writer, the billing close,
-replay, reconcile and the ISPs' access. Their SQL is in projections/."""
+"""The `ledger` commands of the PostgreSQL side: the projection writer, the billing close, the
+holds' expiry barrier, replay, reconcile and the ISPs' access. Their SQL is in projections/."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.cli.argtypes import identifier, niceness, period, port, scratch_schema, seconds
+from ledger.cli.argtypes import (
+    identifier,
+    niceness,
+    period,
+    port,
+    scratch_schema,
+    seconds,
+    timestamp,
+)
 from ledger.cli.exits import EXIT_MISMATCH
 from ledger.cli.running import Connected, connected
 from ledger.errors import LedgerError
@@ -75,6 +83,17 @@ def _cmd_close_period(args: argparse.Namespace) -> int:
     raise LedgerError(
         f"no seal after {args.wait_seconds:.0f} s: are the workers and `ledger project` running?"
     )
+
+
+def _cmd_expire_holds(args: argparse.Namespace) -> int:
+    from ledger.produce import send_holds_expiry
+
+    stack = connected(args)
+    commands = send_holds_expiry(stack.bootstrap_servers, stack.partitions, args.as_of)
+    as_of = commands[0].as_of.isoformat()
+    print(f"holds expiring at or before {as_of} expire: barrier sent to {len(commands)}"
+          f" partitions ({commands[0].command_id})")  # fmt: skip
+    return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -238,6 +257,16 @@ def _add_writer_parsers(commands: Any) -> None:
     close.add_argument("--no-wait", action="store_true", help="send the close and return")
     close.add_argument("--wait-seconds", type=seconds, default=CLOSE_WAIT_SECONDS)
     close.set_defaults(handler=_cmd_close_period)
+
+    expire = commands.add_parser(
+        "expire-holds",
+        help="expire the held payments due (a barrier on every partition, like a close)",
+    )
+    expire.add_argument(
+        "--as-of", type=timestamp, default=None, metavar="TIMESTAMP",
+        help="expire the holds due at this time (RFC 3339 with its offset; default: now)",
+    )  # fmt: skip
+    expire.set_defaults(handler=_cmd_expire_holds)
 
 
 def add_parsers(commands: Any) -> None:

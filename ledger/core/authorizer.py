@@ -2,8 +2,8 @@
 
 It is split the usual event-sourced way, one module per job:
 - `decide(state, command, context)` is pure: it reads the state and returns the facts
-  (`ledger.core.purchase`, `ledger.core.refund`, `ledger.core.admin`; what they share, the
-  context and policy, in `ledger.core.context`);
+  (`ledger.core.purchase`, `ledger.core.refund`, `ledger.core.payment`, `ledger.core.admin`;
+  what they share, the context and policy, in `ledger.core.context`);
 - `evolve(state, fact, policy)` applies one fact to the state (in place, for speed: the caller
   owns the state, which is one table slot) and returns it; applying a fact twice changes nothing
   (`ledger.core.evolve`);
@@ -27,10 +27,18 @@ from ledger.core.context import (
     limits_at,
 )
 from ledger.core.evolve import PRUNE_FRACTION, evolve, prune
+from ledger.core.payment import decide_capture, decide_hold, decide_void
 from ledger.core.purchase import decide_purchase
 from ledger.core.refund import decide_refund
 from ledger.core.state import AccountState
-from schemas.commands import AccountCommand, PurchaseRequested, RefundRequested
+from schemas.commands import (
+    AccountCommand,
+    PaymentCaptureRequested,
+    PaymentHoldRequested,
+    PaymentVoidRequested,
+    PurchaseRequested,
+    RefundRequested,
+)
 from schemas.facts import Fact
 
 __all__ = [
@@ -76,4 +84,10 @@ def decide(
         return [decide_purchase(state, command, context, origin)]
     if isinstance(command, RefundRequested):
         return [decide_refund(state, command, context, origin)]
+    if isinstance(command, PaymentHoldRequested):
+        return [decide_hold(state, command, context, origin)]
+    if isinstance(command, PaymentCaptureRequested):
+        return [decide_capture(state, command, context, origin)]
+    if isinstance(command, PaymentVoidRequested):
+        return [decide_void(state, command, context, origin)]
     return [decide_admin(state, command, context)]

@@ -17,6 +17,15 @@ then the changed account states; then the summary. So, after a crash anywhere:
   (its facts were written before that state), only its money facts are counted in the partials,
   which did not count them, from the state's `batch_money` (the money of the batch that wrote it);
 - anything else is decided again from the states before it: the same facts again.
+
+The expiry barrier (`holds.expire_requested.v1`) touches the accounts of the holds it expires,
+not an account of its own key. The summary indexes the partition's open holds (`holds`); the
+barrier expires the holds due in it, each in its account's state, which records the barrier's
+offset in `decided_through` like any command of that account. The rules above then hold for
+each of those accounts: a state already past the barrier is not expired again (there is no money
+to count). The index is only a guide, kept from the states: whenever a batch first loads an
+account, its entry is made again from the state (the truth; the summary may be older, lost with
+its batch), and the barrier expires only what the state says is reserved and due.
 """
 
 from __future__ import annotations
@@ -29,9 +38,15 @@ import msgspec
 from ledger.core.authorizer import Context, Policy, decide, decide_close, evolve, evolve_close
 from ledger.core.balances import Balance, Money, money_of
 from ledger.core.invariant import invariant, present
+from ledger.core.payment import OpenHolds, decide_expiry, due_holds, index_account
 from ledger.core.reference import Limits, Reference
 from ledger.core.state import AccountState, ClosedPeriods
-from schemas.commands import Command, PeriodCloseRequested
+from schemas.commands import (
+    Command,
+    HoldsExpireRequested,
+    PaymentCaptureRequested,
+    PeriodCloseRequested,
+)
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
 from schemas.reference import IspRegistered
 
@@ -43,6 +58,8 @@ class PartitionSummary(msgspec.Struct, array_like=True):
     closed: ClosedPeriods = msgspec.field(default_factory=ClosedPeriods)
     publishers: dict[str, Balance] = msgspec.field(default_factory=dict)
     isps: dict[str, Balance] = msgspec.field(default_factory=dict)
+    # The partition's open holds: account → payment → expiry in epoch seconds (issue 14).
+    holds: OpenHolds = msgspec.field(default_factory=dict)
 
     def fold(self, money: Money, partition: int) -> bool:
         """Count a money fact in the partials, once. Returns False when it was counted already."""
@@ -100,6 +117,8 @@ class PartitionBatch:
     redelivered: int = 0  # commands below next_offset: skipped
     already_applied: int = 0  # commands whose state held them already: folded, not re-emitted
     folded: int = 0  # money facts counted in the partials
+    captured: int = 0  # held payments captured (their facts are purchases')
+    expiries: int = 0  # expiry barriers decided (each one decision, whatever it expired)
 
 
 def decide_batch(
@@ -131,10 +150,16 @@ def decide_batch(
             evolve_close(summary.closed, fact, command)
             batch.facts.append((command.isp_id, fact))
             continue
+        if isinstance(command, HoldsExpireRequested):
+            batch.expiries += 1
+            _expire(batch, command, offset, load, policy)
+            continue
         account_id = command.account_id
         state = states.get(account_id)
         if state is None:
             state = load(account_id)
+            if state is not None:
+                index_account(summary.holds, state)
             if state is not None and state.decided_through >= offset:
                 # Written by a batch whose summary was lost: decided, emitted, not counted.
                 batch.already_applied += 1
@@ -146,6 +171,10 @@ def decide_batch(
         for fact in decide(state, command, context, offset):
             state = evolve(state, fact, policy)
             batch.facts.append((account_id, fact))
+            if isinstance(command, PaymentCaptureRequested) and isinstance(
+                fact, PurchaseAuthorized
+            ):
+                batch.captured += 1
             if isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
                 money = money_of(fact)
                 batch.folded += summary.fold(money, partition)
@@ -153,4 +182,38 @@ def decide_batch(
         if state is not None:
             state.decided_through = offset
             states[account_id] = state
+            if state.holds or account_id in summary.holds:
+                index_account(summary.holds, state)
     return batch
+
+
+def _expire(
+    batch: PartitionBatch,
+    command: HoldsExpireRequested,
+    offset: int,
+    load: Callable[[str], AccountState | None],
+    policy: Policy,
+) -> None:
+    """The barrier: every indexed hold due at its `as_of`, in `due_holds` order, expired in its
+    account's state (ledger.core.payment.decide_expiry says whether it still is due)."""
+    summary, states = batch.summary, batch.states
+    as_of = int(command.as_of.timestamp())
+    for _, payment_id, account_id in due_holds(summary.holds, as_of):
+        state = states.get(account_id)
+        if state is None:
+            state = load(account_id)
+            if state is None:  # an index entry no state stands behind: nothing to expire
+                summary.holds.pop(account_id, None)
+                continue
+            index_account(summary.holds, state)
+            if state.decided_through >= offset:
+                batch.already_applied += 1  # expired by this barrier in a batch whose summary
+                continue  # was lost: nothing to count (an expiry moves no money)
+            state.batch_money = []
+        fact = decide_expiry(state, payment_id, command, offset)
+        if fact is not None:
+            evolved = present(evolve(state, fact, policy), "an expiry lost its account")
+            batch.facts.append((account_id, fact))
+            evolved.decided_through = offset
+            states[account_id] = evolved
+        index_account(summary.holds, state)

@@ -9,6 +9,13 @@ from typing import Final
 from ledger.core import calendar
 from ledger.core.context import UNREMEMBERED, Policy, fingerprint
 from ledger.core.invariant import InvariantBroken, invariant, present
+from ledger.core.payment import (
+    apply_captured,
+    apply_expired,
+    apply_reserved,
+    apply_voided,
+    prune_holds,
+)
 from ledger.core.reference import VELOCITY_WINDOW_MAX_SECONDS
 from ledger.core.state import (
     AccountState,
@@ -28,6 +35,10 @@ from schemas.facts import (
     EmployeeRevoked,
     Fact,
     LimitsSet,
+    PaymentCommandRejected,
+    PaymentExpired,
+    PaymentReserved,
+    PaymentVoided,
     PeriodClosed,
     PurchaseAuthorized,
     PurchaseRefunded,
@@ -48,6 +59,8 @@ def evolve(state: AccountState | None, fact: Fact, policy: Policy) -> AccountSta
     if state is None:
         return None
     if isinstance(fact, PurchaseAuthorized):
+        if state.holds:
+            apply_captured(state, fact)  # a capture: its hold's room is given back first
         _apply_authorized(state, fact)
     elif isinstance(fact, PurchaseRejected):
         _apply_purchase_rejected(state, fact)
@@ -55,6 +68,14 @@ def evolve(state: AccountState | None, fact: Fact, policy: Policy) -> AccountSta
         _apply_refunded(state, fact)
     elif isinstance(fact, RefundRejected):
         _apply_refund_rejected(state, fact)
+    elif isinstance(fact, PaymentReserved):
+        apply_reserved(state, fact)
+    elif isinstance(fact, PaymentVoided):
+        apply_voided(state, fact)
+    elif isinstance(fact, PaymentExpired):
+        apply_expired(state, fact)
+    elif isinstance(fact, PaymentCommandRejected):
+        pass  # decided afresh each time: nothing to remember
     else:
         _apply_admin(state, fact)
     if (
@@ -232,7 +253,8 @@ def prune(state: AccountState, cutoff: int) -> None:
 
     A purchase is kept as long as an accepted refund of it is: a refund remembered answers a
     retry with the same fact again, which it builds from its purchase (issue 12: without it, a
-    retry got a rejection without a reason under the refund's id)."""
+    retry got a rejection without a reason under the refund's id). Finished holds go like
+    purchases; an open hold stays (ledger.core.payment.prune_holds)."""
     state.refunds = {key: memo for key, memo in state.refunds.items() if memo.at_seconds >= cutoff}
     refunded = {memo.purchase_id for memo in state.refunds.values() if memo.accepted}
     state.purchases = {
@@ -240,6 +262,8 @@ def prune(state: AccountState, cutoff: int) -> None:
         for key, memo in state.purchases.items()
         if memo.at_seconds >= cutoff or key in refunded
     }
+    if state.holds:
+        prune_holds(state, cutoff)
     first_day = calendar.day_key(cutoff)
     state.day_spend = {day: cents for day, cents in state.day_spend.items() if day >= first_day}
     # The cutoff's period starts at most one calendar month before the cutoff's month.

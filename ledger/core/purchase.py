@@ -77,6 +77,10 @@ def decide_purchase(
     body_fingerprint = fingerprint(command)
     if state is None:
         return _rejected(command, body_fingerprint, "account_unknown", None, origin)
+    if command.purchase_id in state.holds:  # one namespace of ids: a held payment's (issue 14)
+        return _rejected(
+            command, body_fingerprint, "duplicate_with_different_body", state.isp_id, origin
+        )
     memo = state.purchases.get(command.purchase_id)
     if memo is not None:
         if memo.fingerprint != body_fingerprint:

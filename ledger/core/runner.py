@@ -4,10 +4,11 @@ same states in tables instead of a dict."""
 
 from __future__ import annotations
 
-from ledger.core.authorizer import Context, Policy, decide_close, evolve_close, step
+from ledger.core.authorizer import Context, Policy, decide_close, evolve, evolve_close, step
+from ledger.core.payment import decide_expiry, due_holds, open_holds_of
 from ledger.core.reference import Reference
 from ledger.core.state import AccountState, ClosedPeriods
-from schemas.commands import Command, PeriodCloseRequested
+from schemas.commands import Command, HoldsExpireRequested, PeriodCloseRequested
 from schemas.facts import Fact
 from schemas.reference import ReferenceRecord
 
@@ -33,7 +34,21 @@ class LocalAuthorizer:
             fact = decide_close(self.closed, command, self.reference)
             evolve_close(self.closed, fact, command)
             return [fact]
+        if isinstance(command, HoldsExpireRequested):
+            return self._expire(command, origin)
         decision = step(self.states.get(command.account_id), command, self._context, origin)
         if decision.state is not None:
             self.states[command.account_id] = decision.state
         return decision.facts
+
+    def _expire(self, command: HoldsExpireRequested, origin: int | None) -> list[Fact]:
+        """As the batch does (ledger/core/batch.py), from every state instead of an index."""
+        facts: list[Fact] = []
+        index = open_holds_of(self.states.values())
+        for _, payment_id, account_id in due_holds(index, int(command.as_of.timestamp())):
+            state = self.states[account_id]
+            fact = decide_expiry(state, payment_id, command, origin)
+            if fact is not None:
+                evolve(state, fact, self._policy)
+                facts.append(fact)
+        return facts

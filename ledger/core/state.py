@@ -9,11 +9,19 @@ Everything here is bounded by the policy's horizon (see `prune`).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from ledger.core.balances import Money
 from schemas.commands import LimitOverrides
-from schemas.types import AccountKind, BlockReason, PurchaseRejection, RefundRejection
+from schemas.types import (
+    AccountKind,
+    BlockReason,
+    HoldStatus,
+    PurchaseRejection,
+    RefundRejection,
+)
 
 
 class PurchaseMemo(msgspec.Struct, array_like=True):
@@ -48,6 +56,39 @@ class RefundMemo(msgspec.Struct, array_like=True):
     billing_period: str | None
     late_for_period: str | None
     origin: int | None = None
+
+
+class HoldMemo(msgspec.Struct, array_like=True):
+    """A held payment (payment.reserved.v1) and what became of it: enough to decide its capture,
+    void or expiry, to answer the same command again with the same fact, and to release exactly
+    the cap room it took (its `day`, `period` and user). Kept while it is reserved, whatever its
+    age; forgotten like a purchase once finished and behind the horizon (ledger.core.evolve)."""
+
+    fingerprint: str  # of the hold command
+    occurred_at: datetime  # the confirmation's time: the capture's purchase occurs then
+    at_seconds: int
+    expires_at: datetime
+    expires_at_seconds: int
+    status: HoldStatus
+    amount_cents: int  # held
+    vat_rate_bp: int
+    commission_bp: int
+    revenue_share_bp: int
+    day: str
+    period: str
+    user_id: str
+    publisher_id: str
+    category: str
+    description: str
+    origin: int | None
+    # How it finished: the capture's or void's command fingerprint and first origin (to answer
+    # the same command again), the amount captured and the period the capture is billed in.
+    finished_at_seconds: int | None = None
+    finish_fingerprint: str | None = None
+    finish_origin: int | None = None
+    captured_cents: int = 0
+    billing_period: str | None = None
+    late_for_period: str | None = None
 
 
 class EmployeeGrant(msgspec.Struct, frozen=True, array_like=True):
@@ -86,6 +127,9 @@ class AccountState(msgspec.Struct, array_like=True):
     # batch's summary was lost, they are counted again from here (ledger/core/batch.py). Their
     # memos may be gone by then, pruned by a later command of the same batch.
     batch_money: list[Money] = msgspec.field(default_factory=list)
+    # Held payments by payment id (a namespace shared with `purchases`: one id is one or the
+    # other). Issue 14.
+    holds: dict[str, HoldMemo] = msgspec.field(default_factory=dict)
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from ledger.core.runner import LocalAuthorizer
 from ledger.kafka import topics
-from projections.rows import JOURNAL_COLUMNS, PURCHASE_COLUMNS, project
+from projections.rows import JOURNAL_COLUMNS, PAYMENT_COLUMNS, PURCHASE_COLUMNS, project
 from projections.writer import prepare
 from schemas import codec
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
@@ -90,3 +90,35 @@ def test_late_facts_are_billed_where_the_core_put_them() -> None:
     assert isinstance(late, PurchaseAuthorized) and late.late_for_period == "2006-03"
     assert rows.purchases[0][13:15] == ("2006-04", "2006-03")
     assert rows.billed == {("orange", "2006-04")}
+
+
+def test_held_payments_become_payment_rows_and_only_captures_money() -> None:
+    ledger = LocalAuthorizer(b.REFERENCE)
+    commands = [
+        b.open_account("acc-1"),
+        b.hold("acc-1", 1_500, b.at(1), payment_id="h1"),
+        b.hold("acc-1", 700, b.at(2), payment_id="h2"),
+        b.hold("acc-1", 300, b.at(3), payment_id="h3", hold_for=timedelta(minutes=5)),
+        b.capture("acc-1", "h1", 1_000, b.at(10)),
+        b.void("acc-1", "h2", b.at(11)),
+        b.capture("acc-1", "h2", 100, b.at(12)),  # refused: voided
+        b.expire(b.at(20)),
+    ]
+    facts = [fact for command in commands for fact in ledger.handle(command)]
+    rows = project((fact, codec.encode(fact)) for fact in facts)
+    assert [(r[1], r[5], r[6]) for r in rows.payments] == [
+        ("h1", "reserved", 1_500), ("h2", "reserved", 700), ("h3", "reserved", 300),
+    ]  # fmt: skip
+    assert all(len(row) == len(PAYMENT_COLUMNS) for row in rows.payments)
+    assert [row[:3] for row in rows.authorized] == [("acc-1", "h1", 1_000)]
+    assert [row[1:4] for row in rows.finished] == [
+        ("h2", "voided", b.at(11)), ("h3", "expired", b.at(20)),
+    ]  # fmt: skip
+    # Money: the capture's purchase only, for the amount captured.
+    assert [row[9] for row in rows.purchases] == [1_000]
+    assert len(rows.money_facts) == 1 and rows.balances["account", "acc-1"].gross_cents == 1_000
+    # Every payment fact is kept as it is, for `ledger reconcile`.
+    assert sorted(row[1] for row in rows.account_facts) == [
+        "payment.command_rejected.v1", "payment.expired.v1", "payment.reserved.v1",
+        "payment.reserved.v1", "payment.reserved.v1", "payment.voided.v1",
+    ]  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.status import LastDecision, PartitionLag, PeriodState, Status, render
+from ledger.status import LastDecision, OpenHolds, PartitionLag, PeriodState, Status, render
 
 
 def _status() -> Status:
@@ -50,6 +50,21 @@ def test_the_screen_names_lag_totals_dead_letters_the_last_decision_and_periods(
     )
     assert "2006-02  open" in screen
     assert "worker-w1 (pid 41)" in screen
+
+
+def test_the_screen_shows_the_open_holds_of_each_isp() -> None:
+    status = _status()
+    status.holds = [
+        OpenHolds("orange", 3, 4_500, "2026-11-26T09:00:00+00:00", "2026-11-26T10:00:00+00:00")
+    ]
+    screen = render(status)
+    assert "open holds (held payments not captured, voided or expired):" in screen
+    assert (
+        "orange                  3 holds        45.00 € held, oldest 2026-11-26T09:00:00+00:00,"
+        " next expiry 2026-11-26T10:00:00+00:00" in screen
+    )
+    assert status.as_json()["holds"][0]["held_cents"] == 4_500
+    assert "open holds" in render(Status(read_at="now")) and "  none" in render(Status("now"))
 
 
 def test_an_empty_ledger_says_so_instead_of_failing() -> None:
