@@ -17,21 +17,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.core import calendar
 from ledger.core.admin import AdminCommand, decide_admin, decide_close, evolve_close
 from ledger.core.context import (
     HORIZON_SECONDS_DEFAULT,
     Context,
+    EventTime,
     Policy,
+    Progress,
     billing_period,
     fingerprint,
     limits_at,
 )
 from ledger.core.evolve import PRUNE_FRACTION, evolve, prune
+from ledger.core.invariant import present
 from ledger.core.purchase import decide_purchase
+from ledger.core.reference import Reference
 from ledger.core.refund import decide_refund
 from ledger.core.state import AccountState
-from schemas.commands import AccountCommand, PurchaseRequested, RefundRequested
-from schemas.facts import Fact
+from schemas.commands import (
+    AccountCommand,
+    Command,
+    PeriodCloseRequested,
+    PurchaseRequested,
+    RefundRequested,
+)
+from schemas.facts import Fact, PeriodClosed
 
 __all__ = [
     "HORIZON_SECONDS_DEFAULT",
@@ -39,7 +50,10 @@ __all__ = [
     "AdminCommand",
     "Context",
     "Decision",
+    "EventTime",
     "Policy",
+    "Progress",
+    "advance",
     "billing_period",
     "decide",
     "decide_close",
@@ -77,3 +91,26 @@ def decide(
     if isinstance(command, RefundRequested):
         return [decide_refund(state, command, context, origin)]
     return [decide_admin(state, command, context)]
+
+
+def advance(
+    progress: Progress, command: Command, reference: Reference, closed: Fact | None = None
+) -> None:
+    """Move a partition's event-time watermark on past a command of it, in command order, after
+    it was decided (or found decided already: the batch's recovery moves it on just the same, so
+    the watermark is a function of the partition's commands alone).
+
+    - A purchase, whatever its decision, moves it to its occurred_at (if later). Trusted feeds
+      send history in event order; a publisher's purchase is at most minutes ahead of the clock
+      (the checkout API refuses one further ahead).
+    - A period closed (`closed`, the close's fact) moves it to the period's end, not to the
+      close's occurred_at: a purchase of the closed period is then billed late only within the
+      ISP's lateness of that end (the bound in the README, "Caps that hold")."""
+    if isinstance(command, PurchaseRequested):
+        at = calendar.epoch_seconds(command.occurred_at)
+    elif isinstance(command, PeriodCloseRequested) and isinstance(closed, PeriodClosed):
+        isp = present(reference.isps.get(command.isp_id), "a period closed for an unknown ISP")
+        at = calendar.epoch_seconds(calendar.period_bounds(command.period, isp.billing_day)[1])
+    else:
+        return
+    progress.watermark_seconds = max(progress.watermark_seconds, at)

@@ -86,6 +86,9 @@ class AccountState(msgspec.Struct, array_like=True):
     # batch's summary was lost, they are counted again from here (ledger/core/batch.py). Their
     # memos may be gone by then, pruned by a later command of the same batch.
     batch_money: list[Money] = msgspec.field(default_factory=list)
+    # When the purchases the account remembers were attempted, authorized or refused, any user:
+    # sorted, pruned to the longest velocity window (the account's velocity, issue 14).
+    attempts: list[int] = msgspec.field(default_factory=list)
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):

@@ -398,10 +398,11 @@ def test_a_state_encoded_before_decided_through_decodes_with_minus_one() -> None
     assert state.purchases["p1"].origin == 1
     assert state.watermark_seconds == int((T0 + timedelta(minutes=1)).timestamp())
     assert state.batch_money == []
-    # Encoded again, it gains the two fields at the end and nothing else moves.
+    # Encoded again, it gains the fields added since at the end (decided_through, batch_money,
+    # attempts) and nothing else moves.
     again = msgspec.msgpack.decode(encode_state(state))
-    assert again[-2:] == [-1, []]
-    assert again[:-2] == msgspec.msgpack.decode(STATE_BEFORE_DECIDED_THROUGH)
+    assert again[-3:] == [-1, [], []]
+    assert again[:-3] == msgspec.msgpack.decode(STATE_BEFORE_DECIDED_THROUGH)
     # An old state holds no command: the next one at any offset is decided, not skipped.
     worker = Worker(0)
     worker.store[b"acct"] = STATE_BEFORE_DECIDED_THROUGH
