@@ -51,8 +51,8 @@ ISPS = (
 )
 # The simulator is a trusted feed replaying history in event order (issue 14): each partition gets
 # its purchases in time order but for the abuse, whose cap probes run 15 minutes past the moment
-# the next purchases are drawn at (measured: at most 14 minutes behind a partition's newest
-# purchase, 111 of 23,000 purchases behind at all, over two months at scale 0.02). An hour's
+# the next purchases are drawn at (measured: under 15 minutes behind a partition's newest
+# purchase, 111 of some 23,000 purchases behind at all, over two months at scale 0.02). An hour's
 # lateness refuses none of them and any purchase backdated further.
 ALLOWED_LATENESS_SECONDS = 3600
 # Attempts per account in the velocity window (a minute), refused ones included: twice a
