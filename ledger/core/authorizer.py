@@ -105,7 +105,7 @@ def advance(
       (the checkout API refuses one further ahead).
     - A period closed (`closed`, the close's fact) moves it to the period's end, not to the
       close's occurred_at: a purchase of the closed period is then billed late only within the
-      ISP's lateness of that end (the bound in the README, "Caps that hold")."""
+      ISP's lateness of that end (the README's "Fraud limits": the bound)."""
     if isinstance(command, PurchaseRequested):
         at = calendar.epoch_seconds(command.occurred_at)
     elif isinstance(command, PeriodCloseRequested) and isinstance(closed, PeriodClosed):
