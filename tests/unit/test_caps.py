@@ -27,12 +27,14 @@ from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka.partitioning import partition_for
 from schemas import codec
 from schemas.commands import Command, LimitOverrides, PurchaseRequested
-from schemas.facts import Fact, PurchaseAuthorized, PurchaseRejected
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded, PurchaseRejected
 from schemas.reference import IspRegistered
 from tests import builders as b
 from tests.builders import T0, at
+from tests.unit.model import Model
 from tests.unit.test_batch import STATE_BEFORE_DECIDED_THROUGH
-from tests.unit.test_properties import fast
+from tests.unit.test_properties import HORIZON, _commands, busy_history, fast, history
+from tests.unit.test_properties import _outcome as _property_outcome
 
 HOUR = 3600
 DAY = calendar.SECONDS_PER_DAY
@@ -231,6 +233,55 @@ def test_attempts_are_pruned_to_the_longest_window() -> None:
         ledger.handle(b.purchase("acct", 100, at(n), user_id=f"u{n}"))
     ledger.handle(b.purchase("acct", 100, at(days=3)))
     assert ledger.states["acct"].attempts == [_seconds(at(days=3))]
+
+
+# --- against the model ------------------------------------------------------------------------
+
+
+@fast
+@given(
+    history | busy_history,
+    st.dictionaries(st.integers(0, 150), st.integers(0, 3 * HOUR), max_size=40),
+    st.sampled_from((0, 1_800, 2 * HOUR)),
+    st.sampled_from((None, 2, 4)),
+)
+def test_core_answers_as_the_model_does_with_the_rules_on(
+    steps: list[tuple[Any, ...]], backdated: dict[int, int], lateness: int, attempts: int | None
+) -> None:
+    """tests/unit/test_properties.py's histories, some purchases dated up to 3 hours back (the
+    same purchase sent again dated the same), on an orange that allows `lateness` and `attempts`
+    per account (alice: neither), through the core and the independent model (tests/unit/model.py,
+    which has both rules from the issue's text)."""
+    limits = LimitOverrides(velocity_max_attempts_per_account=attempts)
+    orange = msgspec.structs.replace(
+        b.ORANGE,
+        allowed_lateness_seconds=lateness,
+        consumer_limits=limits,
+        enterprise_limits=limits,
+    )
+    reference = Reference.of([orange, b.ALICE, b.CANALPLAY, b.LEMONDE, b.BLOCKED_PUB])
+    numbers: dict[str, int] = {}
+
+    def dated(command: Any) -> Any:
+        if not isinstance(command, PurchaseRequested):
+            return command
+        back = backdated.get(numbers.setdefault(command.purchase_id, len(numbers)), 0)
+        return msgspec.structs.replace(
+            command, occurred_at=command.occurred_at - timedelta(seconds=back)
+        )
+
+    commands = [dated(command) for command in _commands(steps)]
+    ledger = LocalAuthorizer(reference, Policy(horizon_seconds=HORIZON))
+    model = Model(reference, HORIZON)
+    for index, command in enumerate(commands):
+        (fact,) = ledger.handle(command)
+        expected = model.handle(command)
+        assert _property_outcome(fact) == expected.outcome, (index, command, fact)
+        if isinstance(fact, PurchaseAuthorized | PurchaseRefunded):
+            assert (fact.billing_period, fact.late_for_period) == (
+                expected.billing_period,
+                expected.late_for,
+            )
 
 
 # --- the batch's recovery --------------------------------------------------------------------
