@@ -201,9 +201,9 @@ class Model:
         if isp is None:
             return "isp_unknown"
         lateness = isp.allowed_lateness_seconds
-        if lateness is not None and self.progress:
-            if (max(self.progress) - c.occurred_at).total_seconds() > lateness:
-                return "too_late"
+        newest = max(self.progress, default=None)
+        if lateness is not None and newest and (newest - c.occurred_at).total_seconds() > lateness:
+            return "too_late"
         if in_force(account.blocks, c.occurred_at) is not None:
             return "account_blocked"
         publisher = self.reference.publishers.get(c.publisher_id)
