@@ -25,6 +25,7 @@ from schemas.commands import (
     AccountOpenRequested,
     Command,
     EmployeeAuthoriseRequested,
+    LimitOverrides,
     PurchaseRequested,
     RefundRequested,
 )
@@ -48,6 +49,16 @@ ISPS = (
     ("cegetel", "Cegetel", 0.16, 15, 1300),
     ("alice", "Alice", 0.12, 20, 1200),
 )
+# The simulator is a trusted feed replaying history in event order (issue 14): each partition gets
+# its purchases in time order but for the abuse, whose cap probes run 15 minutes past the moment
+# the next purchases are drawn at (measured: under 15 minutes behind a partition's newest
+# purchase, 111 of some 23,000 purchases behind at all, over two months at scale 0.02). An hour's
+# lateness refuses none of them and any purchase backdated further.
+ALLOWED_LATENESS_SECONDS = 3600
+# Attempts per account in the velocity window (a minute), refused ones included: twice a
+# household's 5 purchases a user, and a company's dozen employees' share of it.
+CONSUMER_ATTEMPTS_PER_ACCOUNT = 10
+ENTERPRISE_ATTEMPTS_PER_ACCOUNT = 30
 # (category, vat category, publishers, revenue share, price points in cents incl. VAT, weight)
 # The price points and weights give an average basket of about EUR 2.66 (measured on the output).
 Category = tuple[str, str, int, int, tuple[int, ...], float]
@@ -87,9 +98,18 @@ class Workload:
 
 def reference() -> list[ReferenceRecord]:
     records: list[ReferenceRecord] = [
-        IspRegistered(isp_id=i, name=n, billing_day=d, commission_bp=c, occurred_at=START)
+        IspRegistered(
+            isp_id=i, name=n, billing_day=d, commission_bp=c, occurred_at=START,
+            consumer_limits=LimitOverrides(
+                velocity_max_attempts_per_account=CONSUMER_ATTEMPTS_PER_ACCOUNT
+            ),
+            enterprise_limits=LimitOverrides(
+                velocity_max_attempts_per_account=ENTERPRISE_ATTEMPTS_PER_ACCOUNT
+            ),
+            allowed_lateness_seconds=ALLOWED_LATENESS_SECONDS,
+        )
         for i, n, _, d, c in ISPS
-    ]
+    ]  # fmt: skip
     for category, vat, count, share, _, _ in CATEGORIES:
         records.extend(
             PublisherRegistered(

@@ -128,10 +128,16 @@ class LimitOverrides(msgspec.Struct, frozen=True, omit_defaults=True):
     velocity_max_purchases: int | None = None
     velocity_window_seconds: int | None = None
     employee_budget_cents: NonNegativeCents | None = None
+    # Attempts per account (every user; authorized and refused) in the velocity window (issue 14).
+    # Null all the way up (the platform's default): no such limit.
+    velocity_max_attempts_per_account: int | None = None
 
     def __post_init__(self) -> None:
         if self.velocity_max_purchases is not None and not 1 <= self.velocity_max_purchases <= 1000:
             raise ValueError("velocity_max_purchases must be from 1 to 1000")
+        attempts = self.velocity_max_attempts_per_account
+        if attempts is not None and not 1 <= attempts <= 1000:
+            raise ValueError("velocity_max_attempts_per_account must be from 1 to 1000")
         if self.velocity_window_seconds is not None and not (
             1 <= self.velocity_window_seconds <= 86_400
         ):

@@ -15,6 +15,19 @@ BillingDay = Annotated[int, Meta(ge=1, le=28, description="day of the month a pe
 # The two shares are bounded so that, whatever ISP sells whatever publisher's content, they add up
 # to at most the amount excluding VAT and the platform's fee (the rest) is never negative.
 CommissionBp = Annotated[int, Meta(ge=0, le=3_000, description="ISP commission, at most 30 %")]
+# Below the shortest billing period (28 days, less an hour when summer time starts in it), so that
+# a purchase the lateness admits after a close can only belong to the period just closed
+# (README, "Caps that hold").
+ALLOWED_LATENESS_SECONDS_MAX = 27 * 86_400
+AllowedLatenessSeconds = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=ALLOWED_LATENESS_SECONDS_MAX,
+        description="how far behind its partition's event-time watermark a purchase may be, in"
+        " seconds (0 to 27 days); absent: no limit",
+    ),
+]
 RevenueShareBp = Annotated[int, Meta(ge=0, le=7_000, description="publisher share, at most 70 %")]
 
 
@@ -22,7 +35,11 @@ class IspRegistered(Message, frozen=True, tag="isp.registered.v1"):
     """An ISP that bills its subscribers for Internet Plus and keeps a commission.
 
     Periods run from `billing_day` of one month (00:00 Europe/Paris) to the same day of the next.
-    The commission is taken on the amount excluding VAT."""
+    The commission is taken on the amount excluding VAT.
+
+    `allowed_lateness_seconds` (issue 14): a purchase on one of its accounts whose occurred_at is
+    older than its partition's event-time watermark by more than this is refused `too_late`.
+    Absent (every ISP registered before it existed): no such rule, so old logs replay the same."""
 
     isp_id: Id
     name: Text
@@ -31,6 +48,7 @@ class IspRegistered(Message, frozen=True, tag="isp.registered.v1"):
     occurred_at: Timestamp
     consumer_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
     enterprise_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
+    allowed_lateness_seconds: AllowedLatenessSeconds | None = None
 
 
 class PublisherRegistered(Message, frozen=True, tag="publisher.registered.v1"):

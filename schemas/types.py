@@ -66,6 +66,10 @@ PurchaseRejection = Literal[
     "daily_cap_exceeded",
     "monthly_cap_exceeded",
     "employee_budget_exceeded",
+    # Issue 14, caps that hold: older than its partition's event-time watermark by more than its
+    # ISP's allowed lateness; and too many attempts (authorized or refused) on one account.
+    "too_late",
+    "account_velocity_exceeded",
 ]
 RefundRejection = Literal[
     "duplicate_with_different_body",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.commands import LimitOverrides
+from schemas.reference import AllowedLatenessSeconds
 from schemas.types import (
     AccountKind,
     BlockReason,
@@ -51,6 +52,8 @@ class IspBody(Body, frozen=True):
     commission_bp: int
     consumer_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
     enterprise_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
+    # For its trusted feeds' purchases (issue 14): absent, no event-time limit.
+    allowed_lateness_seconds: AllowedLatenessSeconds | None = None
 
 
 class PublisherBody(Body, frozen=True):

@@ -21,6 +21,7 @@ from schemas.commands import (
     AccountOpenRequested,
     Command,
     EmployeeAuthoriseRequested,
+    LimitOverrides,
     PurchaseRequested,
     RefundRequested,
 )
@@ -51,6 +52,11 @@ def reference() -> Reference:
             billing_day=1 + 7 * i,
             commission_bp=1500,
             occurred_at=START,
+            # Issue 14's rules on, so that their cost is measured; the workload is in event
+            # order (a refund 5 minutes on moves no watermark), so they refuse nothing.
+            consumer_limits=LimitOverrides(velocity_max_attempts_per_account=10),
+            enterprise_limits=LimitOverrides(velocity_max_attempts_per_account=30),
+            allowed_lateness_seconds=3600,
         )
         for i in range(4)
     ]

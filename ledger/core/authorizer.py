@@ -17,29 +17,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.core import calendar
 from ledger.core.admin import AdminCommand, decide_admin, decide_close, evolve_close
 from ledger.core.context import (
     HORIZON_SECONDS_DEFAULT,
     Context,
+    EventTime,
     Policy,
+    Progress,
     billing_period,
     fingerprint,
     limits_at,
 )
 from ledger.core.evolve import PRUNE_FRACTION, evolve, prune
+from ledger.core.invariant import present
 from ledger.core.payment import decide_capture, decide_hold, decide_void
 from ledger.core.purchase import decide_purchase
+from ledger.core.reference import Reference
 from ledger.core.refund import decide_refund
 from ledger.core.state import AccountState
 from schemas.commands import (
     AccountCommand,
+    Command,
     PaymentCaptureRequested,
     PaymentHoldRequested,
     PaymentVoidRequested,
+    PeriodCloseRequested,
     PurchaseRequested,
     RefundRequested,
 )
-from schemas.facts import Fact
+from schemas.facts import Fact, PeriodClosed
 
 __all__ = [
     "HORIZON_SECONDS_DEFAULT",
@@ -47,7 +54,10 @@ __all__ = [
     "AdminCommand",
     "Context",
     "Decision",
+    "EventTime",
     "Policy",
+    "Progress",
+    "advance",
     "billing_period",
     "decide",
     "decide_close",
@@ -91,3 +101,26 @@ def decide(
     if isinstance(command, PaymentVoidRequested):
         return [decide_void(state, command, context, origin)]
     return [decide_admin(state, command, context)]
+
+
+def advance(
+    progress: Progress, command: Command, reference: Reference, closed: Fact | None = None
+) -> None:
+    """Move a partition's event-time watermark on past a command of it, in command order, after
+    it was decided (or found decided already: the batch's recovery moves it on just the same, so
+    the watermark is a function of the partition's commands alone).
+
+    - A purchase or a hold, whatever its decision, moves it to its occurred_at (if later).
+      Trusted feeds send history in event order; a consented payment carries the platform's
+      clock.
+    - A period closed (`closed`, the close's fact) moves it to the period's end, not to the
+      close's occurred_at: a purchase of the closed period is then billed late only within the
+      ISP's lateness of that end (the README's "Fraud limits": the bound)."""
+    if isinstance(command, PurchaseRequested | PaymentHoldRequested):
+        at = calendar.epoch_seconds(command.occurred_at)
+    elif isinstance(command, PeriodCloseRequested) and isinstance(closed, PeriodClosed):
+        isp = present(reference.isps.get(command.isp_id), "a period closed for an unknown ISP")
+        at = calendar.epoch_seconds(calendar.period_bounds(command.period, isp.billing_day)[1])
+    else:
+        return
+    progress.watermark_seconds = max(progress.watermark_seconds, at)

@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ledger.core.authorizer import Context, Policy, decide, decide_close, evolve, evolve_close
+from ledger.core.authorizer import (
+    Context,
+    Policy,
+    advance,
+    decide,
+    decide_close,
+    evolve,
+    evolve_close,
+)
 from ledger.core.balances import Balance, Money, money_of
 from ledger.core.invariant import invariant, present
 from ledger.core.payment import OpenHolds, decide_expiry, due_holds, index_account
@@ -60,6 +68,9 @@ class PartitionSummary(msgspec.Struct, array_like=True):
     isps: dict[str, Balance] = msgspec.field(default_factory=dict)
     # The partition's open holds: account → payment → expiry in epoch seconds (issue 14).
     holds: OpenHolds = msgspec.field(default_factory=dict)
+    # The partition's event-time watermark (ledger.core.context.Progress; 0 in a summary written
+    # before issue 14: it catches up with the next purchase).
+    watermark_seconds: int = 0
 
     def fold(self, money: Money, partition: int) -> bool:
         """Count a money fact in the partials, once. Returns False when it was counted already."""
@@ -137,7 +148,9 @@ def decide_batch(
     states = batch.states
     # The ISPs' limits resolved once per reference record, across batches (Context.base_limits).
     cache: LimitsCache = {} if limits_cache is None else limits_cache
-    context = Context(reference, summary.closed.by_isp, policy, cache)
+    # The summary is the partition's progress: the decisions read its watermark, `advance` moves
+    # it on after each command.
+    context = Context(reference, summary.closed.by_isp, policy, cache, summary)
     for offset, command in commands:
         if offset < summary.next_offset:
             batch.redelivered += 1
@@ -148,6 +161,7 @@ def decide_batch(
         if isinstance(command, PeriodCloseRequested):
             fact = decide_close(summary.closed, command, reference)
             evolve_close(summary.closed, fact, command)
+            advance(summary, command, reference, fact)
             batch.facts.append((command.isp_id, fact))
             continue
         if isinstance(command, HoldsExpireRequested):
@@ -165,6 +179,7 @@ def decide_batch(
                 batch.already_applied += 1
                 held = [m for m in state.batch_money if m.origin == offset]
                 batch.folded += sum(summary.fold(m, partition) for m in held)
+                advance(summary, command, reference)  # as when it was decided
                 continue
             if state is not None:
                 state.batch_money = []  # this batch's money from now on
@@ -179,6 +194,7 @@ def decide_batch(
                 money = money_of(fact)
                 batch.folded += summary.fold(money, partition)
                 present(state, "a money fact of an account with no state").batch_money.append(money)
+        advance(summary, command, reference)
         if state is not None:
             state.decided_through = offset
             states[account_id] = state

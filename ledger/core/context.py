@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Final
+from typing import Final, Protocol
 
 from ledger.core import calendar
 from ledger.core.reference import Limits, Reference, base_limits
@@ -22,9 +22,18 @@ from schemas.types import AccountKind
 
 HORIZON_SECONDS_DEFAULT: Final = 90 * calendar.SECONDS_PER_DAY
 # Rejections that say nothing about the purchase id itself: they are not remembered, so they
-# neither take the id nor answer for it later.
+# neither take the id nor answer for it later. `too_late`, like `stale_purchase`, says something
+# about the time the purchase came at (its partition's progress), not about the id: the same
+# purchase from a producer that caught up is decided afresh; not remembered, it is not an attempt
+# either (account velocity), nor does it keep the id from being used.
 UNREMEMBERED: Final = frozenset(
-    {"duplicate_with_different_body", "stale_purchase", "stale_refund", "account_unknown"}
+    {
+        "duplicate_with_different_body",
+        "stale_purchase",
+        "stale_refund",
+        "account_unknown",
+        "too_late",
+    }
 )
 
 
@@ -41,6 +50,20 @@ class Policy:
             raise ValueError("the idempotency horizon must be at least one day")
 
 
+class Progress(Protocol):
+    """A partition's progress in event time (issue 14): its watermark, the newest occurred_at of
+    the purchases decided in it and the end of every period closed in it, in command order.
+    Kept by the caller that decides the partition's commands in order (the batch's
+    PartitionSummary, the runner's EventTime), which moves it on (`authorizer.advance`)."""
+
+    watermark_seconds: int
+
+
+@dataclass(slots=True)
+class EventTime:
+    watermark_seconds: int = 0
+
+
 @dataclass(frozen=True)
 class Context:
     reference: Reference
@@ -50,6 +73,8 @@ class Context:
     _base_limits: dict[tuple[int, str], tuple[IspRegistered, Limits]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # Read by the decisions, moved on by the caller between them (mutable, unlike the rest).
+    progress: Progress = field(default_factory=EventTime, compare=False)
 
     def base_limits(self, isp: IspRegistered, kind: AccountKind) -> Limits:
         # Keyed by identity for speed; the record is kept beside its limits, so that an id reused

@@ -144,6 +144,7 @@ def _apply_authorized(state: AccountState, fact: PurchaseAuthorized) -> None:
         key = employee_spend_key(fact.user_id, period)
         state.employee_spend[key] = state.employee_spend.get(key, 0) + amount
     insort(state.recent.setdefault(fact.user_id, []), at)
+    insort(state.attempts, at)
     state.owed_cents += amount
     state.purchases_authorized += 1
     _advance(state, at)
@@ -171,6 +172,7 @@ def _apply_purchase_rejected(state: AccountState, fact: PurchaseRejected) -> Non
         publisher_id=fact.publisher_id,
         origin=fact.origin,
     )
+    insort(state.attempts, at)  # remembered, so an attempt: probing counts (issue 14)
     _advance(state, at)
 
 
@@ -249,7 +251,8 @@ def _apply_admin(state: AccountState, fact: Fact) -> None:
 def prune(state: AccountState, cutoff: int) -> None:
     """Forget what no decision after `cutoff` can need: purchase and refund memos older than
     it (such purchases are rejected as stale), spend of days and periods before it, velocity
-    timestamps older than the longest window, and superseded settings.
+    timestamps (per user, and the account's attempts) older than the longest window, and
+    superseded settings.
 
     A purchase is kept as long as an accepted refund of it is: a refund remembered answers a
     retry with the same fact again, which it builds from its purchase (issue 12: without it, a
@@ -281,6 +284,7 @@ def prune(state: AccountState, cutoff: int) -> None:
             state.recent[user] = kept
         else:
             del state.recent[user]
+    state.attempts = state.attempts[bisect_right(state.attempts, oldest_recent - 1) :]
     prune_before(state.blocks, cutoff)
     prune_before(state.limits, cutoff)
     for timeline in state.employees.values():

@@ -382,6 +382,7 @@ def apply_reserved(state: AccountState, fact: PaymentReserved) -> None:
         key = employee_spend_key(fact.user_id, fact.period)
         state.employee_spend[key] = state.employee_spend.get(key, 0) + amount
     insort(state.recent.setdefault(fact.user_id, []), at)
+    insort(state.attempts, at)  # an attempt, for the account's velocity
     state.watermark_seconds = max(state.watermark_seconds, at)
 
 
@@ -409,6 +410,8 @@ def apply_captured(state: AccountState, fact: PurchaseAuthorized) -> None:
     stamps = state.recent.get(hold.user_id)
     if stamps is not None and hold.at_seconds in stamps:
         stamps.remove(hold.at_seconds)
+    if hold.at_seconds in state.attempts:  # the capture is the same attempt: counted once
+        state.attempts.remove(hold.at_seconds)
     hold.status = "captured"
     hold.captured_cents = fact.amount_cents
     hold.finish_fingerprint = fact.body_fingerprint

@@ -114,6 +114,10 @@ def _judge_purchase(
     isp = context.reference.isps.get(state.isp_id)
     if isp is None:
         return "isp_unknown", None
+    # Event time (issue 14): older than its partition's progress by more than the ISP allows.
+    lateness = isp.allowed_lateness_seconds
+    if lateness is not None and at < context.progress.watermark_seconds - lateness:
+        return "too_late", None
     if state.blocks and value_at(state.blocks, at) is not None:
         return "account_blocked", None
     publisher = context.reference.publishers.get(command.publisher_id)
@@ -135,6 +139,12 @@ def _judge_purchase(
     in_window = bisect_right(recent, at) - bisect_right(recent, at - limits.velocity_window_seconds)
     if in_window >= limits.velocity_max_purchases:
         return "velocity_exceeded", None
+    attempts_max = limits.velocity_max_attempts_per_account
+    if attempts_max is not None:  # every user's attempts, refused ones too (issue 14)
+        attempts = state.attempts
+        window_start = at - limits.velocity_window_seconds
+        if bisect_right(attempts, at) - bisect_right(attempts, window_start) >= attempts_max:
+            return "account_velocity_exceeded", None
     day = calendar.day_key(at)
     if state.day_spend.get(day, 0) + amount > limits.daily_cap_cents:
         return "daily_cap_exceeded", None

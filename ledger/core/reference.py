@@ -45,6 +45,9 @@ class Limits:
     velocity_max_purchases: int  # authorized purchases per user in the sliding window
     velocity_window_seconds: int
     employee_budget_cents: int  # per employee per billing period (enterprise accounts)
+    # Attempts (authorized and refused) per account, every user, in the velocity window; None:
+    # no such limit (the platform's default, issue 14).
+    velocity_max_attempts_per_account: int | None = None
 
     def overridden(self, overrides: LimitOverrides | None) -> Limits:
         if overrides is None:
@@ -62,6 +65,11 @@ class Limits:
             ),
             employee_budget_cents=_pick(
                 overrides.employee_budget_cents, self.employee_budget_cents
+            ),
+            velocity_max_attempts_per_account=(
+                self.velocity_max_attempts_per_account
+                if overrides.velocity_max_attempts_per_account is None
+                else overrides.velocity_max_attempts_per_account
             ),
         )
 

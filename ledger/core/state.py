@@ -130,6 +130,9 @@ class AccountState(msgspec.Struct, array_like=True):
     # Held payments by payment id (a namespace shared with `purchases`: one id is one or the
     # other). Issue 14.
     holds: dict[str, HoldMemo] = msgspec.field(default_factory=dict)
+    # When the purchases the account remembers were attempted, authorized or refused, any user:
+    # sorted, pruned to the longest velocity window (the account's velocity, issue 14).
+    attempts: list[int] = msgspec.field(default_factory=list)
 
 
 class ClosedPeriods(msgspec.Struct, array_like=True):

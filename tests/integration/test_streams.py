@@ -7,11 +7,13 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from ledger.core.reference import Reference
 from ledger.core.state import decode_account
 from ledger.kafka import topics
 from ledger.kafka.groups import ACCOUNTS_TABLE
@@ -19,7 +21,7 @@ from ledger.kafka.partitioning import partition_for
 from ledger.stack.state import StackState
 from ledger.tables import read_balances, read_table
 from schemas import codec
-from schemas.commands import Command
+from schemas.commands import Command, LimitOverrides
 from schemas.facts import (
     Fact,
     PurchaseAuthorized,
@@ -156,8 +158,17 @@ def test_scenario_is_decided_as_the_core_decides_and_poison_is_set_aside(
         (c1.encode(), b'{"type":"purchase.requested.v1","amount_cents":-5}', 0),
         (c1.encode(), valid_elsewhere, wrong),
     ]
-    produced = produce(bootstrap, partitions, world.records, _scenario(world), poison)
-    _, expected = oracle(world.reference, produced)
+    # Issue 14's rules, on an ISP of their own (the world's has neither, as before).
+    late_isp = msgspec.structs.replace(
+        world.isp,
+        isp_id=f"late-{world.run}",
+        allowed_lateness_seconds=3600,
+        consumer_limits=LimitOverrides(velocity_max_attempts_per_account=2),
+    )
+    records = [*world.records, late_isp]
+    commands = [*_scenario(world), *_caps_scenario(world, late_isp.isp_id)]
+    produced = produce(bootstrap, partitions, records, commands, poison)
+    _, expected = oracle(Reference.of(records), produced)
     worker = _start(workers, tmp_path, "scenario")
 
     facts = _read_facts(stack, events_start, expected)
@@ -178,6 +189,9 @@ def test_scenario_is_decided_as_the_core_decides_and_poison_is_set_aside(
         "employee_not_authorised",
     ]
     assert _outcomes(facts, world.account("nobody")) == ["account_unknown"]
+    assert _outcomes(facts, world.account("c4")) == [
+        "ok", "too_late", "ok", "account_velocity_exceeded",
+    ]  # fmt: skip
 
     letters = read_until(
         bootstrap,
@@ -225,6 +239,27 @@ def test_scenario_is_decided_as_the_core_decides_and_poison_is_set_aside(
     samples = worker.metrics()
     assert metric(samples, "ledger_dead_letters_total") >= 3
     assert metric(samples, "ledger_decisions_total{outcome=rejected,reason=velocity_exceeded}") >= 1
+
+
+def _caps_scenario(world: World, isp_id: str) -> list[Command]:
+    """c4, on an ISP that allows an hour's lateness and 2 attempts a minute per account: a
+    purchase 3 hours behind its partition's watermark, then a third attempt within the minute by
+    another user. Dated now: the partition's watermark is shared with the tests before this one
+    on the same stack, whose purchases are dated in 2006 or, through the API, at most minutes
+    ahead of the clock."""
+    c4, vod = world.account("c4"), world.vod.publisher_id
+    now = datetime.now(UTC).replace(microsecond=0)
+    return [
+        b.open_account(c4, isp_id, when=T0, command_id=f"open-{c4}"),
+        b.purchase(c4, 100, now, purchase_id=f"{c4}-p1", user_id="u1", publisher_id=vod),
+        b.purchase(
+            c4, 100, now - timedelta(hours=3), purchase_id=f"{c4}-old", publisher_id=vod
+        ),
+        b.purchase(c4, 100, now + timedelta(seconds=1), purchase_id=f"{c4}-p2", user_id="u2",
+                   publisher_id=vod),
+        b.purchase(c4, 100, now + timedelta(seconds=2), purchase_id=f"{c4}-p3", user_id="u3",
+                   publisher_id=vod),
+    ]  # fmt: skip
 
 
 def _busy_world(world: World, accounts: int, purchases: int, seed: int) -> list[Command]:

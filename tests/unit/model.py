@@ -32,6 +32,7 @@ LIMIT_FIELDS = (
     "velocity_max_purchases",
     "velocity_window_seconds",
     "employee_budget_cents",
+    "velocity_max_attempts_per_account",
 )
 
 
@@ -113,6 +114,9 @@ class Model:
         self.accounts: dict[str, Account] = {}
         self.closed: dict[str, dict[str, PeriodCloseRequested]] = {}
         self.seq = 0
+        # The partition's progress in event time (issue 14): every purchase's time, whatever its
+        # answer, and the end of every period closed. The model is one partition.
+        self.progress: list[datetime] = []
 
     def handle(self, command: Any) -> Answer:
         self.seq += 1
@@ -124,7 +128,7 @@ class Model:
         }.get(type(command), self._admin)
         return handler(command)  # type: ignore[operator, no-any-return]
 
-    def _limits(self, account: Account, moment: datetime) -> dict[str, int]:
+    def _limits(self, account: Account, moment: datetime) -> dict[str, Any]:
         isp = self.reference.isps[account.open_command.isp_id]
         defaults = ENTERPRISE_DEFAULTS if account.kind == "enterprise" else CONSUMER_DEFAULTS
         isp_over = isp.enterprise_limits if account.kind == "enterprise" else isp.consumer_limits
@@ -153,6 +157,11 @@ class Model:
         return billed, (own if billed != own else None)
 
     def _purchase(self, c: PurchaseRequested) -> Answer:
+        answer = self._answer_purchase(c)
+        self.progress.append(c.occurred_at)
+        return answer
+
+    def _answer_purchase(self, c: PurchaseRequested) -> Answer:
         account = self.accounts.get(c.account_id)
         if account is None:
             return Answer("account_unknown")
@@ -165,6 +174,8 @@ class Model:
         if self._too_old(account, c.occurred_at):
             return Answer("stale_purchase")
         outcome = self._judge(account, c)
+        if outcome == "too_late":  # about when it came, not about its id: not remembered
+            return Answer(outcome)
         bought = Bought(c, outcome)
         account.bought[c.purchase_id] = bought
         self._remember(account, c.occurred_at)
@@ -189,6 +200,10 @@ class Model:
         isp = self.reference.isps.get(account.open_command.isp_id)
         if isp is None:
             return "isp_unknown"
+        lateness = isp.allowed_lateness_seconds
+        newest = max(self.progress, default=None)
+        if lateness is not None and newest and (newest - c.occurred_at).total_seconds() > lateness:
+            return "too_late"
         if in_force(account.blocks, c.occurred_at) is not None:
             return "account_blocked"
         publisher = self.reference.publishers.get(c.publisher_id)
@@ -216,6 +231,16 @@ class Model:
         ]
         if len(recent) >= limits["velocity_max_purchases"]:
             return "velocity_exceeded"
+        # Every user's attempts on the account that it remembers, refused ones included.
+        attempts_max = limits["velocity_max_attempts_per_account"]
+        if attempts_max is not None:
+            tried = [
+                b
+                for b in account.bought.values()
+                if 0 <= (c.occurred_at - b.command.occurred_at).total_seconds() < window
+            ]
+            if len(tried) >= attempts_max:
+                return "account_velocity_exceeded"
         day = paris_day(c.occurred_at)
         if (
             self._spent(account, lambda o: paris_day(o.occurred_at) == day) + c.amount_cents
@@ -305,4 +330,5 @@ class Model:
         if c.occurred_at < period_end(c.period, isp.billing_day):
             return Answer("period_not_ended")
         self.closed.setdefault(c.isp_id, {})[c.period] = c
+        self.progress.append(period_end(c.period, isp.billing_day))
         return Answer("ok")

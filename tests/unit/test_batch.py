@@ -399,9 +399,9 @@ def test_a_state_encoded_before_decided_through_decodes_with_minus_one() -> None
     assert state.watermark_seconds == int((T0 + timedelta(minutes=1)).timestamp())
     assert state.batch_money == []
     # Encoded again, it gains the fields added since at the end (decided_through, batch_money,
-    # then holds: issue 14) and nothing else moves.
+    # then holds and attempts: issue 14) and nothing else moves.
     again = msgspec.msgpack.decode(encode_state(state))
-    assert again[20:23] == [-1, [], {}]
+    assert again[20:24] == [-1, [], {}, []]
     assert again[:20] == msgspec.msgpack.decode(STATE_BEFORE_DECIDED_THROUGH)
     # An old state holds no command: the next one at any offset is decided, not skipped.
     worker = Worker(0)

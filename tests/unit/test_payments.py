@@ -508,3 +508,32 @@ def test_a_barrier_whose_batch_lost_its_summary_expires_nothing_twice() -> None:
     assert again.facts == [] and again.already_applied == 1
     assert worker.summary().holds == {}
     assert worker.states()["a0"].decided_through == 3
+
+
+# --- holds and the caps of issue 14 together ---------------------------------------------------
+
+
+def test_a_hold_moves_the_watermark_and_counts_as_one_attempt_even_once_captured() -> None:
+    orange = msgspec.structs.replace(
+        b.ORANGE, allowed_lateness_seconds=3_600,
+        consumer_limits=msgspec.structs.replace(
+            b.ORANGE.consumer_limits, velocity_max_attempts_per_account=3
+        ),
+    )  # fmt: skip
+    ledger = LocalAuthorizer(REFERENCE.with_record(orange), POLICY)
+    ledger.handle(b.open_account("a", command_id="open-a"))
+    assert isinstance(_one(ledger, b.hold("a", 100, at(300), payment_id="h1"), 1), PaymentReserved)
+    # The hold moved the partition's watermark: a purchase four hours behind it is too late.
+    late = _one(ledger, b.purchase("a", 100, at(60), purchase_id="p-late"), 2)
+    assert isinstance(late, PurchaseRejected) and late.reason == "too_late"
+    assert ledger.states["a"].attempts == [calendar.epoch_seconds(at(300))]
+    captured = _one(ledger, b.capture("a", "h1", 60, at(300.2)), 3)
+    assert isinstance(captured, PurchaseAuthorized)
+    # The capture is the hold's attempt, not a second one.
+    assert ledger.states["a"].attempts == [calendar.epoch_seconds(at(300))]
+    # Two more attempts reach the account's limit of three; a fourth is refused.
+    for n in range(2):
+        fact = _one(ledger, b.purchase("a", 20, at(300.5), purchase_id=f"p{n}"), 4 + n)
+        assert isinstance(fact, PurchaseAuthorized)
+    refused = _one(ledger, b.purchase("a", 20, at(300.5), purchase_id="p9"), 9)
+    assert isinstance(refused, PurchaseRejected) and refused.reason == "account_velocity_exceeded"
