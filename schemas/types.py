@@ -39,6 +39,8 @@ Category = Annotated[
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
 Text = Annotated[str, Meta(max_length=200, extra_json_schema={"pattern": TEXT_PATTERN})]
 Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$(?!\n)")]
+# Evidence kept on a command: the SHA-256 (hex) of what the subscriber's ISP signed (issue 14).
+Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="SHA-256, hex")]
 PartitionNumber = Annotated[int, Meta(ge=0, le=1023)]
 PartitionCount = Annotated[int, Meta(ge=1, le=1024)]
 
