@@ -42,7 +42,11 @@ SERVICES = (
             "http://127.0.0.1:9101/metrics"),
     Service("projections-p1", ("project", "--name", "p1", "--metrics-port", "9201"),
             "http://127.0.0.1:9201/metrics"),
-    Service("checkout-api", ("api", "--port", "18080"), "http://127.0.0.1:18080/v1/openapi.json"),
+    Service("checkout-api", ("api", "--port", "18080", "--idp-url", "http://127.0.0.1:18082"),
+            "http://127.0.0.1:18080/v1/openapi.json"),
+    # The ISPs' side of the checkout (issue 14): subscribers identify there and confirm.
+    Service("isp-idp", ("idp", "--port", "18082", "--platform-url", "http://127.0.0.1:18080"),
+            "http://127.0.0.1:18082/"),
     Service("isp-api", ("isp-api", "--port", "18081"),
             "http://127.0.0.1:18081/v1/isps/openapi.json"),
 )  # fmt: skip

@@ -91,33 +91,46 @@ def test_checkout_through_the_stream(api: ApiServer, stack: StackState) -> None:
     status, opened = _until_decided(api, "/v1/admin/accounts", opening, admin)
     assert status == 200 and opened["type"] == "account.opened.v1", opened
 
-    purchase = {"purchase_id": f"p-{run}", "account_id": account, "user_id": "u1",
-                "publisher_id": pub, "amount_cents": 266, "category": "vod",
-                "description": "La Haine", "occurred_at": _now(1)}  # fmt: skip
-    status, decision = _until_decided(api, "/v1/purchases", purchase, key)
-    assert status == 200, decision
-    assert decision["status"] == "authorized" and decision["net_cents"] == 222
-    again = api.call("POST", "/v1/purchases", purchase, key)
-    assert again == (200, decision)  # the same request, the same answer
-    status, conflict = api.call("POST", "/v1/purchases", {**purchase, "amount_cents": 267}, key)
-    assert status == 409 and conflict["reason"] == "duplicate_with_different_body"
+    # A publisher alone cannot charge (issue 14): the old route is gone.
+    direct = {"purchase_id": f"p-{run}", "account_id": account, "user_id": "u1",
+              "publisher_id": pub, "amount_cents": 266, "category": "vod",
+              "description": "La Haine", "occurred_at": _now(1)}  # fmt: skip
+    status, gone = api.call("POST", "/v1/purchases", direct, key)
+    assert status == 410 and "/v1/payments" in gone["error"]["message"], gone  # type: ignore[index]
 
-    status, rejected = api.call(
-        "POST",
-        "/v1/purchases",
-        {**purchase, "purchase_id": f"big-{run}", "amount_cents": 1_501},
-        key,
-    )
-    assert status == 402 and rejected["reason"] == "amount_above_maximum"
+    payment = {"amount_cents": 266, "category": "vod", "description": "La Haine"}
+    bought = api.buy(key, payment, isp, account, "u1")
+    decision = bought["decision"]
+    assert isinstance(decision, dict), bought
+    assert bought["status"] == "confirmed" and bought["account_id"] == account
+    assert decision["status"] == "authorized" and decision["net_cents"] == 222, decision
+    paid = str(bought["payment_id"])
+    # The same Idempotency-Key and body: the same payment; another body: a 409.
+    login, password = api.credentials(isp, account, "u1")
+    checkout = api.checkout
+    status, first = checkout.prepare(key, payment, f"k-{run}")
+    assert status == 201, first
+    assert checkout.prepare(key, payment, f"k-{run}") == (201, first)
+    status, conflict = checkout.prepare(key, {**payment, "amount_cents": 267}, f"k-{run}")
+    assert status == 409 and conflict["error"]["code"] == "idempotency_key_reused", conflict
+    assert checkout.prepare(key, {**payment, "capture": "hold"}, f"h-{run}")[0] == 422
+    assert checkout.payment(other_key, str(first["payment_id"]))[0] == 404  # not yours
 
-    status, fetched = api.call("GET", f"/v1/purchases/p-{run}", key=key)
+    status, prepared = checkout.prepare(key, {**payment, "amount_cents": 1_501}, f"big-{run}")
+    confirmed = checkout.confirm(str(prepared["confirm_url"]), isp, login, password)
+    assert confirmed.outcome["status"] == "rejected", confirmed.outcome
+    assert confirmed.outcome["reason"] == "amount_above_maximum"
+    status, view = checkout.payment(key, str(prepared["payment_id"]))
+    assert view["decision"]["reason"] == "amount_above_maximum", view
+
+    status, fetched = api.call("GET", f"/v1/purchases/{paid}", key=key)
     assert status == 200 and fetched["status"] == "authorized"
-    assert api.call("GET", f"/v1/purchases/p-{run}", key=other_key)[0] == 404
-    status, refunded = api.call("POST", f"/v1/purchases/p-{run}/refunds", {
+    assert api.call("GET", f"/v1/purchases/{paid}", key=other_key)[0] == 404
+    status, refunded = api.call("POST", f"/v1/purchases/{paid}/refunds", {
         "refund_id": f"r-{run}", "amount_cents": 100, "reason": "stream broke",
         "occurred_at": _now()}, key)  # fmt: skip
     assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
-    status, over = api.call("POST", f"/v1/purchases/p-{run}/refunds", {
+    status, over = api.call("POST", f"/v1/purchases/{paid}/refunds", {
         "refund_id": f"r2-{run}", "amount_cents": 500, "reason": "again",
         "occurred_at": _now()}, key)  # fmt: skip
     assert status == 422 and over["reason"] == "refund_exceeds_purchase"
