@@ -8,7 +8,7 @@ purchase command reach the stream.
 - `GET /pay/{id}`: the page; `POST /pay/{id}/identify` sends the subscriber to their ISP's
   identity component (`ledger idp`); `POST /pay/{id}/cancel` cancels.
 - `GET /pay/{id}/return?assertion=…`: the ISP's assertion checked (forged, expired, mismatch,
-  wrong_isp, reused: ledger.idp.assertion), the nonce marked used in the statement that marks
+  wrong_isp, reused: ledger.api.assertion), the nonce marked used in the statement that marks
   the payment confirmed, then `purchase.requested.v2` with the platform's time and
   `consent` = SHA-256 of the assertion, and the decision shown.
 
@@ -30,14 +30,14 @@ import msgspec
 from aiohttp import web
 from prometheus_client import Counter
 
-from ledger.api import page, purchases
+from ledger.api import assertion, page, purchases
+from ledger.api import isp_secrets as secrets
 from ledger.api.bodies import PaymentBody, read_body
 from ledger.api.errors import ApiError
 from ledger.api.page import euros, t
 from ledger.api.validation import ID, path_value
 from ledger.core.authorizer import fingerprint
 from ledger.core.invariant import InvariantBroken
-from ledger.idp import assertion, secrets
 from schemas import codec
 from schemas.commands import PurchaseRequested
 from schemas.facts import PurchaseAuthorized, PurchaseRejected

@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from ledger import keys
+from ledger.api import isp_secrets as secrets
 from ledger.api import purchases
 from ledger.api.bodies import (
     BODY_BYTES_MAX,
@@ -51,7 +52,6 @@ from ledger.api.openapi import openapi_document
 from ledger.api.validation import ID, path_value
 from ledger.core.admin import AccountAdminCommand
 from ledger.core.authorizer import fingerprint
-from ledger.idp import secrets
 from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.reference import ReferenceReader

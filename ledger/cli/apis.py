@@ -66,7 +66,7 @@ def _cmd_idp(args: argparse.Namespace) -> int:
 def _cmd_isp_secret(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from ledger.idp import secrets
+    from ledger.api import isp_secrets as secrets
     from projections.db import connect
 
     stack = connected(args)

@@ -33,13 +33,13 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from ledger import keys
-from ledger.api import page
+from ledger.api import assertion, page
+from ledger.api import isp_secrets as secrets
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
 from ledger.api.page import euros, t
 from ledger.api.validation import ID, path_value
-from ledger.idp import assertion, secrets
 from ledger.settings import listen_host
 from schemas.types import Id, PositiveCents, Text
 
