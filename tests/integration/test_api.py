@@ -18,7 +18,16 @@ import pytest
 from ledger.core import calendar
 from ledger.kafka import topics
 from ledger.stack.state import StackState
-from tests.harness import PROJECT_ROOT, ApiServer, Projector, Worker, end_offsets, wait_for
+from schemas.commands import PurchaseRequested
+from tests.harness import (
+    PROJECT_ROOT,
+    ApiServer,
+    Projector,
+    Worker,
+    end_offsets,
+    produce,
+    wait_for,
+)
 
 DAY_MINUTES = 24 * 60
 # A Python clock two days ahead for an API process started by a test: it is then started two
@@ -214,15 +223,20 @@ def test_a_revocation_carries_its_time_and_command_id(api: ApiServer, stack: Sta
     assert _until_decided(api, f"{employees}/u1", revocation, api.admin_key, "DELETE") == (
         200, revoked)  # fmt: skip
 
-    # Decided at their own time: before the revocation the employee could buy, after it not.
-    purchase = {"account_id": account, "user_id": "u1", "publisher_id": f"pub-{run}",
-                "amount_cents": 266, "category": "vod", "description": "La Haine"}  # fmt: skip
-    before = {**purchase, "purchase_id": f"b-{run}", "occurred_at": _now(40)}
-    status, decision = _until_decided(api, "/v1/purchases", before, key)
-    assert status == 200, decision
-    after = {**purchase, "purchase_id": f"a-{run}", "occurred_at": _now(10)}
-    status, decision = _until_decided(api, "/v1/purchases", after, key)
-    assert status == 402 and decision["reason"] == "employee_not_authorised", decision
+    # Decided at their own time: before the revocation the employee could buy (a purchase of an
+    # operators' trusted feed, which carries its own time), after it not (through the checkout
+    # with consent, at the platform's time: now).
+    before = PurchaseRequested(
+        purchase_id=f"b-{run}", account_id=account, user_id="u1", publisher_id=f"pub-{run}",
+        amount_cents=266, category="vod", description="La Haine",
+        occurred_at=datetime.now(UTC) - timedelta(minutes=40),
+    )  # fmt: skip
+    _trusted_feed(stack, [before])
+    decision = _decided(api, f"b-{run}", key)
+    assert decision["status"] == "authorized", decision
+    after = {"amount_cents": 266, "category": "vod", "description": "La Haine"}
+    decided = api.buy(key, after, f"isp-{run}", account, "u1")["decision"]
+    assert isinstance(decided, dict) and decided["reason"] == "employee_not_authorised", decided
 
     # Without a body it still works: now, under a new command id.
     status, again = _until_decided(api, f"{employees}/u1", {}, api.admin_key, "DELETE")
@@ -230,6 +244,20 @@ def test_a_revocation_carries_its_time_and_command_id(api: ApiServer, stack: Sta
     status, error = api.call("DELETE", f"{employees}/u1", {"occurred_at": "yesterday"},
                              api.admin_key)  # fmt: skip
     assert status == 422 and "occurred_at" in error["error"]["message"], error  # type: ignore[index]
+
+
+def _decided(api: ApiServer, purchase_id: str, key: str) -> dict[str, object]:
+    """A purchase of a trusted feed, as its publisher reads it once it is decided."""
+    path = f"/v1/purchases/{purchase_id}"
+    wait_for(lambda: api.call("GET", path, key=key)[0] == 200, 60, f"{purchase_id} decided")
+    return api.call("GET", path, key=key)[1]
+
+
+def _trusted_feed(stack: StackState, commands: list[PurchaseRequested]) -> None:
+    """Purchases of an operators' trusted feed (the bulk producer), straight to the stream: the
+    only way a purchase is not confirmed by its subscriber (docs/design/checkout.md)."""
+    assert stack.kafka is not None
+    produce(stack.kafka.bootstrap_servers, stack.topic_partitions or 4, [], commands)
 
 
 def _projected(dsn: str, purchase_ids: list[str], refund_ids: list[str]) -> bool:
@@ -266,19 +294,31 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
         _, other = api.call("POST", "/v1/admin/publishers", {
             "publisher_id": f"other-{run}", "name": "Ina", "category": "vod",
             "revenue_share_bp": 5000, "vat_category": "standard"}, api.admin_key)  # fmt: skip
-        purchase = {"account_id": account, "user_id": "u1", "publisher_id": f"pub-{run}",
-                    "amount_cents": 500, "category": "vod", "description": "La Haine"}  # fmt: skip
+        # Purchases of 65 and 80 days ago come from a trusted feed (a publisher can no longer
+        # date one: issue 14); today's through the checkout with consent.
+        _trusted_feed(stack, [
+            PurchaseRequested(
+                purchase_id=f"{name}-{run}", account_id=account, user_id="u1",
+                publisher_id=f"pub-{run}", amount_cents=500, category="vod",
+                description="La Haine", occurred_at=datetime.now(UTC) - timedelta(days=days),
+            ) for name, days in (("old", 65), ("ancient", 80))
+        ])  # fmt: skip
         decided: dict[str, dict[str, object]] = {}
-        for name, minutes in (("old", 65 * DAY_MINUTES), ("ancient", 80 * DAY_MINUTES),
-                              ("recent", 1)):  # fmt: skip
-            body = {**purchase, "purchase_id": f"{name}-{run}", "occurred_at": _now(minutes)}
-            status, decided[name] = _until_decided(api, "/v1/purchases", body, key)
-            assert status == 200, decided[name]
+        for name in ("old", "ancient"):
+            decided[name] = _decided(api, f"{name}-{run}", key)
+            assert decided[name]["status"] == "authorized", decided[name]
+            decided[name].pop("refunded_cents")  # the decision, as the later API must give it
+        bought = api.buy(key, {"amount_cents": 500, "category": "vod",
+                               "description": "La Haine"}, isp, account, "u1")  # fmt: skip
+        recent = str(bought["payment_id"])
+        assert isinstance(bought["decision"], dict)
+        decided["recent"] = bought["decision"]
+        assert decided["recent"]["status"] == "authorized", bought
         first = {"refund_id": f"r1-{run}", "amount_cents": 100, "reason": "stream broke",
                  "occurred_at": _now()}  # fmt: skip
         status, refunded = _until_decided(api, f"/v1/purchases/old-{run}/refunds", first, key)
         assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
-        ids = [f"{name}-{run}" for name in decided]
+        ids = [f"old-{run}", f"ancient-{run}", recent]
         wait_for(lambda: _projected(dsn, ids, [f"r1-{run}"]), 120, "the purchases projected")
 
         sitecustomize = tmp_path / "clock"
@@ -290,7 +330,8 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
         (tmp_path / "later").mkdir()
         later.start()
         try:
-            _refunds_two_days_later(later, dsn, isp, run, key, str(other["api_key"]), decided)
+            _refunds_two_days_later(later, dsn, isp, run, key, str(other["api_key"]), decided,
+                                    recent)  # fmt: skip
         finally:
             later.stop()
     finally:
@@ -299,7 +340,7 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
 
 def _refunds_two_days_later(
     api: ApiServer, dsn: str, isp: str, run: str, key: str, other_key: str,
-    decided: dict[str, dict[str, object]],
+    decided: dict[str, dict[str, object]], recent_id: str,
 ) -> None:  # fmt: skip
     old = f"/v1/purchases/old-{run}"
     status, found = _until_decided(api, old, {}, key, "GET")
@@ -309,7 +350,7 @@ def _refunds_two_days_later(
     assert api.call("GET", old, key=other_key)[0] == 404  # only the publisher's own
     assert api.call("POST", f"{old}/refunds", {"refund_id": f"x-{run}", "amount_cents": 1,
                     "reason": "x", "occurred_at": _now()}, other_key)[0] == 404  # fmt: skip
-    status, recent = api.call("GET", f"/v1/purchases/recent-{run}", key=key)
+    status, recent = api.call("GET", f"/v1/purchases/{recent_id}", key=key)
     assert status == 200 and recent["refunded_cents"] == 0, recent
 
     second = {"refund_id": f"r2-{run}", "amount_cents": 50, "reason": "late complaint",
