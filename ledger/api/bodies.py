@@ -3,6 +3,7 @@ so a body that decodes is a command that the authorizer can decide."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -11,6 +12,7 @@ from aiohttp import web
 from ledger.api.errors import ApiError
 from schemas.commands import LimitOverrides
 from schemas.types import (
+    TEXT_PATTERN,
     AccountKind,
     BlockReason,
     Category,
@@ -114,6 +116,7 @@ REQUEST_BODIES: tuple[type[Body], ...] = (
 
 
 BODY_BYTES_MAX = 16 * 1024
+_TEXT = re.compile(TEXT_PATTERN)
 
 
 async def read_body(request: web.Request, kind: type[Body]) -> Any:
@@ -124,4 +127,9 @@ async def read_body(request: web.Request, kind: type[Body]) -> Any:
         body = msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.DecodeError as error:
         raise ApiError(422, "invalid_body", str(error)) from None
+    for name in body.__struct_fields__:  # Text's pattern is not checked by msgspec (types.py)
+        value = getattr(body, name)
+        if isinstance(value, str) and not _TEXT.match(value):
+            raise ApiError(422, "invalid_body", (
+                f"`$.{name}`: a text holds no control character but tab and newline"))  # fmt: skip
     return body

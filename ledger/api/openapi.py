@@ -253,10 +253,11 @@ def _html(description: str) -> dict[str, Any]:
 
 
 def _page(summary: str, statuses: dict[int, str], **extra: Any) -> dict[str, Any]:
-    """A page of the subscriber's (no API key: the payment id is the capability)."""
-    return {"summary": summary, "security": [],
-            "responses": {str(code): _html(text) for code, text in statuses.items()},
-            **extra}  # fmt: skip
+    """A page of the subscriber's (no API key: the payment id is the capability). A path that
+    names no page at all (a payment id of "../x" is another path) is aiohttp's JSON 404."""
+    responses = {str(code): _html(text) for code, text in statuses.items()}
+    responses["404"]["content"]["application/json"] = {"schema": _ERROR}
+    return {"summary": summary, "security": [], "responses": responses, **extra}
 
 
 def _form(*fields: str) -> dict[str, Any]:
