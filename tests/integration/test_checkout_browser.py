@@ -107,7 +107,7 @@ def shop(servers: tuple[ApiServer, ApiServer]) -> Shop:
                    "occurred_at": earlier, "company_name": "Probe SARL" if kind == "enterprise"
                    else None}  # fmt: skip
 
-        def opened(body: dict[str, object] = opening) -> bool:
+        def opened(body: Any = opening) -> bool:
             return api.call("POST", "/v1/admin/accounts", body, admin)[0] == 200
 
         wait_for(opened, 60, f"{account} opened")
