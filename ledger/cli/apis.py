@@ -8,26 +8,7 @@ import logging
 from typing import Any
 
 from ledger.cli.argtypes import identifier, port
-from ledger.cli.running import connected
-from ledger.settings import StackSettings
-
-
-def _admin_key(settings: StackSettings) -> str:
-    """The admin API key: LEDGER_ADMIN_KEY, else one made once and kept in the stack's home."""
-    import os
-
-    from ledger import keys
-
-    given = os.environ.get("LEDGER_ADMIN_KEY")
-    if given:
-        return given
-    path = settings.home / "admin.key"
-    if not path.exists():
-        settings.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(keys.new_key("admin") + "\n")
-    return path.read_text().strip()
+from ledger.cli.running import admin_key, connected
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -35,14 +16,14 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from ledger.api.server import run_api
 
     stack = connected(args)  # the broker, and PostgreSQL for purchases older than the start
-    admin_key = _admin_key(stack.settings)
+    admin = admin_key(stack.settings)
     print(f"checkout and admin API on http://127.0.0.1:{args.port}/v1/ "
           f"(OpenAPI: /v1/openapi.json, metrics: /metrics)")  # fmt: skip
     print(f"admin key: in {stack.settings.home / 'admin.key'} or LEDGER_ADMIN_KEY", flush=True)
     print(f"confirmation pages at {_public_url(args)}/pay/<payment_id>; the ISPs' identity"
           f" component at {args.idp_url}", flush=True)  # fmt: skip
     run_api(
-        stack.bootstrap_servers, stack.partitions, keys.key_hash(admin_key), stack.dsn, args.port,
+        stack.bootstrap_servers, stack.partitions, keys.key_hash(admin), stack.dsn, args.port,
         args.idp_url, _public_url(args), args.payment_ttl_seconds,
     )  # fmt: skip
     return 0
@@ -59,7 +40,7 @@ def _cmd_idp(args: argparse.Namespace) -> int:
     stack = connected(args)
     print(f"the ISPs' identity component (isp-idp) on http://127.0.0.1:{args.port}/isp/<isp>/login,"
           f" back to {args.platform_url}", flush=True)  # fmt: skip
-    run_idp(stack.dsn, keys.key_hash(_admin_key(stack.settings)), args.platform_url, args.port)
+    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port)
     return 0
 
 
