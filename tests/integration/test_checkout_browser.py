@@ -54,6 +54,7 @@ def browser() -> Iterator[Any]:
     options.add_experimental_option("prefs", {"intl.accept_languages": "fr-FR,fr"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(PAGE_SECONDS)
+    driver.implicitly_wait(5)  # an element of a page still loading after a click
     try:
         yield driver
     finally:
@@ -146,6 +147,24 @@ def _outcome(driver: Any) -> dict[str, str]:
             "reason": element.get_attribute("data-reason")}  # fmt: skip
 
 
+def _settled(driver: Any, *statuses: str) -> dict[str, str]:
+    """The outcome of the page once it is one of `statuses`: after a click the browser may still
+    show the page before (or none, while it loads), whose elements go stale."""
+    from selenium.common.exceptions import WebDriverException
+
+    seen: dict[str, str] = {}
+
+    def probe() -> bool:
+        try:
+            seen.update(_outcome(driver))
+        except WebDriverException:
+            return False
+        return seen.get("status") in statuses
+
+    wait_for(probe, PAGE_SECONDS, f"a page whose outcome is {statuses}")
+    return dict(seen)
+
+
 def _click(driver: Any, element_id: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -193,12 +212,11 @@ def test_identify_see_the_price_confirm_and_the_purchase_is_on_the_stream(
     source = browser.page_source
     assert "<script" not in source and 'name="viewport"' in source
     _identify(browser, shop, shop.login, shop.password)
-    assert _outcome(browser)["status"] == "signed_in"
+    _settled(browser, "signed_in")
     assert _text(browser, "price") == "2,99 €"  # the ISP shows the payment again
     _click(browser, "confirm")
-    wait_for(lambda: _outcome(browser)["status"] in ("authorized", "rejected"), PAGE_SECONDS,
-             "the decision on the page")  # fmt: skip
-    assert _outcome(browser) == {"status": "authorized", "reason": ""}
+    assert _settled(browser, "authorized", "rejected", "refused") == {
+        "status": "authorized", "reason": ""}  # fmt: skip
     assert "Paiement accepté" in browser.title and _text(browser, "isp") == "Orange"
     fact = _facts_of(stack, events, prepared["payment_id"])
     assert fact.account_id == shop.consumer and fact.user_id == "u1"
@@ -211,8 +229,9 @@ def test_identify_see_the_price_confirm_and_the_purchase_is_on_the_stream(
     browser.get(f"{prepared['confirm_url']}?lang=en")
     assert _text(browser, "price") == "€10.00"
     _identify(browser, shop, shop.employee_login, shop.employee_password)
+    _settled(browser, "signed_in")
     _click(browser, "confirm")
-    wait_for(lambda: _outcome(browser)["status"] == "authorized", PAGE_SECONDS, "authorised")
+    assert _settled(browser, "authorized", "rejected", "refused")["status"] == "authorized"
     assert _text(browser, "company") == "Probe SARL" and _text(browser, "employee") == "alice"
     assert "Payment authorised" in browser.title
 
@@ -226,7 +245,8 @@ def test_cancel(
     prepared = _prepare(api, shop)
     browser.get(f"{prepared['confirm_url']}?lang=en")
     _click(browser, "cancel")
-    assert _outcome(browser)["status"] == "cancelled" and "cancelled" in browser.title
+    _settled(browser, "cancelled")
+    assert "cancelled" in browser.title
     status, view = api.checkout.payment(shop.key, prepared["payment_id"])
     assert status == 200 and view["status"] == "cancelled" and view["decision"] is None
     browser.get(prepared["confirm_url"])
@@ -243,7 +263,7 @@ def test_wrong_credentials(
     prepared = _prepare(api, shop)
     browser.get(f"{prepared['confirm_url']}?lang=en")
     _identify(browser, shop, shop.login, "not-my-password")
-    assert _outcome(browser) == {"status": "refused", "reason": "wrong_credentials"}
+    assert _settled(browser, "refused") == {"status": "refused", "reason": "wrong_credentials"}
     assert _text(browser, "error") == "Wrong login or password."
     # The form again: the right password then works.
     from selenium.webdriver.common.by import By
@@ -251,7 +271,7 @@ def test_wrong_credentials(
     browser.find_element(By.ID, "login").send_keys(shop.login)
     browser.find_element(By.ID, "password").send_keys(shop.password)
     _click(browser, "sign-in")
-    assert _outcome(browser)["status"] == "signed_in"
+    _settled(browser, "signed_in")
     assert end_offsets(stack.kafka.bootstrap_servers, topics.COMMANDS) == before
     assert api.checkout.payment(shop.key, prepared["payment_id"])[1]["status"] == "prepared"
 
@@ -271,7 +291,7 @@ def test_an_expired_page(
 
     Select(browser.find_element(By.ID, "isp_id")).select_by_value(shop.isp)
     _click(browser, "identify")
-    assert _outcome(browser) == {"status": "refused", "reason": "payment_expired"}
+    assert _settled(browser, "refused") == {"status": "refused", "reason": "payment_expired"}
     assert _text(browser, "reason") == "payment expired"
     browser.get(prepared["confirm_url"])
     assert _outcome(browser) == {"status": "refused", "reason": "payment_expired"}
@@ -288,12 +308,13 @@ def test_a_reused_assertion(
     prepared = _prepare(api, shop)
     browser.get(f"{prepared['confirm_url']}?lang=en")
     _identify(browser, shop, shop.login, shop.password)
+    _settled(browser, "signed_in")
     _click(browser, "confirm")
-    wait_for(lambda: _outcome(browser)["status"] == "authorized", PAGE_SECONDS, "authorised")
+    _settled(browser, "authorized")
     back = browser.current_url
     assert "/return?assertion=" in back
     decided = end_offsets(stack.kafka.bootstrap_servers, topics.COMMANDS)
     browser.get(back)  # the same assertion again (a reload, a copied link)
-    assert _outcome(browser) == {"status": "refused", "reason": "reused"}
+    assert _settled(browser, "refused") == {"status": "refused", "reason": "reused"}
     assert _text(browser, "reason") == "identification already used"
     assert end_offsets(stack.kafka.bootstrap_servers, topics.COMMANDS) == decided
