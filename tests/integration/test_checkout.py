@@ -242,3 +242,32 @@ def _metrics(api: ApiServer) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+def test_an_operator_rotates_a_secret_from_the_command_line(
+    api: ApiServer, stack: StackState, world: World
+) -> None:
+    """`ledger isp-secret --isp ID`: a new secret in the database, never printed; the previous
+    one still verifies for 10 minutes."""
+    import subprocess
+    import sys
+
+    from tests.harness import PROJECT_ROOT
+
+    assert stack.postgres is not None
+    before = _secret(stack.postgres.dsn, world.isp_b)
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "isp-secret", "--isp", world.isp_b],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _secret(stack.postgres.dsn, world.isp_b)
+    assert after != before and len(after) >= 32
+    assert after.hex() not in done.stdout and "previous one verifies until" in done.stdout
+    with psycopg.connect(stack.postgres.dsn) as db:
+        row = db.execute(
+            "SELECT previous_secret, previous_valid_until - rotated_at FROM ledger.isp_secrets"
+            " WHERE isp_id = %s",
+            (world.isp_b,),
+        ).fetchone()
+    assert row is not None and bytes(row[0]) == before and row[1] == timedelta(minutes=10)
