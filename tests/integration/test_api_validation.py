@@ -250,6 +250,11 @@ def _ledger(*args: str) -> subprocess.CompletedProcess[str]:
         pytest.param(("balances", "account", "a\x01"), "id", id="balances-control-char"),
         pytest.param(("api", "--port", "70000"), "--port", id="api-port"),
         pytest.param(("isp-api", "--port", "-1"), "--port", id="isp-api-port"),
+        pytest.param(
+            ("api", "--payment-ttl-seconds", "0"), "--payment-ttl-seconds", id="api-payment-ttl"
+        ),
+        pytest.param(("idp", "--port", "99999"), "--port", id="idp-port"),
+        pytest.param(("isp-secret", "--isp", "bad\x01isp"), "--isp", id="secret-control-char"),
         pytest.param(("project", "--name", "../p1"), "--name", id="project-name"),
         pytest.param(("reconcile", "--wait-seconds", "nan"), "--wait-seconds", id="reconcile-nan"),
         pytest.param(("replay", "--schema", "Ledger; DROP"), "--schema", id="replay-schema"),
