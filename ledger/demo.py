@@ -30,6 +30,7 @@ from ledger.stack import services
 from ledger.stack.services import Service
 from projections import demo as queries
 from schemas.commands import PurchaseRequested, RefundRequested
+from schemas.reference import IspRegistered
 
 ISP_IDS = [isp[0] for isp in simulate.ISPS]  # the simulated ISPs: the demo closes and sums these
 DECIDE_SECONDS_MAX = 900.0
@@ -42,7 +43,11 @@ SERVICES = (
             "http://127.0.0.1:9101/metrics"),
     Service("projections-p1", ("project", "--name", "p1", "--metrics-port", "9201"),
             "http://127.0.0.1:9201/metrics"),
-    Service("checkout-api", ("api", "--port", "18080"), "http://127.0.0.1:18080/v1/openapi.json"),
+    Service("checkout-api", ("api", "--port", "18080", "--idp-url", "http://127.0.0.1:18082"),
+            "http://127.0.0.1:18080/v1/openapi.json"),
+    # The ISPs' side of the checkout (issue 14): subscribers identify there and confirm.
+    Service("isp-idp", ("idp", "--port", "18082", "--platform-url", "http://127.0.0.1:18080"),
+            "http://127.0.0.1:18082/"),
     Service("isp-api", ("isp-api", "--port", "18081"),
             "http://127.0.0.1:18081/v1/isps/openapi.json"),
 )  # fmt: skip
@@ -206,7 +211,61 @@ def summary(dsn: str) -> str:
     return "\n".join(lines)
 
 
-def run(bootstrap: str, dsn: str, partitions: int, home: Any, shape: simulate.Scale) -> None:
+CHECKOUT_URL = "http://127.0.0.1:18080"
+CHECKOUT_READY_SECONDS = 60.0
+
+
+def _checkout_with_consent(workload: simulate.Workload, admin_key: str) -> list[str]:
+    """One payment through the checkout with consent (issue 14), as a subscriber's browser does it
+    (ledger.api.client), and a second one left prepared for the reader to confirm in a browser:
+    each ISP gets its signing secret, a demo publisher its key, one subscriber credentials."""
+    from ledger.api.client import Checkout, CheckoutFailed
+    from schemas.commands import AccountOpenRequested
+
+    checkout = Checkout(CHECKOUT_URL)
+
+    def admin(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + CHECKOUT_READY_SECONDS
+        while True:
+            try:
+                status, answer = checkout.call("POST", path, body, admin_key)
+            except OSError:
+                status, answer = 0, {}
+            if status == 201:
+                return answer
+            if time.monotonic() > deadline:
+                raise LedgerError(f"the checkout API answered {status} to {path}: {answer}")
+            time.sleep(0.5)
+
+    for isp in sorted(r.isp_id for r in workload.reference if isinstance(r, IspRegistered)):
+        admin(f"/v1/admin/isps/{isp}/secret", {})
+    publisher = admin("/v1/admin/publishers", {
+        "publisher_id": "demo-vod", "name": "Démo VOD", "category": "vod",
+        "revenue_share_bp": 6000, "vat_category": "standard"})  # fmt: skip
+    opened = next(c for c in workload.setup
+                  if isinstance(c, AccountOpenRequested) and c.kind == "consumer")  # fmt: skip
+    login = admin(f"/v1/admin/accounts/{opened.account_id}/credentials", {"user_id": "u1"})
+    payment = {"amount_cents": 299, "category": "vod", "description": "La Haine (1995)"}
+    try:
+        bought = checkout.buy(publisher["api_key"], payment, opened.isp_id, login["login"],
+                              login["password"], "demo-1", wait_seconds=60)  # fmt: skip
+    except CheckoutFailed as failed:
+        raise LedgerError(f"the checkout with consent failed: {failed}") from None
+    status, left = checkout.prepare(publisher["api_key"], payment, "demo-2")
+    decision = bought["decision"]
+    return [
+        "checkout with consent (prepare, the page, the ISP's sign-in, confirm):",
+        f"  {bought['payment_id']} of {opened.account_id} at {opened.isp_id}:"
+        f" {decision['status']} {decision.get('reason') or ''}".rstrip(),
+        f"  try one in a browser: {left.get('confirm_url', status)}",
+        f"  pick {opened.isp_id}, sign in as {login['login']} / {login['password']}",
+    ]
+
+
+def run(
+    bootstrap: str, dsn: str, partitions: int, home: Any, shape: simulate.Scale,
+    admin_key: str | None = None,
+) -> None:  # fmt: skip
     for service in SERVICES:
         pid = services.start(home, service)
         print(f"started {service.name:16} pid {pid}")
@@ -229,6 +288,9 @@ def run(bootstrap: str, dsn: str, partitions: int, home: Any, shape: simulate.Sc
     print()
     print(summary(dsn))
     print()
+    if admin_key is not None:
+        print("\n".join(_checkout_with_consent(workload, admin_key)))
+        print()
     for service in SERVICES:
         print(f"{service.name:16} {service.url}")
     print("ISP credentials:  .venv/bin/ledger isp-access --isp orange")

@@ -39,7 +39,12 @@ class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v2", omit_
 
     v2 adds `content_id`, the publisher's reference of what was bought (optional, left out when
     null). A v1 purchase is read as a v2 one without it (`upcast`): the same body, whichever
-    version carried it, is the same purchase."""
+    version carried it, is the same purchase.
+
+    `consent` (issue 14) is the SHA-256 of the assertion with which the subscriber's ISP vouched
+    that the subscriber confirmed this payment (docs/design/checkout.md); the checkout API sets
+    it, the operators' trusted feeds leave it out. Left out when null, so old bytes are
+    unchanged."""
 
     purchase_id: Id
     account_id: Id
@@ -50,10 +55,11 @@ class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v2", omit_
     description: Text
     occurred_at: Timestamp
     content_id: Id | None = None
+    consent: Digest | None = None
 
     def downcast(self) -> PurchaseRequestedV1 | None:
-        """The v1 purchase this one equals, if any (none once it has a content_id)."""
-        if self.content_id is not None:
+        """The v1 purchase this one equals, if any (none once it has a content_id or consent)."""
+        if self.content_id is not None or self.consent is not None:
             return None
         return PurchaseRequestedV1(
             purchase_id=self.purchase_id, account_id=self.account_id, user_id=self.user_id,

@@ -39,7 +39,8 @@ Category = Annotated[
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
 Text = Annotated[str, Meta(max_length=200, extra_json_schema={"pattern": TEXT_PATTERN})]
 Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$(?!\n)")]
-# SHA-256 of a subscriber's consent assertion (docs/design/checkout.md): evidence kept on the fact.
+# SHA-256 of a subscriber's consent assertion (docs/design/checkout.md): evidence kept on the
+# command and on the hold's fact.
 Digest = Annotated[
     str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="SHA-256, 64 lowercase hex digits")
 ]

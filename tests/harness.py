@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ledger.api.client import Checkout
 from ledger.core.balances import Balance
 from ledger.core.reference import Reference
 from ledger.core.runner import LocalAuthorizer
@@ -291,31 +292,62 @@ def metric(samples: dict[str, float], prefix: str) -> float:
 
 
 class ApiServer:
-    """A `ledger api` process of our own, with a known admin key."""
+    """A `ledger api` process of our own, with a known admin key, and the ISPs' identity component
+    (`ledger idp`) beside it, as the stack starts them (issue 14)."""
 
-    def __init__(self, log_dir: Path, admin_key: str) -> None:
+    def __init__(
+        self, log_dir: Path, admin_key: str, payment_ttl_seconds: int | None = None
+    ) -> None:
         self.port = free_port()
+        self.idp_port = free_port()
         self.admin_key = admin_key
         self.log_path = log_dir / "api.log"
+        self.idp_log_path = log_dir / "idp.log"
+        self.payment_ttl_seconds = payment_ttl_seconds
         self.process: subprocess.Popen[bytes] | None = None
+        self.idp: subprocess.Popen[bytes] | None = None
+        self._secrets: set[str] = set()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def checkout(self) -> Checkout:
+        return Checkout(self.base)
+
+    def _spawn(self, arguments: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "LEDGER_ADMIN_KEY": self.admin_key}
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", *arguments], stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
 
     def start(self) -> ApiServer:
-        env = {**os.environ, "LEDGER_ADMIN_KEY": self.admin_key}
-        command = [sys.executable, "-m", "ledger.cli", "api", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=PROJECT_ROOT, env=env, start_new_session=True,
-            )  # fmt: skip
+        self.idp = self._spawn(
+            ["idp", "--port", str(self.idp_port), "--platform-url", self.base], self.idp_log_path
+        )
+        ttl = [] if self.payment_ttl_seconds is None else [
+            "--payment-ttl-seconds", str(self.payment_ttl_seconds)]  # fmt: skip
+        self.process = self._spawn(
+            ["api", "--port", str(self.port), "--idp-url", f"http://127.0.0.1:{self.idp_port}",
+             *ttl], self.log_path,
+        )  # fmt: skip
         wait_for(self._answers, 90, "the API to answer")
         return self
 
     def _answers(self) -> bool:
-        assert self.process is not None
+        assert self.process is not None and self.idp is not None
         if self.process.poll() is not None:
             raise AssertionError(f"the API exited: {self.log_path.read_text()[-2000:]}")
+        if self.idp.poll() is not None:
+            raise AssertionError(f"the idp exited: {self.idp_log_path.read_text()[-2000:]}")
         try:
-            return self.call("GET", "/v1/openapi.json")[0] == 200
+            answering = self.call("GET", "/v1/openapi.json")[0] == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.idp_port}/", timeout=5):
+                return answering
         except OSError:
             return False
 
@@ -340,11 +372,42 @@ class ApiServer:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
+    def credentials(self, isp_id: str, account_id: str, user_id: str) -> tuple[str, str]:
+        """The ISP's signing secret (once per ISP) and a subscriber's login and password, issued
+        as an operator does: through the admin API (404 until the API has read the ISP or the
+        account from the stream)."""
+        if isp_id not in self._secrets:
+            path = f"/v1/admin/isps/{isp_id}/secret"
+            wait_for(lambda: self.call("POST", path, {}, self.admin_key)[0] == 201, 60,
+                     f"{isp_id}'s secret registered")  # fmt: skip
+            self._secrets.add(isp_id)
+        issued: dict[str, object] = {}
+
+        def issue() -> bool:
+            status, answer = self.call("POST", f"/v1/admin/accounts/{account_id}/credentials",
+                                       {"user_id": user_id}, self.admin_key)  # fmt: skip
+            issued.update(answer)
+            assert status in (201, 404), (status, answer)
+            return status == 201
+
+        wait_for(issue, 60, f"credentials of {user_id}@{account_id}")
+        return str(issued["login"]), str(issued["password"])
+
+    def buy(
+        self, key: str, body: dict[str, object], isp_id: str, account_id: str, user_id: str
+    ) -> dict[str, object]:
+        """A purchase through the checkout with consent (ledger.api.client): the payment's view
+        with its decision."""
+        login, password = self.credentials(isp_id, account_id, user_id)
+        idempotency = f"k-{os.urandom(8).hex()}"
+        return self.checkout.buy(key, dict(body), isp_id, login, password, idempotency)
+
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        for process in (self.process, self.idp):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=30)

@@ -3,11 +3,17 @@ so a body that decodes is a command that the authorizer can decide."""
 
 from __future__ import annotations
 
-import msgspec
+import re
+from typing import Any, Literal
 
+import msgspec
+from aiohttp import web
+
+from ledger.api.errors import ApiError
 from schemas.commands import LimitOverrides
 from schemas.reference import AllowedLatenessSeconds
 from schemas.types import (
+    TEXT_PATTERN,
     AccountKind,
     BlockReason,
     Category,
@@ -27,15 +33,23 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     one again safely after a timeout, give both: the same command is then the same fact."""
 
 
-class PurchaseBody(Body, frozen=True):
-    purchase_id: Id
-    account_id: Id
-    user_id: Id
-    publisher_id: Id
-    amount_cents: PositiveCents
-    category: Category
+class PaymentBody(Body, frozen=True):
+    """A payment a publisher prepares (issue 14): no account, no time. The subscriber confirms it
+    on the ledger's page; the time of the purchase is the platform's, at confirmation. `capture`
+    "hold" is refused (422 hold_not_available) until held payments are merged."""
+
+    amount_cents: PositiveCents  # including VAT
     description: Text
-    occurred_at: Timestamp
+    category: Category
+    content_id: Id | None = None
+    capture: Literal["immediate", "hold"] = "immediate"
+
+
+class CredentialsBody(Body, frozen=True):
+    """Credentials for a subscriber (or an employee) of the account, issued by its ISP's identity
+    component: the password is returned once and kept nowhere on the platform."""
+
+    user_id: Id
 
 
 class RefundBody(Body, frozen=True):
@@ -99,6 +113,26 @@ class EmployeeBody(Body, frozen=True):
 
 
 REQUEST_BODIES: tuple[type[Body], ...] = (
-    PurchaseBody, RefundBody, IspBody, PublisherBody, AccountBody, BlockBody, CommandBody,
-    LimitsBody, EmployeeBody,
+    PaymentBody, CredentialsBody, RefundBody, IspBody, PublisherBody, AccountBody, BlockBody,
+    CommandBody, LimitsBody, EmployeeBody,
 )  # fmt: skip
+
+
+BODY_BYTES_MAX = 16 * 1024
+_TEXT = re.compile(TEXT_PATTERN)
+
+
+async def read_body(request: web.Request, kind: type[Body]) -> Any:
+    raw = await request.read()
+    if len(raw) > BODY_BYTES_MAX:
+        raise ApiError(413, "body_too_large", f"a request body is at most {BODY_BYTES_MAX} bytes")
+    try:
+        body = msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.DecodeError as error:
+        raise ApiError(422, "invalid_body", str(error)) from None
+    for name in body.__struct_fields__:  # Text's pattern is not checked by msgspec (types.py)
+        value = getattr(body, name)
+        if isinstance(value, str) and not _TEXT.match(value):
+            raise ApiError(422, "invalid_body", (
+                f"`$.{name}`: a text holds no control character but tab and newline"))  # fmt: skip
+    return body

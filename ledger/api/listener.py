@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from ledger.api.purchases import Purchase, RecentRefund, replaces
 from ledger.kafka import topics
@@ -50,6 +51,15 @@ WaitKey = tuple[str, str, str]  # (kind, id, body fingerprint or "")
 PurchaseKey = tuple[str, str]  # (publisher_id, purchase_id): an id is the publisher's to choose
 
 
+class Account(NamedTuple):
+    """What the checkout needs of an account (issue 14): its ISP (an assertion from another ISP
+    is refused, wrong_isp), and for Internet Plus Pro the company shown on the page."""
+
+    isp_id: str
+    kind: str
+    company_name: str | None
+
+
 def wait_key(fact: Fact) -> WaitKey | None:
     if isinstance(fact, PurchaseAuthorized | PurchaseRejected):
         return ("purchase", fact.purchase_id, fact.body_fingerprint)
@@ -76,6 +86,7 @@ class DecisionListener:
         # facts themselves held 1.1 GiB (the half year at scale 1, issue 13).
         self.purchases: OrderedDict[PurchaseKey, Purchase] = OrderedDict()
         self.refunds: OrderedDict[PurchaseKey, list[RecentRefund]] = OrderedDict()
+        self.accounts: OrderedDict[str, Account] = OrderedDict()
         self.ready = asyncio.Event()
 
     def expect(self, key: WaitKey) -> asyncio.Future[Fact]:
@@ -91,7 +102,11 @@ class DecisionListener:
             self._waiters.pop(key, None)
 
     def _index(self, fact: Fact) -> None:
-        if isinstance(fact, PurchaseAuthorized | PurchaseRejected):
+        if isinstance(fact, AccountOpened):
+            self.accounts[fact.account_id] = Account(fact.isp_id, fact.kind, fact.company_name)
+            while len(self.accounts) > RECENT_MAX:
+                self.accounts.popitem(last=False)
+        elif isinstance(fact, PurchaseAuthorized | PurchaseRejected):
             key = (fact.publisher_id, fact.purchase_id)
             decision = Purchase.of_fact(fact)
             if replaces(decision, self.purchases.get(key)):

@@ -41,7 +41,10 @@ _REJECTED_OR_ERROR: dict[str, Any] = {"anyOf": [
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "bad request", 401: "no or wrong API key", 403: "not yours", 404: "not found",
              409: "a conflict: the same id with another body; for a refund, the refund window is"
-                  " over (refund_window_closed)",
+                  " over (refund_window_closed); for a payment, its Idempotency-Key used for"
+                  " another request (idempotency_key_reused)",
+             410: "gone: a publisher alone can no longer charge; prepare a payment with POST"
+                  " /v1/payments",
              413: "body too large", 422: "invalid body or rejected",
              503: "the ledger (its broker or database) is unreachable: send the same request "
                   "again"}  # fmt: skip
@@ -98,13 +101,17 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/purchases": {
             "post": _op(
-                "Charge a purchase to a subscriber's ISP bill",
-                "PurchaseBody",
-                {"200": decision, "402": decision, **pending},
-                (401, 403, 409, 413, 422, 503),
+                "Gone: a publisher alone cannot charge an account (use POST /v1/payments)",
+                None,
+                {},
+                (401, 410),
                 admin=False,
+                description="Answered 410 to a publisher: a purchase needs the subscriber's "
+                "consent, given on the payment's confirmation page after identifying with their "
+                "ISP. Prepare the payment with POST /v1/payments.",
             )
         },
+        **_checkout_paths(),
         "/v1/purchases/{purchase_id}": {
             "parameters": [_path_param("purchase_id")],
             "get": _op(
@@ -150,6 +157,31 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Open an account", "AccountBody", {**fact, **pending}, admin_errors, admin=True
             )
+        },
+        "/v1/admin/isps/{isp_id}/secret": {
+            "parameters": [_path_param("isp_id")],
+            "post": _op(
+                "Register or rotate an ISP's signing secret (checkout with consent)",
+                None,
+                {"201": _response("rotated: when, and until when the previous one verifies")},
+                (401, 404, 503),
+                admin=True,
+                description="The secret is kept in the ledger's database and read by the ISPs' "
+                "identity component; it is never shown. The previous one verifies for 10 more "
+                "minutes.",
+            ),
+        },
+        "/v1/admin/accounts/{account_id}/credentials": {
+            "parameters": account,
+            "post": _op(
+                "Issue a subscriber's (or an employee's) credentials at the account's ISP",
+                "CredentialsBody",
+                {"201": _response("the login and password, shown once")},
+                (401, 404, 413, 422, 503),
+                admin=True,
+                description="Forwarded to the ISPs' identity component, which keeps only a "
+                "scrypt hash of the password.",
+            ),
         },
         "/v1/admin/accounts/{account_id}/block": {
             "parameters": account,
@@ -214,6 +246,120 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _page(summary: str, statuses: dict[int, str], **extra: Any) -> dict[str, Any]:
+    """A page of the subscriber's (no API key: the payment id is the capability). A path that
+    names no page at all (a payment id of "../x" is another path) is aiohttp's JSON 404."""
+    responses = {str(code): _html(text) for code, text in statuses.items()}
+    responses["404"]["content"]["application/json"] = {"schema": _ERROR}
+    return {"summary": summary, "security": [], "responses": responses, **extra}
+
+
+def _form(*fields: str) -> dict[str, Any]:
+    properties = {name: {"type": "string"} for name in fields}
+    schema = {"type": "object", "properties": properties}
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+def _checkout_paths() -> dict[str, Any]:
+    """Checkout with consent (issue 14, ledger.api.checkout)."""
+    payment = [_path_param("payment_id")]
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{ID.pattern}$"},
+        "description": "yours: the same key and body is the same payment",
+    }
+    prepared = _response(
+        "prepared: payment_id, confirm_url (send the subscriber there), expires_at"
+    )
+    gone = "this payment expired"
+    refused = "refused, with the reason (the page says why); nothing was sent to the ledger"
+    return {
+        "/v1/payments": {
+            "post": {
+                **_op(
+                    "Prepare a payment; the subscriber confirms it on its confirm_url",
+                    "PaymentBody",
+                    {"201": prepared},
+                    (400, 401, 409, 413, 422, 503),
+                    admin=False,
+                    description='capture "hold" is refused (422 hold_not_available) for '
+                    "now. A prepared payment expires after 15 minutes.",
+                ),
+                "parameters": [idempotency],
+            }
+        },
+        "/v1/payments/{payment_id}": {
+            "parameters": payment,
+            "get": _op(
+                "A payment of yours: prepared, confirmed, cancelled or expired, and the "
+                "decision once confirmed",
+                None,
+                {"200": _response("the payment")},
+                (401, 404, 503),
+                admin=False,
+            ),
+        },
+        "/pay/{payment_id}": {
+            "parameters": [*payment, _query("lang")],
+            "get": _page(
+                "The confirmation page (French or English)",
+                {
+                    200: "the payment, or its decision",
+                    202: "confirmed, not decided yet: reload",
+                    404: "no such payment",
+                    410: gone,
+                },
+            ),
+        },
+        "/pay/{payment_id}/identify": {
+            "parameters": payment,
+            "post": _page(
+                "Identify with your ISP: a 303 to its sign-in page",
+                {
+                    303: "to the ISP's identity component",
+                    400: "no such ISP",
+                    404: "no such payment",
+                    409: refused,
+                    410: gone,
+                },
+                requestBody=_form("isp_id", "lang"),
+            ),
+        },
+        "/pay/{payment_id}/cancel": {
+            "parameters": payment,
+            "post": _page(
+                "Cancel the payment",
+                {200: "cancelled", 404: "no such payment", 409: refused, 410: gone},
+                requestBody=_form("lang"),
+            ),
+        },
+        "/pay/{payment_id}/return": {
+            "parameters": [*payment, _query("assertion"), _query("lang")],
+            "get": _page(
+                "Back from the ISP: the assertion checked, the purchase decided",
+                {
+                    200: "the decision",
+                    202: "not decided yet: reload the payment's page",
+                    403: f"{refused} (forged, wrong_isp)",
+                    404: "no such payment",
+                    409: f"{refused} (mismatch, reused, cancelled)",
+                    410: f"{refused} (expired)",
+                },
+            ),
+        },
+    }
+
+
+def _query(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
 
 
 _ERROR_SCHEMA = {

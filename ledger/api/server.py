@@ -7,6 +7,9 @@ DECISION_TIMEOUT_SECONDS is a 202 "pending" that the client resolves by sending 
 again (same purchase_id: the same decision). A publisher's purchases are looked up in the recent
 facts and in the PostgreSQL projection, and refunded under the refund policy
 (ledger.api.purchases).
+
+A publisher alone cannot charge an account (issue 14): `POST /v1/purchases` answers 410 and points
+to `/v1/payments`, the checkout with the subscriber's consent (ledger.api.checkout).
 """
 
 from __future__ import annotations
@@ -24,29 +27,31 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from ledger import keys
+from ledger.api import isp_secrets as secrets
 from ledger.api import purchases
 from ledger.api.bodies import (
+    BODY_BYTES_MAX,
     AccountBody,
     BlockBody,
     Body,
     CommandBody,
+    CredentialsBody,
     EmployeeBody,
     IspBody,
     LimitsBody,
     PublisherBody,
-    PurchaseBody,
     RefundBody,
+    read_body,
 )
+from ledger.api.checkout import PAYMENT_TTL_SECONDS_DEFAULT, checkout_routes
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
-from ledger.api.listener import DecisionListener, WaitKey
+from ledger.api.listener import Account, DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
-from ledger.api.purchases import Purchase
 from ledger.api.validation import ID, path_value
 from ledger.core.admin import AccountAdminCommand
 from ledger.core.authorizer import fingerprint
-from ledger.core.invariant import InvariantBroken
 from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.reference import ReferenceReader
@@ -61,17 +66,16 @@ from schemas.commands import (
     EmployeeAuthoriseRequested,
     EmployeeRevokeRequested,
     LimitsSetRequested,
-    PurchaseRequested,
     RefundRequested,
 )
-from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded, PurchaseRejected
+from schemas.facts import Fact, PurchaseRefunded
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
 
 log = logging.getLogger("ledger.api")
 R = TypeVar("R", IspRegistered, PublisherRegistered)
 DECISION_TIMEOUT_SECONDS = 5.0
 FUTURE_SKEW_SECONDS = 300  # occurred_at may be ahead of our clock by this much, not more
-BODY_BYTES_MAX = 16 * 1024
+IDP_TIMEOUT_SECONDS = 10.0
 METRICS = RequestMetrics(
     Counter("ledger_api_requests_total", "HTTP requests", ["route", "status"]),
     Histogram(
@@ -87,10 +91,14 @@ class Api:
     partitions: int
     admin_key_sha256: str
     dsn: str
+    idp_url: str = "http://127.0.0.1:18082"
+    public_url: str = "http://127.0.0.1:18080"
+    payment_ttl_seconds: int = PAYMENT_TTL_SECONDS_DEFAULT
     listener: DecisionListener = field(init=False)
     reference: ReferenceReader = field(init=False)
     db: Database = field(init=False)
     producer: Any = None
+    http: Any = None  # aiohttp's client, to the identity component
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -105,6 +113,9 @@ class Api:
             **api_producer_config(self.bootstrap_servers, "ledger-api")
         )
         await self.producer.start()
+        import aiohttp
+
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=IDP_TIMEOUT_SECONDS))
         self.tasks = [
             asyncio.create_task(self.listener.run(await self._projected())),
             asyncio.create_task(self.reference.run()),
@@ -131,6 +142,8 @@ class Api:
             task.cancel()
         if self.producer is not None:
             await self.producer.stop()
+        if self.http is not None:
+            await self.http.close()
         await self.db.close()
 
     # --- sending and waiting ----------------------------------------------------------------
@@ -164,6 +177,18 @@ class Api:
         encoded = _checked(codec.encode(record), codec.decode_reference)
         await self._send(topics.REFERENCE, reference_key(record), encoded, 0)
 
+    async def account_of(self, account_id: str) -> Account | None:
+        """An account's ISP and kind: from the recent facts, else from the projection."""
+        known = self.listener.accounts.get(account_id)
+        if known is not None:
+            return known
+        rows = await self.db.query(
+            "SELECT isp_id, kind, company_name FROM accounts WHERE account_id = %s", (account_id,)
+        )
+        return (
+            Account(rows[0]["isp_id"], rows[0]["kind"], rows[0]["company_name"]) if rows else None
+        )
+
     # --- authentication ------------------------------------------------------------------------
 
     def publisher_of(self, request: web.Request) -> PublisherRegistered:
@@ -189,17 +214,6 @@ def _checked(encoded: bytes, decode: Callable[[bytes], object]) -> bytes:
     return encoded
 
 
-async def _body(request: web.Request, kind: type[Body]) -> Any:
-    raw = await request.read()
-    if len(raw) > BODY_BYTES_MAX:
-        raise ApiError(413, "body_too_large", f"a request body is at most {BODY_BYTES_MAX} bytes")
-    try:
-        body = msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.DecodeError as error:
-        raise ApiError(422, "invalid_body", str(error)) from None
-    return body
-
-
 def _check_time(occurred_at: datetime) -> None:
     if occurred_at > datetime.now(UTC) + timedelta(seconds=FUTURE_SKEW_SECONDS):
         raise ApiError(422, "occurred_at_in_future", "occurred_at is ahead of the ledger's clock")
@@ -219,21 +233,11 @@ def _fact_view(fact: Fact) -> dict[str, Any]:
 def _purchase_routes(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/v1/purchases")
     async def create_purchase(request: web.Request) -> web.Response:
-        publisher = api.publisher_of(request)
-        body: PurchaseBody = await _body(request, PurchaseBody)
-        if body.publisher_id != publisher.publisher_id:
-            raise ApiError(403, "wrong_publisher", "a publisher can charge only as itself")
-        _check_time(body.occurred_at)
-        command = PurchaseRequested(**msgspec.structs.asdict(body))
-        fact = await api.decide(command, ("purchase", command.purchase_id, fingerprint(command)))
-        if fact is None:
-            return _pending("purchase_id", command.purchase_id)
-        if not isinstance(fact, PurchaseAuthorized | PurchaseRejected):
-            raise InvariantBroken(f"a purchase decided as {type(fact).__name__}")
-        status = 200 if isinstance(fact, PurchaseAuthorized) else 402
-        if getattr(fact, "reason", None) == "duplicate_with_different_body":
-            status = 409
-        return web.json_response(Purchase.of_fact(fact).view(), status=status)
+        api.publisher_of(request)
+        raise ApiError(410, "gone", (
+            "a publisher can no longer charge an account alone: prepare a payment with POST"
+            " /v1/payments and send the subscriber to its confirm_url, where they identify with"
+            " their ISP and confirm"))  # fmt: skip
 
     @table.get("/v1/purchases/{purchase_id}")
     async def get_purchase(request: web.Request) -> web.Response:
@@ -249,7 +253,7 @@ def _purchase_routes(api: Api, table: web.RouteTableDef) -> None:
     async def refund_purchase(request: web.Request) -> web.Response:
         publisher = api.publisher_of(request)
         purchase_id = path_value(request, "purchase_id", ID, "purchase")
-        body: RefundBody = await _body(request, RefundBody)
+        body: RefundBody = await read_body(request, RefundBody)
         purchase = await purchases.find(api.db, api.listener, publisher.publisher_id, purchase_id)
         _check_time(body.occurred_at)
         if purchase.authorized:
@@ -271,7 +275,7 @@ def _reference_routes(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/v1/admin/isps")
     async def register_isp(request: web.Request) -> web.Response:
         api.require_admin(request)
-        body: IspBody = await _body(request, IspBody)
+        body: IspBody = await read_body(request, IspBody)
         record = _reference_record(body, IspRegistered, {})
         await api.publish_reference(record)
         return web.json_response(msgspec.to_builtins(record), status=201)
@@ -279,7 +283,7 @@ def _reference_routes(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/v1/admin/publishers")
     async def register_publisher(request: web.Request) -> web.Response:
         api.require_admin(request)
-        body: PublisherBody = await _body(request, PublisherBody)
+        body: PublisherBody = await read_body(request, PublisherBody)
         key = keys.new_key("pub")
         record = _reference_record(
             body, PublisherRegistered, {"api_key_sha256": keys.key_hash(key)}
@@ -287,6 +291,43 @@ def _reference_routes(api: Api, table: web.RouteTableDef) -> None:
         await api.publish_reference(record)
         view = msgspec.to_builtins(record) | {"api_key": key, "note": "shown once: store it"}
         return web.json_response(view, status=201)
+
+
+def _consent_admin_routes(api: Api, table: web.RouteTableDef) -> None:
+    """The operators' side of consent (issue 14): ISP secrets and subscriber credentials."""
+
+    @table.post("/v1/admin/isps/{isp_id}/secret")
+    async def rotate_secret(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        isp_id = path_value(request, "isp_id", ID, "ISP")
+        if isp_id not in api.reference.reference.isps:
+            raise ApiError(404, "not_found", f"no ISP {isp_id!r}: register it first")
+        rows = await api.db.query(secrets.ROTATE, secrets.rotate_params(isp_id, datetime.now(UTC)))
+        return web.json_response(secrets.view(rows[0]), status=201)
+
+    @table.post("/v1/admin/accounts/{account_id}/credentials")
+    async def issue_credentials(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        account_id = path_value(request, "account_id", ID, "account")
+        body: CredentialsBody = await read_body(request, CredentialsBody)
+        account = await api.account_of(account_id)
+        if account is None:
+            raise ApiError(404, "not_found", f"no account {account_id!r} (opened and decided)")
+        forwarded = {"isp_id": account.isp_id, "account_id": account_id, "user_id": body.user_id}
+        try:
+            async with api.http.post(
+                f"{api.idp_url}/admin/credentials", json=forwarded,
+                headers={"Authorization": request.headers["Authorization"]},
+            ) as answer:  # fmt: skip
+                issued = await answer.json()
+                status = answer.status
+        except Exception as error:  # the idp unreachable, or an answer that is not JSON
+            raise ApiError(503, "idp_unavailable", (
+                f"the ISP's identity component did not answer ({type(error).__name__}); try"
+                " again")) from error  # fmt: skip
+        if status != 201:
+            raise ApiError(503, "idp_unavailable", f"the identity component answered {status}")
+        return web.json_response(issued, status=201)
 
 
 def _reference_record(body: Body, kind: type[R], extra: dict[str, Any]) -> R:
@@ -343,7 +384,7 @@ ADMIN_ROUTES = (
 def _admin_handler(api: Api, route: AdminRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         api.require_admin(request)  # before reading the body: 401 before 422
-        body = await _body(request, route.body)
+        body = await read_body(request, route.body)
         ids = {
             name: path_value(request, name, ID, noun)
             for name, noun in ADMIN_PATH_NOUNS.items()
@@ -364,7 +405,9 @@ def _admin_handler(api: Api, route: AdminRoute) -> Callable[[web.Request], Await
 def routes(api: Api) -> web.RouteTableDef:
     table = web.RouteTableDef()
     _purchase_routes(api, table)
+    checkout_routes(api, table)
     _reference_routes(api, table)
+    _consent_admin_routes(api, table)
     for route in ADMIN_ROUTES:
         table.route(route.method, route.path)(_admin_handler(api, route))
 
@@ -380,8 +423,10 @@ def create_web_app(api: Api) -> web.Application:
 
 
 def run_api(
-    bootstrap_servers: str, partitions: int, admin_key_sha256: str, dsn: str, port: int
-) -> None:
+    bootstrap_servers: str, partitions: int, admin_key_sha256: str, dsn: str, port: int,
+    idp_url: str, public_url: str, payment_ttl_seconds: int = PAYMENT_TTL_SECONDS_DEFAULT,
+) -> None:  # fmt: skip
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api = Api(bootstrap_servers, partitions, admin_key_sha256, dsn)
+    api = Api(bootstrap_servers, partitions, admin_key_sha256, dsn, idp_url.rstrip("/"),
+              public_url.rstrip("/"), payment_ttl_seconds)  # fmt: skip
     web.run_app(create_web_app(api), host=listen_host(), port=port, print=None)

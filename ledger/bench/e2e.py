@@ -49,6 +49,9 @@ DEADLINE_SECONDS = 1_800.0
 PACED_SECONDS = 20.0
 API_REQUESTS = 1_000
 API_CLIENTS = 4
+# Subscribers with credentials at the identity component for the checkout's latency: 5 payments
+# each, under the default velocity limit (issuing one costs a scrypt hash, about 50 ms).
+API_ACCOUNTS = 200
 POLL_SECONDS = 0.25
 PROJECTION_SCHEMA = "ledger"  # where `ledger project` writes
 
@@ -91,6 +94,11 @@ class RunFigures:
     # How long after the backlog's last fact was appended the bench's watcher read it: the
     # bench keeps up when this stays small.
     watcher_behind_seconds: float = 0.0
+    # The checkout with consent (issue 14): api_latency_* is the subscriber's confirmation (the
+    # page, the ISP's sign-in, confirm, back to the decision); prepare_latency_* the publisher's
+    # POST /v1/payments.
+    prepare_latency_p50_seconds: float = 0.0
+    prepare_latency_p99_seconds: float = 0.0
 
 
 def _vm_hwm_mib(pid: int) -> float:
@@ -318,89 +326,124 @@ async def _measure(bootstrap: str, dsn: str, partitions: int, processes: list[_P
 
 
 class _Checkout:
-    """A `ledger api` process of the bench's own, and an HTTP client of it."""
+    """A `ledger api` process of the bench's own, the ISPs' identity component beside it, and an
+    HTTP client of both (ledger.api.client)."""
 
     def __init__(self, settings: StackSettings) -> None:
         import secrets
-        import socket
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        from ledger.api.client import Checkout
+
+        self.port, idp_port = _free_port(), _free_port()
         self.admin = f"admin_{secrets.token_hex(16)}"
         env = {**os.environ, "LEDGER_HOME": str(settings.home), "LEDGER_ADMIN_KEY": self.admin,
                "LEDGER_KAFKA_PORT": str(settings.kafka_port),
                "LEDGER_POSTGRES_PORT": str(settings.postgres_port)}  # fmt: skip
-        self.process = _Process("checkout-api", ["api", "--port", str(self.port)], env,
+        base = f"http://127.0.0.1:{self.port}"
+        self.idp = _Process("isp-idp", ["idp", "--port", str(idp_port), "--platform-url", base],
+                            env, settings.home / "logs")  # fmt: skip
+        self.process = _Process("checkout-api", ["api", "--port", str(self.port), "--idp-url",
+                                f"http://127.0.0.1:{idp_port}"], env,
                                 settings.home / "logs")  # fmt: skip
+        self.client = Checkout(base)
 
-    def call(self, path: str, body: dict[str, Any], key: str) -> tuple[int, float, bytes]:
-        import json
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-        )  # fmt: skip
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, time.perf_counter() - started, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, time.perf_counter() - started, b""
-        except OSError:
-            return 0, time.perf_counter() - started, b""
-
-    def until(self, path: str, body: dict[str, Any], key: str, wanted: tuple[int, ...]) -> bytes:
+    def until(self, path: str, body: dict[str, Any], key: str, wanted: tuple[int, ...]) -> Any:
         deadline = time.monotonic() + 120
         while True:
             self.process.check()
-            status, _, answer = self.call(path, body, key)
+            self.idp.check()
+            try:
+                status, answer = self.client.call("POST", path, body, key)
+            except OSError:
+                status, answer = 0, {}
             if status in wanted:
                 return answer
             if time.monotonic() > deadline:
                 raise LedgerError(f"the checkout API answered {status} to {path} for 120 s")
             time.sleep(0.5)
 
+    def stop(self) -> None:
+        self.process.stop()
+        self.idp.stop()
 
-def _api_latency(
-    settings: StackSettings, run: str, accounts: int
-) -> tuple[float, float, dict[str, int]]:
-    """Purchases through the checkout API (HTTP → command → decision → answer), from
-    API_CLIENTS clients at once: (p50, p99, answers by HTTP status)."""
-    import json
-    import random
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class _ApiFigures:
+    prepare: tuple[float, float]  # p50, p99
+    confirm: tuple[float, float]
+    outcomes: dict[str, int]  # by the decision the page showed
+
+
+def _api_latency(settings: StackSettings, run: str, accounts: int) -> _ApiFigures:
+    """Payments through the checkout with consent, from API_CLIENTS clients at once, each as a
+    browser does it (ledger.api.client): the publisher prepares, the subscriber opens the page,
+    signs in at their ISP and confirms, and the page shows the decision read back from the
+    stream."""
     from concurrent.futures import ThreadPoolExecutor
-    from datetime import UTC, datetime
 
     checkout = _Checkout(settings)
-    publisher = f"pub-api-{run}"
-    rnd = random.Random(run)
-
-    def body(n: int) -> dict[str, Any]:
-        return {"purchase_id": f"api{n}-{run}", "account_id": f"a{rnd.randrange(accounts)}-{run}",
-                "user_id": "u", "publisher_id": publisher, "amount_cents": 99, "category": "vod",
-                "description": "episode", "occurred_at": datetime.now(UTC).isoformat()}  # fmt: skip
-
+    publisher, isp = f"pub-api-{run}", f"isp-{run}"
     try:
         registration = {"publisher_id": publisher, "name": "Bench", "category": "vod",
                         "revenue_share_bp": 6000, "vat_category": "standard"}  # fmt: skip
-        registered = checkout.until("/v1/admin/publishers", registration, checkout.admin, (201,))
-        key = json.loads(registered)["api_key"]
-        # The new publisher reaches the workers' reference data and the API its key first.
-        checkout.until("/v1/purchases", body(-1), key, (200, 402))
-        bodies = [body(n) for n in range(API_REQUESTS)]
+        key = checkout.until("/v1/admin/publishers", registration, checkout.admin, (201,))[
+            "api_key"
+        ]
+        checkout.until(f"/v1/admin/isps/{isp}/secret", {}, checkout.admin, (201,))
+        logins = [
+            checkout.until(
+                f"/v1/admin/accounts/a{n}-{run}/credentials",
+                {"user_id": "u"},
+                checkout.admin,
+                (201,),
+            )
+            for n in range(min(API_ACCOUNTS, accounts))
+        ]
+        body = {"amount_cents": 99, "category": "vod", "description": "episode"}
+        # The new publisher's key reaches the API first.
+        deadline = time.monotonic() + 120
+        while checkout.client.prepare(key, body, f"warm-{run}")[0] != 201:
+            if time.monotonic() > deadline:
+                raise LedgerError("the checkout API never knew the bench's publisher")
+            time.sleep(0.5)
+
+        def one(n: int) -> tuple[float, float, str]:
+            login = logins[n % len(logins)]
+            started = time.perf_counter()
+            status, prepared = checkout.client.prepare(key, body, f"api{n}-{run}")
+            prepared_at = time.perf_counter()
+            if status != 201:
+                return prepared_at - started, 0.0, f"prepare {status}"
+            confirmed = checkout.client.confirm(prepared["confirm_url"], isp, login["login"],
+                                                login["password"])  # fmt: skip
+            outcome = confirmed.outcome.get("status", str(confirmed.page.status))
+            return prepared_at - started, time.perf_counter() - prepared_at, outcome
+
         with ThreadPoolExecutor(API_CLIENTS) as pool:
-            answers = list(pool.map(lambda b: checkout.call("/v1/purchases", b, key)[:2], bodies))
+            answers = list(pool.map(one, range(API_REQUESTS)))
     finally:
-        checkout.process.stop()
-    latencies = sorted(seconds for _, seconds in answers)
-    by_status: dict[str, int] = {}
-    for status, _ in answers:
-        by_status[str(status)] = by_status.get(str(status), 0) + 1
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return latencies[len(latencies) // 2], p99, by_status
+        checkout.stop()
+    outcomes: dict[str, int] = {}
+    for _, _, outcome in answers:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return _ApiFigures(
+        _percentiles([a[0] for a in answers]),
+        _percentiles([a[1] for a in answers if a[1] > 0] or [0.0]),
+        outcomes,
+    )
 
 
 def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: int,
@@ -419,7 +462,7 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
     try:
         measured = asyncio.run(_measure(bootstrap, dsn, settings.topic_partitions, processes,
                                         roots, accounts, purchases, seed, say))  # fmt: skip
-        say(f"  {workers} worker(s): {API_REQUESTS} purchases through the checkout API")
+        say(f"  {workers} worker(s): {API_REQUESTS} payments through the checkout with consent")
         api = _api_latency(settings, measured.run, accounts)
         say(f"  {workers} worker(s): replaying ledger.events into a fresh schema")
         try:
@@ -445,8 +488,9 @@ def _one_run(settings: StackSettings, workers: int, accounts: int, purchases: in
         decision_latency_p50_seconds=latencies[len(latencies) // 2],
         decision_latency_p99_seconds=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         decision_latency_max_seconds=latencies[-1], paced_rate_per_second=measured.rate,
-        api_requests=API_REQUESTS, api_latency_p50_seconds=api[0], api_latency_p99_seconds=api[1],
-        api_answers=api[2],
+        api_requests=API_REQUESTS, api_latency_p50_seconds=api.confirm[0],
+        api_latency_p99_seconds=api.confirm[1], api_answers=api.outcomes,
+        prepare_latency_p50_seconds=api.prepare[0], prepare_latency_p99_seconds=api.prepare[1],
         replay_events_per_second=result.events_per_second, replay_events=result.records,
         replay_equal=result.equal, peak_rss_mib=peaks,
         backlog_seconds=backlog.seconds, backlog_send_seconds=backlog.send_seconds,
@@ -544,14 +588,22 @@ def report(figures: list[RunFigures]) -> str:
                        ("decision latency max", "decision_latency_max_seconds")):  # fmt: skip
         row(name, [f"{getattr(f, attr) * 1000:,.0f} ms" for f in figures])
     row(
-        f"checkout API p50 / p99 ({API_CLIENTS} clients)",
+        f"checkout prepare p50 / p99 ({API_CLIENTS} clients)",
+        [
+            f"{f.prepare_latency_p50_seconds * 1000:,.0f} / "
+            f"{f.prepare_latency_p99_seconds * 1000:,.0f} ms"
+            for f in figures
+        ],
+    )
+    row(
+        "checkout confirm p50 / p99 (page, ISP sign-in, decision)",
         [
             f"{f.api_latency_p50_seconds * 1000:,.0f} / {f.api_latency_p99_seconds * 1000:,.0f} ms"
             for f in figures
         ],
     )
     row(
-        "checkout API answers",
+        "checkout decisions shown",
         [" ".join(f"{k}:{v}" for k, v in sorted(f.api_answers.items())) for f in figures],
     )
     row("replay", [f"{f.replay_events_per_second:,.0f} events/s" for f in figures])

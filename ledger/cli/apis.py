@@ -1,4 +1,5 @@
-"""`ledger api` (checkout and admin) and `ledger isp-api` (the ISPs' invoices), over HTTP."""
+"""`ledger api` (checkout and admin), `ledger idp` (the ISPs' identity component, issue 14),
+`ledger isp-secret` (an ISP's signing secret) and `ledger isp-api` (the ISPs' invoices)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,8 @@ import argparse
 import logging
 from typing import Any
 
-from ledger.cli.argtypes import port
-from ledger.cli.running import connected
-from ledger.settings import StackSettings
-
-
-def _admin_key(settings: StackSettings) -> str:
-    """The admin API key: LEDGER_ADMIN_KEY, else one made once and kept in the stack's home."""
-    import os
-
-    from ledger import keys
-
-    given = os.environ.get("LEDGER_ADMIN_KEY")
-    if given:
-        return given
-    path = settings.home / "admin.key"
-    if not path.exists():
-        settings.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(keys.new_key("admin") + "\n")
-    return path.read_text().strip()
+from ledger.cli.argtypes import identifier, port
+from ledger.cli.running import admin_key, connected
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -34,14 +16,57 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from ledger.api.server import run_api
 
     stack = connected(args)  # the broker, and PostgreSQL for purchases older than the start
-    admin_key = _admin_key(stack.settings)
+    admin = admin_key(stack.settings)
     print(f"checkout and admin API on http://127.0.0.1:{args.port}/v1/ "
           f"(OpenAPI: /v1/openapi.json, metrics: /metrics)")  # fmt: skip
     print(f"admin key: in {stack.settings.home / 'admin.key'} or LEDGER_ADMIN_KEY", flush=True)
+    print(f"confirmation pages at {_public_url(args)}/pay/<payment_id>; the ISPs' identity"
+          f" component at {args.idp_url}", flush=True)  # fmt: skip
     run_api(
-        stack.bootstrap_servers, stack.partitions, keys.key_hash(admin_key), stack.dsn, args.port,
+        stack.bootstrap_servers, stack.partitions, keys.key_hash(admin), stack.dsn, args.port,
+        args.idp_url, _public_url(args), args.payment_ttl_seconds,
     )  # fmt: skip
     return 0
+
+
+def _public_url(args: argparse.Namespace) -> str:
+    return str(args.public_url or f"http://127.0.0.1:{args.port}")
+
+
+def _cmd_idp(args: argparse.Namespace) -> int:
+    from ledger import keys
+    from ledger.idp.server import run_idp
+
+    stack = connected(args)
+    print(f"the ISPs' identity component (isp-idp) on http://127.0.0.1:{args.port}/isp/<isp>/login,"
+          f" back to {args.platform_url}", flush=True)  # fmt: skip
+    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port)
+    return 0
+
+
+def _cmd_isp_secret(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ledger.api import isp_secrets as secrets
+    from projections.db import connect
+
+    stack = connected(args)
+    with connect(stack.dsn) as db:
+        row = db.execute(secrets.ROTATE, secrets.rotate_params(args.isp, datetime.now(UTC)))
+        names = [column.name for column in row.description or ()]
+        view = secrets.view(dict(zip(names, row.fetchone() or (), strict=True)))
+        db.commit()
+    previous = view["previous_valid_until"]
+    print(f"ISP {args.isp}: a new signing secret, kept in the ledger's database (never shown);"
+          f" the identity component signs with it from now on"
+          + (f"; the previous one verifies until {previous}" if previous else ""))  # fmt: skip
+    return 0
+
+
+def _positive_seconds(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds (1 to 604800)")
+    return int(text)
 
 
 def _cmd_isp_api(args: argparse.Namespace) -> int:
@@ -55,7 +80,38 @@ def _cmd_isp_api(args: argparse.Namespace) -> int:
 def add_parsers(commands: Any) -> None:
     api = commands.add_parser("api", help="run the checkout and admin HTTP API")
     api.add_argument("--port", type=port, default=18080, help="on 127.0.0.1 (default 18080)")
+    api.add_argument(
+        "--idp-url",
+        default="http://127.0.0.1:18082",
+        help="the ISPs' identity component (default http://127.0.0.1:18082)",
+    )
+    api.add_argument(
+        "--public-url",
+        default=None,
+        help="this API as browsers reach it (default http://127.0.0.1:PORT)",
+    )
+    api.add_argument(
+        "--payment-ttl-seconds",
+        type=_positive_seconds,
+        default=15 * 60,
+        help="a prepared payment expires after this long (default 900)",
+    )
     api.set_defaults(handler=_cmd_api)
+
+    idp = commands.add_parser("idp", help="run the ISPs' identity component (isp-idp)")
+    idp.add_argument("--port", type=port, default=18082, help="on 127.0.0.1 (default 18082)")
+    idp.add_argument(
+        "--platform-url",
+        default="http://127.0.0.1:18080",
+        help="the checkout API's pages, where subscribers go back to",
+    )
+    idp.set_defaults(handler=_cmd_idp)
+
+    secret = commands.add_parser(
+        "isp-secret", help="register or rotate an ISP's signing secret (checkout with consent)"
+    )
+    secret.add_argument("--isp", required=True, type=identifier, help="the ISP's id")
+    secret.set_defaults(handler=_cmd_isp_secret)
 
     isp_api = commands.add_parser("isp-api", help="run the ISPs' invoice read API")
     isp_api.add_argument("--port", type=port, default=18081, help="on 127.0.0.1 (default 18081)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ledger.cli.running import connected, running
+from ledger.cli.running import admin_key, connected, running
 from ledger.cli.stack import add_port_flags, cmd_up
 from ledger.errors import LedgerError
 
@@ -29,7 +29,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     shape = _shape(args)
     cmd_up(args)
     stack = connected(args)
-    demo.run(stack.bootstrap_servers, stack.dsn, stack.partitions, stack.settings.home, shape)
+    demo.run(stack.bootstrap_servers, stack.dsn, stack.partitions, stack.settings.home, shape,
+             admin_key(stack.settings))  # fmt: skip
     return 0
 
 

@@ -64,3 +64,21 @@ def connected(args: argparse.Namespace) -> Connected:
             raise LedgerError("the stack has no database: run `ledger stack up`")
         dsn = state.postgres.dsn
     return Connected(stack.bootstrap_servers, stack.partitions, dsn, stack.settings)
+
+
+def admin_key(settings: StackSettings) -> str:
+    """The admin API key: LEDGER_ADMIN_KEY, else one made once and kept in the stack's home."""
+    import os
+
+    from ledger import keys
+
+    given = os.environ.get("LEDGER_ADMIN_KEY")
+    if given:
+        return given
+    path = settings.home / "admin.key"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(keys.new_key("admin") + "\n")
+    return path.read_text().strip()

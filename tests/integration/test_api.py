@@ -18,7 +18,16 @@ import pytest
 from ledger.core import calendar
 from ledger.kafka import topics
 from ledger.stack.state import StackState
-from tests.harness import PROJECT_ROOT, ApiServer, Projector, Worker, end_offsets, wait_for
+from schemas.commands import PurchaseRequested
+from tests.harness import (
+    PROJECT_ROOT,
+    ApiServer,
+    Projector,
+    Worker,
+    end_offsets,
+    produce,
+    wait_for,
+)
 
 DAY_MINUTES = 24 * 60
 # A Python clock two days ahead for an API process started by a test: it is then started two
@@ -91,33 +100,46 @@ def test_checkout_through_the_stream(api: ApiServer, stack: StackState) -> None:
     status, opened = _until_decided(api, "/v1/admin/accounts", opening, admin)
     assert status == 200 and opened["type"] == "account.opened.v1", opened
 
-    purchase = {"purchase_id": f"p-{run}", "account_id": account, "user_id": "u1",
-                "publisher_id": pub, "amount_cents": 266, "category": "vod",
-                "description": "La Haine", "occurred_at": _now(1)}  # fmt: skip
-    status, decision = _until_decided(api, "/v1/purchases", purchase, key)
-    assert status == 200, decision
-    assert decision["status"] == "authorized" and decision["net_cents"] == 222
-    again = api.call("POST", "/v1/purchases", purchase, key)
-    assert again == (200, decision)  # the same request, the same answer
-    status, conflict = api.call("POST", "/v1/purchases", {**purchase, "amount_cents": 267}, key)
-    assert status == 409 and conflict["reason"] == "duplicate_with_different_body"
+    # A publisher alone cannot charge (issue 14): the old route is gone.
+    direct = {"purchase_id": f"p-{run}", "account_id": account, "user_id": "u1",
+              "publisher_id": pub, "amount_cents": 266, "category": "vod",
+              "description": "La Haine", "occurred_at": _now(1)}  # fmt: skip
+    status, gone = api.call("POST", "/v1/purchases", direct, key)
+    assert status == 410 and "/v1/payments" in gone["error"]["message"], gone  # type: ignore[index]
 
-    status, rejected = api.call(
-        "POST",
-        "/v1/purchases",
-        {**purchase, "purchase_id": f"big-{run}", "amount_cents": 1_501},
-        key,
-    )
-    assert status == 402 and rejected["reason"] == "amount_above_maximum"
+    payment = {"amount_cents": 266, "category": "vod", "description": "La Haine"}
+    bought = api.buy(key, payment, isp, account, "u1")
+    decision = bought["decision"]
+    assert isinstance(decision, dict), bought
+    assert bought["status"] == "confirmed" and bought["account_id"] == account
+    assert decision["status"] == "authorized" and decision["net_cents"] == 222, decision
+    paid = str(bought["payment_id"])
+    # The same Idempotency-Key and body: the same payment; another body: a 409.
+    login, password = api.credentials(isp, account, "u1")
+    checkout = api.checkout
+    status, first = checkout.prepare(key, payment, f"k-{run}")
+    assert status == 201, first
+    assert checkout.prepare(key, payment, f"k-{run}") == (201, first)
+    status, conflict = checkout.prepare(key, {**payment, "amount_cents": 267}, f"k-{run}")
+    assert status == 409 and conflict["error"]["code"] == "idempotency_key_reused", conflict
+    assert checkout.prepare(key, {**payment, "capture": "hold"}, f"h-{run}")[0] == 422
+    assert checkout.payment(other_key, str(first["payment_id"]))[0] == 404  # not yours
 
-    status, fetched = api.call("GET", f"/v1/purchases/p-{run}", key=key)
+    status, prepared = checkout.prepare(key, {**payment, "amount_cents": 1_501}, f"big-{run}")
+    confirmed = checkout.confirm(str(prepared["confirm_url"]), isp, login, password)
+    assert confirmed.outcome["status"] == "rejected", confirmed.outcome
+    assert confirmed.outcome["reason"] == "amount_above_maximum"
+    status, view = checkout.payment(key, str(prepared["payment_id"]))
+    assert view["decision"]["reason"] == "amount_above_maximum", view
+
+    status, fetched = api.call("GET", f"/v1/purchases/{paid}", key=key)
     assert status == 200 and fetched["status"] == "authorized"
-    assert api.call("GET", f"/v1/purchases/p-{run}", key=other_key)[0] == 404
-    status, refunded = api.call("POST", f"/v1/purchases/p-{run}/refunds", {
+    assert api.call("GET", f"/v1/purchases/{paid}", key=other_key)[0] == 404
+    status, refunded = api.call("POST", f"/v1/purchases/{paid}/refunds", {
         "refund_id": f"r-{run}", "amount_cents": 100, "reason": "stream broke",
         "occurred_at": _now()}, key)  # fmt: skip
     assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
-    status, over = api.call("POST", f"/v1/purchases/p-{run}/refunds", {
+    status, over = api.call("POST", f"/v1/purchases/{paid}/refunds", {
         "refund_id": f"r2-{run}", "amount_cents": 500, "reason": "again",
         "occurred_at": _now()}, key)  # fmt: skip
     assert status == 422 and over["reason"] == "refund_exceeds_purchase"
@@ -201,15 +223,20 @@ def test_a_revocation_carries_its_time_and_command_id(api: ApiServer, stack: Sta
     assert _until_decided(api, f"{employees}/u1", revocation, api.admin_key, "DELETE") == (
         200, revoked)  # fmt: skip
 
-    # Decided at their own time: before the revocation the employee could buy, after it not.
-    purchase = {"account_id": account, "user_id": "u1", "publisher_id": f"pub-{run}",
-                "amount_cents": 266, "category": "vod", "description": "La Haine"}  # fmt: skip
-    before = {**purchase, "purchase_id": f"b-{run}", "occurred_at": _now(40)}
-    status, decision = _until_decided(api, "/v1/purchases", before, key)
-    assert status == 200, decision
-    after = {**purchase, "purchase_id": f"a-{run}", "occurred_at": _now(10)}
-    status, decision = _until_decided(api, "/v1/purchases", after, key)
-    assert status == 402 and decision["reason"] == "employee_not_authorised", decision
+    # Decided at their own time: before the revocation the employee could buy (a purchase of an
+    # operators' trusted feed, which carries its own time), after it not (through the checkout
+    # with consent, at the platform's time: now).
+    before = PurchaseRequested(
+        purchase_id=f"b-{run}", account_id=account, user_id="u1", publisher_id=f"pub-{run}",
+        amount_cents=266, category="vod", description="La Haine",
+        occurred_at=datetime.now(UTC) - timedelta(minutes=40),
+    )  # fmt: skip
+    _trusted_feed(stack, [before])
+    decision = _decided(api, f"b-{run}", key)
+    assert decision["status"] == "authorized", decision
+    after = {"amount_cents": 266, "category": "vod", "description": "La Haine"}
+    decided = api.buy(key, after, f"isp-{run}", account, "u1")["decision"]
+    assert isinstance(decided, dict) and decided["reason"] == "employee_not_authorised", decided
 
     # Without a body it still works: now, under a new command id.
     status, again = _until_decided(api, f"{employees}/u1", {}, api.admin_key, "DELETE")
@@ -217,6 +244,20 @@ def test_a_revocation_carries_its_time_and_command_id(api: ApiServer, stack: Sta
     status, error = api.call("DELETE", f"{employees}/u1", {"occurred_at": "yesterday"},
                              api.admin_key)  # fmt: skip
     assert status == 422 and "occurred_at" in error["error"]["message"], error  # type: ignore[index]
+
+
+def _decided(api: ApiServer, purchase_id: str, key: str) -> dict[str, object]:
+    """A purchase of a trusted feed, as its publisher reads it once it is decided."""
+    path = f"/v1/purchases/{purchase_id}"
+    wait_for(lambda: api.call("GET", path, key=key)[0] == 200, 60, f"{purchase_id} decided")
+    return api.call("GET", path, key=key)[1]
+
+
+def _trusted_feed(stack: StackState, commands: list[PurchaseRequested]) -> None:
+    """Purchases of an operators' trusted feed (the bulk producer), straight to the stream: the
+    only way a purchase is not confirmed by its subscriber (docs/design/checkout.md)."""
+    assert stack.kafka is not None
+    produce(stack.kafka.bootstrap_servers, stack.topic_partitions or 4, [], commands)
 
 
 def _projected(dsn: str, purchase_ids: list[str], refund_ids: list[str]) -> bool:
@@ -253,19 +294,31 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
         _, other = api.call("POST", "/v1/admin/publishers", {
             "publisher_id": f"other-{run}", "name": "Ina", "category": "vod",
             "revenue_share_bp": 5000, "vat_category": "standard"}, api.admin_key)  # fmt: skip
-        purchase = {"account_id": account, "user_id": "u1", "publisher_id": f"pub-{run}",
-                    "amount_cents": 500, "category": "vod", "description": "La Haine"}  # fmt: skip
+        # Purchases of 65 and 80 days ago come from a trusted feed (a publisher can no longer
+        # date one: issue 14); today's through the checkout with consent.
+        _trusted_feed(stack, [
+            PurchaseRequested(
+                purchase_id=f"{name}-{run}", account_id=account, user_id="u1",
+                publisher_id=f"pub-{run}", amount_cents=500, category="vod",
+                description="La Haine", occurred_at=datetime.now(UTC) - timedelta(days=days),
+            ) for name, days in (("old", 65), ("ancient", 80))
+        ])  # fmt: skip
         decided: dict[str, dict[str, object]] = {}
-        for name, minutes in (("old", 65 * DAY_MINUTES), ("ancient", 80 * DAY_MINUTES),
-                              ("recent", 1)):  # fmt: skip
-            body = {**purchase, "purchase_id": f"{name}-{run}", "occurred_at": _now(minutes)}
-            status, decided[name] = _until_decided(api, "/v1/purchases", body, key)
-            assert status == 200, decided[name]
+        for name in ("old", "ancient"):
+            decided[name] = _decided(api, f"{name}-{run}", key)
+            assert decided[name]["status"] == "authorized", decided[name]
+            decided[name].pop("refunded_cents")  # the decision, as the later API must give it
+        bought = api.buy(key, {"amount_cents": 500, "category": "vod",
+                               "description": "La Haine"}, isp, account, "u1")  # fmt: skip
+        recent = str(bought["payment_id"])
+        assert isinstance(bought["decision"], dict)
+        decided["recent"] = bought["decision"]
+        assert decided["recent"]["status"] == "authorized", bought
         first = {"refund_id": f"r1-{run}", "amount_cents": 100, "reason": "stream broke",
                  "occurred_at": _now()}  # fmt: skip
         status, refunded = _until_decided(api, f"/v1/purchases/old-{run}/refunds", first, key)
         assert status == 200 and refunded["type"] == "purchase.refunded.v1", refunded
-        ids = [f"{name}-{run}" for name in decided]
+        ids = [f"old-{run}", f"ancient-{run}", recent]
         wait_for(lambda: _projected(dsn, ids, [f"r1-{run}"]), 120, "the purchases projected")
 
         sitecustomize = tmp_path / "clock"
@@ -277,7 +330,8 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
         (tmp_path / "later").mkdir()
         later.start()
         try:
-            _refunds_two_days_later(later, dsn, isp, run, key, str(other["api_key"]), decided)
+            _refunds_two_days_later(later, dsn, isp, run, key, str(other["api_key"]), decided,
+                                    recent)  # fmt: skip
         finally:
             later.stop()
     finally:
@@ -286,7 +340,7 @@ def test_old_purchases_are_looked_up_and_refunded_under_the_refund_policy(
 
 def _refunds_two_days_later(
     api: ApiServer, dsn: str, isp: str, run: str, key: str, other_key: str,
-    decided: dict[str, dict[str, object]],
+    decided: dict[str, dict[str, object]], recent_id: str,
 ) -> None:  # fmt: skip
     old = f"/v1/purchases/old-{run}"
     status, found = _until_decided(api, old, {}, key, "GET")
@@ -296,7 +350,7 @@ def _refunds_two_days_later(
     assert api.call("GET", old, key=other_key)[0] == 404  # only the publisher's own
     assert api.call("POST", f"{old}/refunds", {"refund_id": f"x-{run}", "amount_cents": 1,
                     "reason": "x", "occurred_at": _now()}, other_key)[0] == 404  # fmt: skip
-    status, recent = api.call("GET", f"/v1/purchases/recent-{run}", key=key)
+    status, recent = api.call("GET", f"/v1/purchases/{recent_id}", key=key)
     assert status == 200 and recent["refunded_cents"] == 0, recent
 
     second = {"refund_id": f"r2-{run}", "amount_cents": 50, "reason": "late complaint",

@@ -184,6 +184,7 @@ def test_the_checkout_api_refuses_odd_path_values_before_the_stream(
                  30, "the publisher's key")  # fmt: skip
         for method, path, body, who in (
             ("GET", f"/v1/purchases/{odd}", None, key),
+            ("GET", f"/v1/payments/{odd}", None, key),
             ("POST", f"/v1/purchases/{odd}/refunds", refund, key),
             ("POST", f"/v1/admin/accounts/{odd}/block", {"reason": "fraud"}, admin),
             ("POST", f"/v1/admin/accounts/{odd}/unblock", {}, admin),
@@ -199,11 +200,12 @@ def test_the_checkout_api_refuses_odd_path_values_before_the_stream(
                 method, path, status, answer)  # fmt: skip
     # In a body: msgspec searches an id's pattern, whose `$` matched before a final newline,
     # so "acct\n" reached the log (and the database) before.
-    purchase = {"purchase_id": f"p-{run}\n", "account_id": "a1", "user_id": "u1",
-                "publisher_id": f"pub-{run}", "amount_cents": 266, "category": "vod",
-                "description": "x", "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
-    status, answer = api.call("POST", "/v1/purchases", purchase, key)
-    assert status == 422 and "purchase_id" in str(answer), answer
+    payment = {"amount_cents": 266, "category": "vod", "description": "x",
+               "content_id": f"film-{run}\n"}  # fmt: skip
+    status, answer = api.checkout.prepare(key, payment, f"k-{run}")
+    assert status == 422 and "content_id" in str(answer), answer
+    status, answer = api.checkout.prepare(key, {**payment, "content_id": "film"}, f"k {run}")
+    assert status == 400 and "Idempotency-Key" in str(answer), answer
     opening = {"account_id": f"a-{run}\n", "isp_id": "i1", "kind": "consumer"}
     status, answer = api.call("POST", "/v1/admin/accounts", opening, admin)
     assert status == 422 and "account_id" in str(answer), answer
@@ -248,6 +250,11 @@ def _ledger(*args: str) -> subprocess.CompletedProcess[str]:
         pytest.param(("balances", "account", "a\x01"), "id", id="balances-control-char"),
         pytest.param(("api", "--port", "70000"), "--port", id="api-port"),
         pytest.param(("isp-api", "--port", "-1"), "--port", id="isp-api-port"),
+        pytest.param(
+            ("api", "--payment-ttl-seconds", "0"), "--payment-ttl-seconds", id="api-payment-ttl"
+        ),
+        pytest.param(("idp", "--port", "99999"), "--port", id="idp-port"),
+        pytest.param(("isp-secret", "--isp", "bad\x01isp"), "--isp", id="secret-control-char"),
         pytest.param(("project", "--name", "../p1"), "--name", id="project-name"),
         pytest.param(("reconcile", "--wait-seconds", "nan"), "--wait-seconds", id="reconcile-nan"),
         pytest.param(("replay", "--schema", "Ledger; DROP"), "--schema", id="replay-schema"),

@@ -122,7 +122,7 @@ def _ledger_command_lines() -> list[list[str]]:
 
 def test_every_ledger_command_line_is_accepted_by_the_real_parser() -> None:
     lines = _ledger_command_lines()
-    assert {line[0] for line in lines} == {"stack", "worker", "project", "api", "isp-api"}
+    assert {line[0] for line in lines} == {"stack", "worker", "project", "api", "isp-api", "idp"}
     parser = build_parser()
     for line in lines:
         parser.parse_args(line)  # exits (SystemExit) on a bad command line

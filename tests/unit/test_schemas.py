@@ -106,6 +106,23 @@ def test_a_purchase_sent_as_v1_and_again_as_v2_is_one_purchase() -> None:
     assert fingerprint(with_content) != fingerprint(as_v2)
 
 
+def test_a_consented_purchase_is_another_body_and_old_bytes_are_unchanged() -> None:
+    """Issue 14: `consent` (the SHA-256 of the ISP's assertion) is a new trailing field, left out
+    when null: a purchase without it encodes as before; with it, it has no v1 equal."""
+    v2 = {**_golden("purchase.requested.v1"), "type": "purchase.requested.v2"}
+    plain = codec.decode_command(json.dumps(v2).encode())
+    assert isinstance(plain, PurchaseRequested) and plain.consent is None
+    assert b"consent" not in codec.encode(plain)
+    digest = "ab" * 32
+    consented = codec.decode_command(json.dumps({**v2, "consent": digest}).encode())
+    assert isinstance(consented, PurchaseRequested) and consented.consent == digest
+    assert consented.downcast() is None and plain.downcast() is not None
+    assert fingerprint(consented) != fingerprint(plain)
+    for bad in ("AB" * 32, "ab" * 31, "ab" * 32 + "\n", "zz" * 32):
+        with pytest.raises(codec.InvalidMessage):
+            codec.decode_command(json.dumps({**v2, "consent": bad}).encode())
+
+
 def _purchase(**changes: Any) -> bytes:
     payload = {**_golden("purchase.requested.v1"), **changes}
     return json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
