@@ -251,15 +251,45 @@ def _checkout_with_consent(workload: simulate.Workload, admin_key: str) -> list[
                               login["password"], "demo-1", wait_seconds=60)  # fmt: skip
     except CheckoutFailed as failed:
         raise LedgerError(f"the checkout with consent failed: {failed}") from None
+    held = _held_and_captured(checkout, publisher["api_key"], opened.isp_id, login)
     status, left = checkout.prepare(publisher["api_key"], payment, "demo-2")
     decision = bought["decision"]
     return [
         "checkout with consent (prepare, the page, the ISP's sign-in, confirm):",
         f"  {bought['payment_id']} of {opened.account_id} at {opened.isp_id}:"
         f" {decision['status']} {decision.get('reason') or ''}".rstrip(),
+        f"  a held payment: {held}",
         f"  try one in a browser: {left.get('confirm_url', status)}",
         f"  pick {opened.isp_id}, sign in as {login['login']} / {login['password']}",
     ]
+
+
+def _held_and_captured(checkout: Any, key: str, isp_id: str, login: dict[str, Any]) -> str:
+    """A payment held at confirmation (5.00 EUR for an hour), then captured in part (3.00 EUR):
+    only the captured part is billed, the rest is released."""
+    from ledger.api.client import CheckoutFailed
+
+    body = {"amount_cents": 500, "category": "vod", "description": "Location 48 h",
+            "capture": "hold", "hold_seconds": 3600}  # fmt: skip
+    status, prepared = checkout.prepare(key, body, "demo-hold")
+    if status != 201:
+        raise LedgerError(f"preparing a held payment answered {status}: {prepared}")
+    try:
+        confirmed = checkout.confirm(prepared["confirm_url"], isp_id, login["login"],
+                                     login["password"])  # fmt: skip
+    except CheckoutFailed as failed:
+        raise LedgerError(f"the held payment's confirmation failed: {failed}") from None
+    deadline = time.monotonic() + CHECKOUT_READY_SECONDS
+    while True:  # 202 while the hold is not decided yet: the same capture again
+        status, captured = checkout.capture(key, prepared["payment_id"], 300)
+        if status != 202 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if status != 200:
+        raise LedgerError(f"capturing the held payment answered {status}: {captured}")
+    amount = int(captured["purchase"]["amount_cents"])
+    return (f"{prepared['payment_id']} {confirmed.outcome.get('status')} 5.00 EUR, captured"
+            f" {amount / 100:.2f} EUR (the rest released)")  # fmt: skip
 
 
 def run(

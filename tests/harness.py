@@ -296,14 +296,16 @@ class ApiServer:
     (`ledger idp`) beside it, as the stack starts them (issue 14)."""
 
     def __init__(
-        self, log_dir: Path, admin_key: str, payment_ttl_seconds: int | None = None
-    ) -> None:
+        self, log_dir: Path, admin_key: str, payment_ttl_seconds: int | None = None,
+        holds_expiry_seconds: int = 0,
+    ) -> None:  # fmt: skip
         self.port = free_port()
         self.idp_port = free_port()
         self.admin_key = admin_key
         self.log_path = log_dir / "api.log"
         self.idp_log_path = log_dir / "idp.log"
         self.payment_ttl_seconds = payment_ttl_seconds
+        self.holds_expiry_seconds = holds_expiry_seconds
         self.process: subprocess.Popen[bytes] | None = None
         self.idp: subprocess.Popen[bytes] | None = None
         self._secrets: set[str] = set()
@@ -331,6 +333,8 @@ class ApiServer:
         )
         ttl = [] if self.payment_ttl_seconds is None else [
             "--payment-ttl-seconds", str(self.payment_ttl_seconds)]  # fmt: skip
+        # No expiry barrier unless asked for: tests count the commands on the log.
+        ttl += ["--holds-expiry-seconds", str(self.holds_expiry_seconds)]
         self.process = self._spawn(
             ["api", "--port", str(self.port), "--idp-url", f"http://127.0.0.1:{self.idp_port}",
              *ttl], self.log_path,

@@ -4,13 +4,14 @@ so a body that decodes is a command that the authorizer can decide."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from ledger.api.errors import ApiError
-from schemas.commands import LimitOverrides
+from schemas.commands import HOLD_DURATION_MAX, LimitOverrides
 from schemas.reference import AllowedLatenessSeconds
 from schemas.types import (
     TEXT_PATTERN,
@@ -33,16 +34,45 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     one again safely after a timeout, give both: the same command is then the same fact."""
 
 
+HOLD_SECONDS_MIN: Final = 60
+HOLD_SECONDS_MAX: Final = int(HOLD_DURATION_MAX.total_seconds())
+HOLD_SECONDS_DEFAULT: Final = 3600
+
+
 class PaymentBody(Body, frozen=True):
     """A payment a publisher prepares (issue 14): no account, no time. The subscriber confirms it
     on the ledger's page; the time of the purchase is the platform's, at confirmation. `capture`
-    "hold" is refused (422 hold_not_available) until held payments are merged."""
+    "immediate" (the default) charges at confirmation; "hold" reserves the amount (the cap room
+    is taken) for `hold_seconds` (default one hour, at most 7 days) until the publisher captures
+    (all or part) or voids it."""
 
     amount_cents: PositiveCents  # including VAT
     description: Text
     category: Category
     content_id: Id | None = None
     capture: Literal["immediate", "hold"] = "immediate"
+    hold_seconds: Annotated[int, Meta(ge=HOLD_SECONDS_MIN, le=HOLD_SECONDS_MAX)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.hold_seconds is not None and self.capture != "hold":
+            raise ValueError('hold_seconds is for capture "hold" only')
+
+    @property
+    def hold_for(self) -> int | None:
+        """The hold's length in seconds (None: not a hold)."""
+        if self.capture != "hold":
+            return None
+        return HOLD_SECONDS_DEFAULT if self.hold_seconds is None else self.hold_seconds
+
+
+class CaptureBody(Body, frozen=True):
+    """A capture of a held payment: all of it (no amount) or part, once; the rest is released."""
+
+    amount_cents: PositiveCents | None = None
+
+
+class VoidBody(Body, frozen=True):
+    """A void of a held payment: no field (the hold's whole amount is released)."""
 
 
 class CredentialsBody(Body, frozen=True):
@@ -113,8 +143,8 @@ class EmployeeBody(Body, frozen=True):
 
 
 REQUEST_BODIES: tuple[type[Body], ...] = (
-    PaymentBody, CredentialsBody, RefundBody, IspBody, PublisherBody, AccountBody, BlockBody,
-    CommandBody, LimitsBody, EmployeeBody,
+    PaymentBody, CaptureBody, VoidBody, CredentialsBody, RefundBody, IspBody, PublisherBody,
+    AccountBody, BlockBody, CommandBody, LimitsBody, EmployeeBody,
 )  # fmt: skip
 
 

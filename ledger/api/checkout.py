@@ -5,12 +5,17 @@ purchase command reach the stream.
 - `POST /v1/payments` (publisher key, `Idempotency-Key`): a row of `prepared_payments`, no
   command (it names no account yet). Expires after `payment_ttl_seconds` (15 minutes).
 - `GET /v1/payments/{id}` (publisher key, own payments only): its status and the decision.
+- `POST /v1/payments/{id}/capture` and `/void` (publisher key, own held payments): capture (all
+  or part, once) or void a payment prepared with `capture: "hold"` and confirmed; the commands
+  carry the platform's time, and the first one asked for is kept, so that a retry is the same
+  command (the same fact).
 - `GET /pay/{id}`: the page; `POST /pay/{id}/identify` sends the subscriber to their ISP's
   identity component (`ledger idp`); `POST /pay/{id}/cancel` cancels.
 - `GET /pay/{id}/return?assertion=…`: the ISP's assertion checked (forged, expired, mismatch,
   wrong_isp, reused: ledger.api.assertion), the nonce marked used in the statement that marks
   the payment confirmed, then `purchase.requested.v2` with the platform's time and
-  `consent` = SHA-256 of the assertion, and the decision shown.
+  `consent` = SHA-256 of the assertion (`payment.hold_requested.v1` for a held payment, with its
+  `hold_expires_at`), and the decision shown.
 
 Every refusal is a 4xx (a page for the subscriber, JSON for the publisher) and puts nothing on
 the log.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import secrets as random
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -32,15 +38,27 @@ from prometheus_client import Counter
 
 from ledger.api import assertion, page, purchases
 from ledger.api import isp_secrets as secrets
-from ledger.api.bodies import PaymentBody, read_body
+from ledger.api.bodies import CaptureBody, PaymentBody, VoidBody, read_body
 from ledger.api.errors import ApiError
 from ledger.api.page import euros, t
 from ledger.api.validation import ID, path_value
 from ledger.core.authorizer import fingerprint
 from ledger.core.invariant import InvariantBroken
 from schemas import codec
-from schemas.commands import PurchaseRequested
-from schemas.facts import PurchaseAuthorized, PurchaseRejected
+from schemas.commands import (
+    PaymentCaptureRequested,
+    PaymentHoldRequested,
+    PaymentVoidRequested,
+    PurchaseRequested,
+)
+from schemas.facts import (
+    Fact,
+    PaymentCommandRejected,
+    PaymentReserved,
+    PaymentVoided,
+    PurchaseAuthorized,
+    PurchaseRejected,
+)
 
 if TYPE_CHECKING:
     from ledger.api.server import Api
@@ -68,7 +86,7 @@ IDEMPOTENCY_HINT = (
 _PAYMENT = (
     "SELECT payment_id, publisher_id, idempotency_key, request_sha256, amount_cents, category,"
     " description, content_id, capture, nonce, status, created_at, expires_at, confirmed_at,"
-    " cancelled_at, isp_id, account_id, user_id, consent, command"
+    " cancelled_at, isp_id, account_id, user_id, consent, command, hold_seconds, finish_command"
     " FROM prepared_payments WHERE payment_id = %s"
 )
 _CONFIRM = (
@@ -107,8 +125,20 @@ def _prepared_view(api: Api, row: dict[str, Any]) -> dict[str, Any]:
     return {
         "payment_id": row["payment_id"], "confirm_url": f"{api.public_url}/pay/{row['payment_id']}",
         "expires_at": row["expires_at"].isoformat(), "amount_cents": row["amount_cents"],
-        "capture": row["capture"],
+        "capture": row["capture"], "hold_seconds": row["hold_seconds"],
     }  # fmt: skip
+
+
+Confirmation = PurchaseRequested | PaymentHoldRequested
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a confirmed payment came to, for its page: authorized or rejected (a purchase, or a
+    hold refused), or a hold's state (reserved, captured, voided, expired)."""
+
+    status: str
+    reason: str | None = None
 
 
 async def _decision(api: Api, row: dict[str, Any]) -> purchases.Purchase | None:
@@ -120,13 +150,55 @@ async def _decision(api: Api, row: dict[str, Any]) -> purchases.Purchase | None:
         raise
 
 
-async def _decide(api: Api, command: PurchaseRequested) -> purchases.Purchase | None:
-    fact = await api.decide(command, ("purchase", command.purchase_id, fingerprint(command)))
+async def _held(api: Api, row: dict[str, Any]) -> dict[str, Any] | None:
+    """A held payment as the projection has it (None: not projected yet, or its hold refused)."""
+    rows = await api.db.query(
+        "SELECT status, amount_held_cents, amount_captured_cents, reserved_at, hold_expires_at,"
+        " finished_at FROM payments WHERE account_id = %s AND payment_id = %s",
+        (row["account_id"], row["payment_id"]),
+    )
+    if not rows:
+        return None
+    found = rows[0]
+    return {
+        "status": found["status"], "amount_held_cents": found["amount_held_cents"],
+        "amount_captured_cents": found["amount_captured_cents"],
+        "reserved_at": found["reserved_at"].isoformat(),
+        "hold_expires_at": found["hold_expires_at"].isoformat(),
+        "finished_at": found["finished_at"].isoformat() if found["finished_at"] else None,
+    }  # fmt: skip
+
+
+async def _decision_view(api: Api, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision of a confirmed payment, for its publisher: a purchase's view, or a held
+    payment's state (a refused hold is a rejected purchase)."""
+    if row["capture"] == "hold":
+        held = await _held(api, row)
+        if held is not None:
+            return held
+    decision = await _decision(api, row)
+    return decision.view() if decision is not None else None
+
+
+async def _outcome(api: Api, row: dict[str, Any]) -> Outcome | None:
+    view = await _decision_view(api, row)
+    if view is None:
+        return None
+    return Outcome(str(view["status"]), view.get("reason"))
+
+
+async def _decide(api: Api, command: Confirmation) -> Outcome | None:
+    key = command.purchase_id if isinstance(command, PurchaseRequested) else command.payment_id
+    fact = await api.decide(command, ("purchase", key, fingerprint(command)))
     if fact is None:
         return None
-    if not isinstance(fact, PurchaseAuthorized | PurchaseRejected):
-        raise InvariantBroken(f"a purchase decided as {type(fact).__name__}")
-    return purchases.Purchase.of_fact(fact)
+    if isinstance(fact, PaymentReserved):
+        return Outcome("reserved")
+    if isinstance(fact, PurchaseRejected):
+        return Outcome("rejected", fact.reason)
+    if isinstance(fact, PurchaseAuthorized):
+        return Outcome("authorized")
+    raise InvariantBroken(f"a confirmation decided as {type(fact).__name__}")
 
 
 def _isp_name(api: Api, isp_id: str | None) -> str:
@@ -148,7 +220,7 @@ def _payment_details(api: Api, row: dict[str, Any], lang: str) -> list[tuple[str
 
 
 async def _result_page(
-    api: Api, row: dict[str, Any], decision: purchases.Purchase | None, lang: str
+    api: Api, row: dict[str, Any], decision: Outcome | None, lang: str
 ) -> web.Response:
     """A confirmed payment: its decision (or pending), with who confirmed it."""
     rows = _payment_details(api, row, lang)
@@ -161,14 +233,17 @@ async def _result_page(
         body = page.outcome("pending", payment_id=row["payment_id"])
         body += f"<p>{t('pending', lang)}</p>{page.details(rows)}"
         return page.document(t("title", lang), body, lang, 202)
-    status = "authorized" if decision.authorized else "rejected"
+    status = decision.status
     body = page.outcome(status, decision.reason or "", payment_id=row["payment_id"])
     if decision.reason:
         body += (
             f'<p class="error">{t("reason", lang)}: '
             f'<span id="reason">{page.reason_text(decision.reason, lang)}</span></p>'
         )
-    return page.document(t(status, lang), body + page.details(rows), lang)
+    if status == "reserved":
+        body += f"<p>{t('held', lang)}</p>"
+    title = t("hold_expired" if status == "expired" else status, lang)
+    return page.document(title, body + page.details(rows), lang)
 
 
 def _refused_page(reason: str, detail: str, lang: str) -> web.Response:
@@ -200,20 +275,18 @@ def _publisher_routes(api: Api, table: web.RouteTableDef) -> None:
         if not ID.fullmatch(key):
             raise ApiError(400, "bad_request", IDEMPOTENCY_HINT)
         body: PaymentBody = await read_body(request, PaymentBody)
-        if body.capture == "hold":
-            raise ApiError(422, "hold_not_available", 'capture "hold" is not available yet:'
-                           ' prepare with capture "immediate" (the default)')  # fmt: skip
         request_sha = hashlib.sha256(msgspec.json.encode(body)).hexdigest()
         now = datetime.now(UTC)
         rows = await api.db.query(
             "INSERT INTO prepared_payments (payment_id, publisher_id, idempotency_key,"
             " request_sha256, amount_cents, category, description, content_id, capture, nonce,"
-            " status, created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " 'prepared', %s, %s) ON CONFLICT (publisher_id, idempotency_key) DO NOTHING"
-            " RETURNING payment_id",
+            " status, created_at, expires_at, hold_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s, 'prepared', %s, %s, %s) ON CONFLICT (publisher_id, idempotency_key)"
+            " DO NOTHING RETURNING payment_id",
             (f"pay-{uuid.uuid4().hex}", publisher.publisher_id, key, request_sha,
              body.amount_cents, body.category, body.description, body.content_id, body.capture,
-             random.token_hex(16), now, now + timedelta(seconds=api.payment_ttl_seconds)),
+             random.token_hex(16), now, now + timedelta(seconds=api.payment_ttl_seconds),
+             body.hold_for),
         )  # fmt: skip
         if rows:
             PREPARED.inc()
@@ -239,15 +312,111 @@ def _publisher_routes(api: Api, table: web.RouteTableDef) -> None:
         row = await _row(api, payment_id)
         if row is None or row["publisher_id"] != publisher.publisher_id:
             raise ApiError(404, "not_found", f"no payment {payment_id!r} of yours")
-        decision = await _decision(api, row) if row["status"] == "confirmed" else None
+        decision = await _decision_view(api, row) if row["status"] == "confirmed" else None
         view = _prepared_view(api, row) | {
             "status": status_of(row, datetime.now(UTC)), "description": row["description"],
             "category": row["category"], "content_id": row["content_id"],
             "account_id": row["account_id"], "user_id": row["user_id"],
             "confirmed_at": row["confirmed_at"].isoformat() if row["confirmed_at"] else None,
-            "decision": decision.view() if decision is not None else None,
+            "decision": decision,
         }  # fmt: skip
         return web.json_response(view)
+
+    @table.post("/v1/payments/{payment_id}/capture")
+    async def capture(request: web.Request) -> web.Response:
+        publisher = api.publisher_of(request)
+        payment_id = path_value(request, "payment_id", ID, "payment")
+        body: CaptureBody = await read_body(request, CaptureBody)
+        row = await _held_payment(api, publisher.publisher_id, payment_id)
+        command = PaymentCaptureRequested(
+            payment_id=payment_id, account_id=row["account_id"],
+            publisher_id=publisher.publisher_id,
+            amount_cents=body.amount_cents or int(row["amount_cents"]),
+            occurred_at=datetime.now(UTC),
+        )  # fmt: skip
+        return await _finish(api, row, command)
+
+    @table.post("/v1/payments/{payment_id}/void")
+    async def void(request: web.Request) -> web.Response:
+        publisher = api.publisher_of(request)
+        payment_id = path_value(request, "payment_id", ID, "payment")
+        await read_body(request, VoidBody)
+        row = await _held_payment(api, publisher.publisher_id, payment_id)
+        command = PaymentVoidRequested(
+            payment_id=payment_id, account_id=row["account_id"],
+            publisher_id=publisher.publisher_id, occurred_at=datetime.now(UTC),
+        )  # fmt: skip
+        return await _finish(api, row, command)
+
+
+Finish = PaymentCaptureRequested | PaymentVoidRequested
+# A capture or void refused, by reason: 409 the payment is in another state; 422 the amount.
+FINISH_REFUSAL_STATUS = {"capture_exceeds_hold": 422}
+
+
+async def _held_payment(api: Api, publisher_id: str, payment_id: str) -> dict[str, Any]:
+    """The publisher's held payment, confirmed: else a 404 (not its own) or 409 (not held, or
+    not confirmed yet)."""
+    row = await _row(api, payment_id)
+    if row is None or row["publisher_id"] != publisher_id:
+        raise ApiError(404, "not_found", f"no payment {payment_id!r} of yours")
+    if row["capture"] != "hold":
+        raise ApiError(409, "not_held", "this payment was captured at confirmation: refund it"
+                       " instead (POST /v1/purchases/{id}/refunds)")  # fmt: skip
+    state = status_of(row, datetime.now(UTC))
+    if state != "confirmed":
+        raise ApiError(409, f"payment_{state}", f"this payment is {state}, not confirmed: there"
+                       " is no hold to capture or void")  # fmt: skip
+    return row
+
+
+async def _finish(api: Api, row: dict[str, Any], command: Finish) -> web.Response:
+    """Send the capture or void; the first one asked for is kept, and a request equal to it
+    (the same action, for a capture the same amount) sends it again: a retry after a timeout is
+    the same command, answered with the same fact. Anything else is decided against the hold's
+    state (refused once the hold is finished)."""
+    kept = await api.db.query(
+        "UPDATE prepared_payments SET finish_command = %s WHERE payment_id = %s"
+        " AND finish_command IS NULL RETURNING finish_command",
+        (codec.encode(command), row["payment_id"]),
+    )
+    if not kept:
+        first = await _row(api, row["payment_id"])
+        assert first is not None and first["finish_command"] is not None
+        earlier = codec.decode_command(bytes(first["finish_command"]))
+        if _same_request(earlier, command):
+            command = earlier  # type: ignore[assignment]
+    fact = await api.decide(command, ("purchase", command.payment_id, fingerprint(command)))
+    if fact is None:
+        return web.json_response(
+            {"status": "pending", "payment_id": command.payment_id,
+             "message": "not decided yet: send the same request again"}, status=202,
+        )  # fmt: skip
+    return _finish_answer(fact)
+
+
+def _same_request(earlier: object, command: Finish) -> bool:
+    if isinstance(command, PaymentCaptureRequested):
+        return (
+            isinstance(earlier, PaymentCaptureRequested)
+            and earlier.amount_cents == command.amount_cents
+        )
+    return isinstance(earlier, PaymentVoidRequested)
+
+
+def _finish_answer(fact: Fact) -> web.Response:
+    if isinstance(fact, PurchaseAuthorized):
+        view = purchases.Purchase.of_fact(fact).view()
+        return web.json_response({"status": "captured", "purchase": view})
+    if isinstance(fact, PaymentVoided):
+        return web.json_response({"status": "voided", "released_cents": fact.amount_cents})
+    if isinstance(fact, PaymentCommandRejected):
+        return web.json_response(
+            {"status": "refused", "action": fact.action, "reason": fact.reason,
+             "payment_id": fact.payment_id},
+            status=FINISH_REFUSAL_STATUS.get(fact.reason, 409),
+        )  # fmt: skip
+    raise InvariantBroken(f"a capture or void decided as {type(fact).__name__}")
 
 
 def _page_routes(api: Api, table: web.RouteTableDef) -> None:
@@ -260,12 +429,12 @@ def _page_routes(api: Api, table: web.RouteTableDef) -> None:
             return page.message_page("not_found", lang, 404, detail=payment_id[:64])
         state = status_of(row, datetime.now(UTC))
         if state == "confirmed":
-            decision = await _decision(api, row)
+            decision = await _outcome(api, row)
             if decision is None and row["command"] is not None:
                 # Marked confirmed but its command may not have reached the log (a failure
                 # after the commit): the same command again is the same purchase.
                 command = codec.decode_command(bytes(row["command"]))
-                assert isinstance(command, PurchaseRequested)
+                assert isinstance(command, PurchaseRequested | PaymentHoldRequested)
                 decision = await _decide(api, command)
             return await _result_page(api, row, decision, lang)
         if state == "cancelled":
@@ -374,7 +543,7 @@ def _subscriber_actions(api: Api, table: web.RouteTableDef) -> None:
         return await _result_page(api, row, await _decide(api, command), lang)
 
 
-async def _verified(api: Api, row: dict[str, Any], token: str) -> PurchaseRequested:
+async def _verified(api: Api, row: dict[str, Any], token: str) -> Confirmation:
     """The checks of the design notes in their order; the last marks the nonce used and the
     payment confirmed in one statement. Returns the command to send."""
     now = datetime.now(UTC)
@@ -393,12 +562,22 @@ async def _verified(api: Api, row: dict[str, Any], token: str) -> PurchaseReques
         assert refusal is not None
         raise refusal
     consent = assertion.digest(token)
-    command = PurchaseRequested(
-        purchase_id=row["payment_id"], account_id=claims.account_id, user_id=claims.user_id,
-        publisher_id=row["publisher_id"], amount_cents=int(row["amount_cents"]),
-        category=row["category"], description=row["description"], occurred_at=now,
-        content_id=row["content_id"], consent=consent,
-    )  # fmt: skip
+    command: Confirmation
+    if row["capture"] == "hold":
+        command = PaymentHoldRequested(
+            payment_id=row["payment_id"], account_id=claims.account_id, user_id=claims.user_id,
+            publisher_id=row["publisher_id"], amount_cents=int(row["amount_cents"]),
+            category=row["category"], description=row["description"], occurred_at=now,
+            hold_expires_at=now + timedelta(seconds=int(row["hold_seconds"])),
+            content_id=row["content_id"], consent=consent,
+        )  # fmt: skip
+    else:
+        command = PurchaseRequested(
+            purchase_id=row["payment_id"], account_id=claims.account_id, user_id=claims.user_id,
+            publisher_id=row["publisher_id"], amount_cents=int(row["amount_cents"]),
+            category=row["category"], description=row["description"], occurred_at=now,
+            content_id=row["content_id"], consent=consent,
+        )  # fmt: skip
     encoded = codec.encode(command)
     try:
         codec.decode_command(encoded)  # what the workers will read, read here first

@@ -197,6 +197,15 @@ class Checkout:
         token = parse_qs(urlsplit(back).query).get("assertion", [""])[0]
         return Confirmed(browse(back), token, back)
 
+    def capture(
+        self, key: str, payment_id: str, amount_cents: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        body = {} if amount_cents is None else {"amount_cents": amount_cents}
+        return self.call("POST", f"/v1/payments/{payment_id}/capture", body, key)
+
+    def void(self, key: str, payment_id: str) -> tuple[int, dict[str, Any]]:
+        return self.call("POST", f"/v1/payments/{payment_id}/void", {}, key)
+
     def cancel(self, confirm_url: str) -> Answer:
         return submit(browse(confirm_url), "cancel")
 

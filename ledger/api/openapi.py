@@ -269,6 +269,7 @@ def _form(*fields: str) -> dict[str, Any]:
 def _checkout_paths() -> dict[str, Any]:
     """Checkout with consent (issue 14, ledger.api.checkout)."""
     payment = [_path_param("payment_id")]
+    pending = {"202": _response("not decided within the timeout: send the same request again")}
     idempotency = {
         "name": "Idempotency-Key",
         "in": "header",
@@ -290,8 +291,10 @@ def _checkout_paths() -> dict[str, Any]:
                     {"201": prepared},
                     (400, 401, 409, 413, 422, 503),
                     admin=False,
-                    description='capture "hold" is refused (422 hold_not_available) for '
-                    "now. A prepared payment expires after 15 minutes.",
+                    description='capture "immediate" (the default) charges at confirmation;'
+                    ' "hold" reserves the amount for hold_seconds (60 to 604800, default 3600)'
+                    " until you capture or void it. A prepared payment expires after 15 "
+                    "minutes if nobody confirms it.",
                 ),
                 "parameters": [idempotency],
             }
@@ -305,6 +308,32 @@ def _checkout_paths() -> dict[str, Any]:
                 {"200": _response("the payment")},
                 (401, 404, 503),
                 admin=False,
+            ),
+        },
+        "/v1/payments/{payment_id}/capture": {
+            "parameters": payment,
+            "post": _op(
+                "Capture a held payment of yours: all of it (no amount) or part, once; the rest"
+                " is released. The same request again is answered with the same fact",
+                "CaptureBody",
+                {"200": _response("captured: the purchase billed"), **pending},
+                (401, 404, 409, 413, 422, 503),
+                admin=False,
+                body_required=False,
+                description="409: not a held payment (not_held), not confirmed, or refused by"
+                " the ledger (reservation_expired, reservation_voided, reservation_captured,"
+                " payment_unknown: its hold was refused); 422: capture_exceeds_hold.",
+            ),
+        },
+        "/v1/payments/{payment_id}/void": {
+            "parameters": payment,
+            "post": _op(
+                "Void a held payment of yours: its whole amount is released, nothing is billed",
+                "VoidBody",
+                {"200": _response("voided"), **pending},
+                (401, 404, 409, 413, 422, 503),
+                admin=False,
+                body_required=False,
             ),
         },
         "/pay/{payment_id}": {

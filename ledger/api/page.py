@@ -33,6 +33,16 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "account": {"fr": "Compte", "en": "Account"},
     "authorized": {"fr": "Paiement accepté", "en": "Payment authorised"},
     "rejected": {"fr": "Paiement refusé", "en": "Payment refused"},
+    "reserved": {"fr": "Montant réservé", "en": "Amount reserved"},
+    "held": {
+        "fr": "Le montant est réservé jusqu'à ce que l'éditeur le débite : seul ce qu'il débite"
+        " sera ajouté à votre facture.",
+        "en": "The amount is reserved until the publisher charges it: only what it charges will"
+        " be added to your bill.",
+    },
+    "captured": {"fr": "Paiement débité", "en": "Payment charged"},
+    "voided": {"fr": "Réservation annulée", "en": "Reservation cancelled"},
+    "hold_expired": {"fr": "Réservation expirée", "en": "Reservation expired"},
     "pending": {
         "fr": "Paiement en cours de traitement : rechargez la page dans un instant.",
         "en": "Payment being processed: reload the page in a moment.",

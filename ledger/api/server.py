@@ -56,6 +56,7 @@ from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.reference import ReferenceReader
 from ledger.kafka.settings import api_producer_config
+from ledger.produce import send_holds_expiry_async
 from ledger.settings import listen_host
 from schemas import codec
 from schemas.commands import (
@@ -74,6 +75,10 @@ from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecor
 log = logging.getLogger("ledger.api")
 R = TypeVar("R", IspRegistered, PublisherRegistered)
 DECISION_TIMEOUT_SECONDS = 5.0
+HOLDS_EXPIRY_SECONDS_DEFAULT = 60.0
+HOLDS_EXPIRY_SENT = Counter(
+    "ledger_api_holds_expiry_barriers_total", "holds' expiry barriers sent (to every partition)"
+)
 FUTURE_SKEW_SECONDS = 300  # occurred_at may be ahead of our clock by this much, not more
 IDP_TIMEOUT_SECONDS = 10.0
 METRICS = RequestMetrics(
@@ -94,6 +99,8 @@ class Api:
     idp_url: str = "http://127.0.0.1:18082"
     public_url: str = "http://127.0.0.1:18080"
     payment_ttl_seconds: int = PAYMENT_TTL_SECONDS_DEFAULT
+    # How often this process sends the holds' expiry barrier (0: never; another process does).
+    holds_expiry_seconds: float = HOLDS_EXPIRY_SECONDS_DEFAULT
     listener: DecisionListener = field(init=False)
     reference: ReferenceReader = field(init=False)
     db: Database = field(init=False)
@@ -120,9 +127,25 @@ class Api:
             asyncio.create_task(self.listener.run(await self._projected())),
             asyncio.create_task(self.reference.run()),
         ]
+        if self.holds_expiry_seconds > 0:
+            self.tasks.append(asyncio.create_task(self._expire_holds()))
         await asyncio.wait_for(
             asyncio.gather(self.listener.ready.wait(), self.reference.ready.wait()), 60
         )
+
+    async def _expire_holds(self) -> None:
+        """The holds' expiry barrier (ledger.produce.send_holds_expiry_async) to every partition,
+        at the platform's time, every `holds_expiry_seconds`: a hold expires at most that long
+        after its end (a capture after its end is refused in event time anyway). Several API
+        processes each sending it is harmless: a hold expires once."""
+        while True:
+            await asyncio.sleep(self.holds_expiry_seconds)
+            try:
+                await send_holds_expiry_async(self.producer, self.partitions)
+                HOLDS_EXPIRY_SENT.inc()
+            except Exception as error:  # the broker away: the next tick tries again
+                log.warning("the holds' expiry barrier was not sent (%s): next in %s s",
+                            type(error).__name__, self.holds_expiry_seconds)  # fmt: skip
 
     async def _projected(self) -> dict[int, int]:
         """Where the projection writer resumes each partition of ledger.events: what it has
@@ -425,8 +448,9 @@ def create_web_app(api: Api) -> web.Application:
 def run_api(
     bootstrap_servers: str, partitions: int, admin_key_sha256: str, dsn: str, port: int,
     idp_url: str, public_url: str, payment_ttl_seconds: int = PAYMENT_TTL_SECONDS_DEFAULT,
+    holds_expiry_seconds: float = HOLDS_EXPIRY_SECONDS_DEFAULT,
 ) -> None:  # fmt: skip
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = Api(bootstrap_servers, partitions, admin_key_sha256, dsn, idp_url.rstrip("/"),
-              public_url.rstrip("/"), payment_ttl_seconds)  # fmt: skip
+              public_url.rstrip("/"), payment_ttl_seconds, holds_expiry_seconds)  # fmt: skip
     web.run_app(create_web_app(api), host=listen_host(), port=port, print=None)

@@ -342,9 +342,10 @@ class _Checkout:
         base = f"http://127.0.0.1:{self.port}"
         self.idp = _Process("isp-idp", ["idp", "--port", str(idp_port), "--platform-url", base],
                             env, settings.home / "logs")  # fmt: skip
+        # No holds' expiry barrier: the bench counts the commands it sent.
         self.process = _Process("checkout-api", ["api", "--port", str(self.port), "--idp-url",
-                                f"http://127.0.0.1:{idp_port}"], env,
-                                settings.home / "logs")  # fmt: skip
+                                f"http://127.0.0.1:{idp_port}", "--holds-expiry-seconds", "0"],
+                                env, settings.home / "logs")  # fmt: skip
         self.client = Checkout(base)
 
     def until(self, path: str, body: dict[str, Any], key: str, wanted: tuple[int, ...]) -> Any:

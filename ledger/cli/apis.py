@@ -24,7 +24,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
           f" component at {args.idp_url}", flush=True)  # fmt: skip
     run_api(
         stack.bootstrap_servers, stack.partitions, keys.key_hash(admin), stack.dsn, args.port,
-        args.idp_url, _public_url(args), args.payment_ttl_seconds,
+        args.idp_url, _public_url(args), args.payment_ttl_seconds, args.holds_expiry_seconds,
     )  # fmt: skip
     return 0
 
@@ -69,6 +69,12 @@ def _positive_seconds(text: str) -> int:
     return int(text)
 
 
+def _non_negative_seconds(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds (0 to 3600)")
+    return int(text)
+
+
 def _cmd_isp_api(args: argparse.Namespace) -> int:
     from ledger.api.isp import run_isp_api
 
@@ -95,6 +101,13 @@ def add_parsers(commands: Any) -> None:
         type=_positive_seconds,
         default=15 * 60,
         help="a prepared payment expires after this long (default 900)",
+    )
+    api.add_argument(
+        "--holds-expiry-seconds",
+        type=_non_negative_seconds,
+        default=60,
+        help="send the held payments' expiry barrier this often (default 60; 0: never, when"
+        " another process sends it, or `ledger expire-holds` from a scheduler)",
     )
     api.set_defaults(handler=_cmd_api)
 

@@ -20,6 +20,9 @@ CREATE TABLE isp_secrets (
 -- again, with another request a 409. 'expired' is not stored: a prepared row past expires_at.
 -- At confirmation the row keeps who confirmed and the command sent, so that a page reloaded after
 -- a failure to produce sends the same command again (the same purchase, the same decision).
+-- A held payment (capture 'hold') keeps how long its hold lasts from the confirmation, and the
+-- first capture or void its publisher asked for (`finish_command`): a retry of the same request
+-- sends the same command again, so it is answered with the same fact.
 CREATE TABLE prepared_payments (
     payment_id      text        PRIMARY KEY,
     publisher_id    text        NOT NULL,
@@ -41,6 +44,9 @@ CREATE TABLE prepared_payments (
     user_id         text,
     consent         text        CHECK (consent IS NULL OR consent ~ '^[0-9a-f]{64}$'),
     command         bytea,
+    hold_seconds    integer     CHECK (hold_seconds BETWEEN 60 AND 604800),
+    finish_command  bytea,
+    CHECK ((capture = 'hold') = (hold_seconds IS NOT NULL)),
     UNIQUE (publisher_id, idempotency_key)
 );
 
