@@ -468,17 +468,24 @@ def _page_routes(api: Api, table: web.RouteTableDef) -> None:
         return page.document(t("title", lang), body, lang)
 
 
+async def _posted(api: Api, request: web.Request) -> tuple[Any, page.Lang, dict[str, Any] | None]:
+    """A form the page posted: its fields, the page's language, and the payment it names (None:
+    no such payment)."""
+    form = await request.post()
+    chosen = form.get("lang")
+    lang: page.Lang = str(chosen) if chosen in page.LANGS else page.lang_of(request)
+    payment_id = request.match_info["payment_id"]
+    row = await _row(api, payment_id) if ID.fullmatch(payment_id) else None
+    return form, lang, row
+
+
 def _subscriber_actions(api: Api, table: web.RouteTableDef) -> None:
     @table.post("/pay/{payment_id}/identify")
     async def identify(request: web.Request) -> web.Response:
-        form = await request.post()
-        lang = (
-            str(form.get("lang", "")) if form.get("lang") in page.LANGS else page.lang_of(request)
-        )
-        payment_id = request.match_info["payment_id"]
-        row = await _row(api, payment_id) if ID.fullmatch(payment_id) else None
+        form, lang, row = await _posted(api, request)
         if row is None:
             return page.message_page("not_found", lang, 404)
+        payment_id = row["payment_id"]
         refusal = _state_refusal(status_of(row, datetime.now(UTC)))
         if refusal is not None:
             return page.message_page("refused", lang, REFUSAL_STATUS[refusal.reason],
@@ -499,14 +506,10 @@ def _subscriber_actions(api: Api, table: web.RouteTableDef) -> None:
 
     @table.post("/pay/{payment_id}/cancel")
     async def cancel(request: web.Request) -> web.Response:
-        form = await request.post()
-        lang = (
-            str(form.get("lang", "")) if form.get("lang") in page.LANGS else page.lang_of(request)
-        )
-        payment_id = request.match_info["payment_id"]
-        row = await _row(api, payment_id) if ID.fullmatch(payment_id) else None
+        _form, lang, row = await _posted(api, request)
         if row is None:
             return page.message_page("not_found", lang, 404)
+        payment_id = row["payment_id"]
         now = datetime.now(UTC)
         done = await api.db.query(
             "UPDATE prepared_payments SET status = 'cancelled', cancelled_at = %s"
