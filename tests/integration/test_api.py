@@ -122,7 +122,9 @@ def test_checkout_through_the_stream(api: ApiServer, stack: StackState) -> None:
     assert checkout.prepare(key, payment, f"k-{run}") == (201, first)
     status, conflict = checkout.prepare(key, {**payment, "amount_cents": 267}, f"k-{run}")
     assert status == 409 and conflict["error"]["code"] == "idempotency_key_reused", conflict
-    assert checkout.prepare(key, {**payment, "capture": "hold"}, f"h-{run}")[0] == 422
+    short = {**payment, "capture": "hold", "hold_seconds": 59}  # a hold lasts a minute at least
+    status, invalid = checkout.prepare(key, short, f"h-{run}")
+    assert status == 422 and "hold_seconds" in invalid["error"]["message"], invalid
     assert checkout.payment(other_key, str(first["payment_id"]))[0] == 404  # not yours
 
     status, prepared = checkout.prepare(key, {**payment, "amount_cents": 1_501}, f"big-{run}")
