@@ -106,12 +106,12 @@ class Rows:
     blocks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
     balances: dict[tuple[str, str], BalanceDelta] = field(default_factory=dict)
     closes: list[PeriodClosed] = field(default_factory=list)
-    # Held payments (issue 14): the new ones (PAYMENT_COLUMNS); every authorized purchase, for
-    # the captures among them (account, purchase id, amount, event id: a capture is a purchase
-    # whose id is an open hold's, which only the database knows); voids and expiries (account,
-    # payment id, status, finished at, event id). Applied in this order.
+    # Held payments (issue 14): the new ones (PAYMENT_COLUMNS); how many purchases were
+    # authorized (a capture is a purchase whose id is an open hold's, which only the database
+    # knows: projections.store matches the open holds with the purchases table); voids and
+    # expiries (account, payment id, status, finished at, event id). Applied in this order.
     payments: list[Row] = field(default_factory=list)
-    authorized: list[Row] = field(default_factory=list)
+    authorized: int = 0
     finished: list[Row] = field(default_factory=list)
     # (isp_id, billing_period) of the money facts: none may be billed in a sealed period.
     billed: set[tuple[str, str]] = field(default_factory=set)
@@ -215,9 +215,7 @@ def add(rows: Rows, fact: Fact, raw: bytes) -> None:
     if isinstance(fact, PurchaseAuthorized):
         _purchase(rows, fact)
         _money(rows, fact, raw)
-        rows.authorized.append(
-            (fact.account_id, fact.purchase_id, fact.amount_cents, fact.event_id)
-        )
+        rows.authorized += 1
     elif isinstance(fact, PurchaseRefunded):
         _refund(rows, fact)
         _money(rows, fact, raw)
