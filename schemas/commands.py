@@ -178,6 +178,12 @@ class EmployeeRevokeRequested(Message, frozen=True, tag="employee.revoke_request
     occurred_at: Timestamp
 
 
+def _check_barrier(partition: int, partitions: int) -> None:
+    """A barrier command (a close, the holds' expiry) names its partition among all of them."""
+    if partition >= partitions:
+        raise ValueError("partition must be below partitions")
+
+
 class PeriodCloseRequested(Message, frozen=True, tag="period.close_requested.v1"):
     """Close an ISP's billing period. Sent once to each of the `partitions` partitions of
     ledger.commands: each copy is a barrier in its partition's order, so that every fact before it
@@ -192,8 +198,7 @@ class PeriodCloseRequested(Message, frozen=True, tag="period.close_requested.v1"
     occurred_at: Timestamp
 
     def __post_init__(self) -> None:
-        if self.partition >= self.partitions:
-            raise ValueError("partition must be below partitions")
+        _check_barrier(self.partition, self.partitions)
 
 
 # A hold lives at most a week (docs/design/checkout.md: `hold_seconds` 60 s to 7 days).
@@ -258,8 +263,7 @@ class HoldsExpireRequested(Message, frozen=True, tag="holds.expire_requested.v1"
     occurred_at: Timestamp
 
     def __post_init__(self) -> None:
-        if self.partition >= self.partitions:
-            raise ValueError("partition must be below partitions")
+        _check_barrier(self.partition, self.partitions)
 
 
 PaymentCommand = PaymentHoldRequested | PaymentCaptureRequested | PaymentVoidRequested

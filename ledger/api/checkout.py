@@ -40,6 +40,7 @@ from ledger.api import assertion, page, purchases
 from ledger.api import isp_secrets as secrets
 from ledger.api.bodies import CaptureBody, PaymentBody, VoidBody, read_body
 from ledger.api.errors import ApiError
+from ledger.api.http import pending
 from ledger.api.page import euros, t
 from ledger.api.validation import ID, path_value
 from ledger.core.authorizer import fingerprint
@@ -388,10 +389,7 @@ async def _finish(api: Api, row: dict[str, Any], command: Finish) -> web.Respons
             command = earlier  # type: ignore[assignment]
     fact = await api.decide(command, ("purchase", command.payment_id, fingerprint(command)))
     if fact is None:
-        return web.json_response(
-            {"status": "pending", "payment_id": command.payment_id,
-             "message": "not decided yet: send the same request again"}, status=202,
-        )  # fmt: skip
+        return pending("payment_id", command.payment_id)
     return _finish_answer(fact)
 
 

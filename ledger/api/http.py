@@ -70,6 +70,15 @@ def bearer(request: web.Request) -> str:
     return key
 
 
+def pending(kind: str, key: str) -> web.Response:
+    """A command not decided within the timeout: the client sends the same request again (the
+    same id, the same command: the same decision)."""
+    return web.json_response(
+        {"status": "pending", kind: key, "message": "not decided yet: send the same request again"},
+        status=202,
+    )
+
+
 def unauthenticated(message: str) -> ApiError:
     """A key that was sent but is nobody's (or not the one this route needs)."""
     return ApiError(401, UNAUTHENTICATED, message)

@@ -46,7 +46,7 @@ from ledger.api.bodies import (
 from ledger.api.checkout import PAYMENT_TTL_SECONDS_DEFAULT, checkout_routes
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
-from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
+from ledger.api.http import RequestMetrics, bearer, create_app, pending, unauthenticated
 from ledger.api.listener import Account, DecisionListener, WaitKey
 from ledger.api.openapi import openapi_document
 from ledger.api.validation import ID, path_value
@@ -242,13 +242,6 @@ def _check_time(occurred_at: datetime) -> None:
         raise ApiError(422, "occurred_at_in_future", "occurred_at is ahead of the ledger's clock")
 
 
-def _pending(kind: str, key: str) -> web.Response:
-    return web.json_response(
-        {"status": "pending", kind: key, "message": "not decided yet: send the same request again"},
-        status=202,
-    )
-
-
 def _fact_view(fact: Fact) -> dict[str, Any]:
     return msgspec.to_builtins(fact)  # type: ignore[no-any-return]
 
@@ -289,7 +282,7 @@ def _purchase_routes(api: Api, table: web.RouteTableDef) -> None:
         )  # fmt: skip
         fact = await api.decide(command, ("refund", command.refund_id, fingerprint(command)))
         if fact is None:
-            return _pending("refund_id", command.refund_id)
+            return pending("refund_id", command.refund_id)
         status = 200 if isinstance(fact, PurchaseRefunded) else 422
         return web.json_response(_fact_view(fact), status=status)
 
@@ -418,7 +411,7 @@ def _admin_handler(api: Api, route: AdminRoute) -> Callable[[web.Request], Await
         command = route.build(body, ids, body.command_id or f"api-{uuid.uuid4().hex}", occurred_at)
         fact = await api.decide(command, ("command", command.command_id, ""))
         if fact is None:
-            return _pending("command_id", command.command_id)
+            return pending("command_id", command.command_id)
         rejected = type(fact).__name__ == "CommandRejected"
         return web.json_response(_fact_view(fact), status=422 if rejected else 200)
 
