@@ -15,6 +15,9 @@ ID_FORM = "1 to 64 letters, digits and . _ : @ - (the first a letter or digit)"
 # An invoice id is "{isp_id}.{period}.{account_id}" (ledger.core.billing): id characters, two
 # ids, a period and two dots long at most.
 INVOICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,137}")
+# A credit note id is "{isp_id}.{period}.{account_id}.credit.{period}" (ledger.core.billing,
+# issue 15): an invoice id, ".credit." and a period longer at most.
+CREDIT_NOTE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,152}")
 # schemas.types.PeriodKey, with ASCII digits only.
 PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 # A page size or a port: ASCII digits only (int() also takes " 12", "1_2" and other scripts'

@@ -6,7 +6,8 @@
 - per sealed period, the account invoices add up to the ISP's totals, and each invoice to its
   lines; the statements add up to the period's gross and to what the journal owes publishers;
   each invoice's and period's totals per VAT rate are those of its lines (where they are kept:
-  periods sealed since migration 0006);
+  periods sealed since migration 0006); each credit note adds up to its lines and a period's
+  credit notes to its credit note totals (issue 15);
 - the faust balances (per publisher, per ISP) equal the PostgreSQL balances.
 
 Each check yields the rows that do not agree, named; none means the books reconcile.
@@ -98,15 +99,16 @@ def invoices_add_up(db: psycopg.Connection[Any]) -> Check:
             f"isp {isp} period {period}: summary {count} invoices {gross}/{net}/{vat} cents"
             f" (incl./excl./VAT), invoices {inv_count} {inv_gross}/{inv_net}/{inv_vat}"
         )
+    # The statements count every money fact of the period: the invoices' and the credit notes'.
     for isp, period, gross, owed, st_gross, st_owed in _rows(db, """
-        SELECT p.isp_id, p.period, p.gross_cents,
+        SELECT p.isp_id, p.period, p.gross_cents + coalesce(p.credit_notes_gross_cents, 0),
                (SELECT coalesce(-sum(j.amount_cents), 0) FROM journal j
                 WHERE j.isp_id = p.isp_id AND j.billing_period = p.period
                   AND j.party = 'publisher'),
                coalesce(sum(s.gross_cents), 0), coalesce(sum(s.owed_cents), 0)
         FROM billing_periods p LEFT JOIN statements s USING (isp_id, period)
         WHERE p.state = 'closed'
-        GROUP BY p.isp_id, p.period, p.gross_cents
+        GROUP BY p.isp_id, p.period, p.gross_cents, p.credit_notes_gross_cents
         ORDER BY 1, 2"""):  # fmt: skip
         if gross != st_gross or owed != st_owed:
             check.mismatches.append(
@@ -114,7 +116,40 @@ def invoices_add_up(db: psycopg.Connection[Any]) -> Check:
                 f" period gross {gross}, journal owes publishers {owed}"
             )
     _vat_by_rate_adds_up(db, check)
+    _credit_notes_add_up(db, check)
     return check
+
+
+def _credit_notes_add_up(db: psycopg.Connection[Any], check: Check) -> None:
+    """Issue 15: each credit note adds up to its lines, and a period's credit notes to its
+    credit note totals (kept since migration 0010)."""
+    for note_id, count, total, lines, lines_total in _rows(db, """
+        SELECT c.credit_note_id, c.lines, c.gross_cents, count(l.line_no),
+               coalesce(sum(l.gross_cents), 0)
+        FROM credit_notes c LEFT JOIN credit_note_lines l USING (credit_note_id)
+        GROUP BY c.credit_note_id, c.lines, c.gross_cents
+        HAVING c.lines <> count(l.line_no) OR c.gross_cents <> coalesce(sum(l.gross_cents), 0)
+        ORDER BY 1"""):  # fmt: skip
+        check.mismatches.append(
+            f"credit note {note_id}: {count} lines, total {total}; its lines {lines}, {lines_total}"
+        )
+    for isp, period, count, gross, net, vat, n, n_gross, n_net, n_vat in _rows(db, """
+        SELECT p.isp_id, p.period, p.credit_notes, p.credit_notes_gross_cents,
+               p.credit_notes_net_cents, p.credit_notes_vat_cents, count(c.credit_note_id),
+               coalesce(sum(c.gross_cents), 0), coalesce(sum(c.net_cents), 0),
+               coalesce(sum(c.vat_cents), 0)
+        FROM billing_periods p LEFT JOIN credit_notes c USING (isp_id, period)
+        WHERE p.state = 'closed' AND p.credit_notes IS NOT NULL
+        GROUP BY p.isp_id, p.period
+        HAVING p.credit_notes <> count(c.credit_note_id)
+            OR p.credit_notes_gross_cents <> coalesce(sum(c.gross_cents), 0)
+            OR p.credit_notes_net_cents <> coalesce(sum(c.net_cents), 0)
+            OR p.credit_notes_vat_cents <> coalesce(sum(c.vat_cents), 0)
+        ORDER BY 1, 2"""):  # fmt: skip
+        check.mismatches.append(
+            f"isp {isp} period {period}: summary {count} credit notes {gross}/{net}/{vat} cents,"
+            f" credit notes {n} {n_gross}/{n_net}/{n_vat}"
+        )
 
 
 # The totals per VAT rate of the lines of each invoice (`invoice_id`) or ISP period, as a JSON

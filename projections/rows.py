@@ -319,3 +319,80 @@ def seal_rows(
             for s in statements
         ],
     )  # fmt: skip
+
+
+# --- credit notes and numbers (issue 15, migration 0010) ----------------------------------------
+
+CREDIT_NOTE_COLUMNS = (
+    "credit_note_id", "isp_id", "period", "account_id", "account_kind", "number",
+    "corrects_invoice_id", "corrects_invoice_number", "lines", "net_cents", "vat_cents",
+    "gross_cents", "seal",
+)  # fmt: skip
+CREDIT_NOTE_LINE_COLUMNS = (
+    "credit_note_id", "line_no", "isp_id", "event_id", "refund_id", "purchase_id", "user_id",
+    "publisher_id", "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents",
+    "gross_cents", "late_for_period", "corrects_line_no",
+)  # fmt: skip
+# The invoices' rows as seal_rows makes them, and their number last.
+NUMBERED_INVOICE_COLUMNS = (*INVOICE_COLUMNS, "number")
+PERIOD_SEAL_COLUMNS = (
+    "closed_at", "invoices", "net_cents", "vat_cents", "gross_cents", "commission_cents",
+    "owed_to_platform_cents", "seal", "vat_by_rate", "prev_seal", "credit_notes",
+    "credit_notes_net_cents", "credit_notes_vat_cents", "credit_notes_gross_cents",
+)  # fmt: skip
+
+
+class ChainedSealRows(NamedTuple):
+    """What the seal of a period in its ISP's chain writes: SealRows' with the invoices numbered
+    (NUMBERED_INVOICE_COLUMNS), the credit notes and their lines, and the period's row
+    (PERIOD_SEAL_COLUMNS)."""
+
+    invoices: list[Row]
+    lines: list[Row]
+    statements: list[Row]
+    credit_notes: list[Row]
+    credit_note_lines: list[Row]
+    period: Row
+
+
+def chained_seal_rows(
+    billed: billing.PeriodBilling,
+    companies: Mapping[str, str],
+    first_number: int,
+    prev_seal: str,
+    closed_at: Any,
+) -> ChainedSealRows:
+    """The rows of a period sealed in its ISP's chain: its documents numbered from
+    `first_number`, its seal covering `prev_seal` (ledger.core.billing.chained_period_seal)."""
+    invoices, notes, summary = billed.invoices, billed.credit_notes, billed.summary
+    numbers = billing.numbered(first_number, invoices, notes)
+    rows = seal_rows(invoices, billed.statements, companies)
+    note_lines: list[Row] = []
+    for n in notes:
+        note_lines += [
+            (n.credit_note_id, number, n.isp_id, line.event_id, line.refund_id, line.purchase_id,
+             line.user_id, line.publisher_id, line.description, line.occurred_at,
+             line.vat_rate_bp, line.net_cents, line.vat_cents, line.gross_cents,
+             line.late_for_period, line.corrects_line_no)
+            for number, line in enumerate(n.lines, start=1)
+        ]  # fmt: skip
+    seal = billing.chained_period_seal(
+        prev_seal, summary, invoices, notes, billed.statements, numbers
+    )
+    return ChainedSealRows(
+        [(*row, numbers[row[0]]) for row in rows.invoices],
+        rows.lines,
+        rows.statements,
+        [
+            (n.credit_note_id, n.isp_id, n.period, n.account_id, n.account_kind,
+             numbers[n.credit_note_id], n.corrects_invoice_id, n.corrects_invoice_number,
+             len(n.lines), n.net_cents, n.vat_cents, n.gross_cents, n.seal)
+            for n in notes
+        ],
+        note_lines,
+        (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
+         summary.commission_cents, summary.owed_to_platform_cents, seal,
+         vat_json(summary.vat_by_rate), prev_seal, summary.credit_notes,
+         summary.credit_notes_net_cents, summary.credit_notes_vat_cents,
+         summary.credit_notes_gross_cents),
+    )  # fmt: skip

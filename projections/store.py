@@ -381,9 +381,9 @@ async def apply_prepared(
         await _blocks(conn, rows.blocks)
         await _payments(conn, rows)
         await _balances(conn, rows.balance_rows())
+        await _lock_isps(conn, rows.closes)
         for close in rows.closes:
-            if await _close_mark(conn, close):
-                outcome.sealed.append((close.isp_id, close.period))
+            outcome.sealed += await _close_mark(conn, close)
         await _offsets(conn, topic, next_offsets)
     return outcome
 
@@ -391,26 +391,41 @@ async def apply_prepared(
 # --- billing close ------------------------------------------------------------------------------
 
 
-async def _close_mark(conn: psycopg.AsyncConnection[Any], close: PeriodClosed) -> bool:
-    """Record one partition's close; seal the period when it is the last. Returns True if sealed.
+async def _lock_isps(conn: psycopg.AsyncConnection[Any], closes: list[PeriodClosed]) -> None:
+    """One lock per ISP whose periods close in the batch, in the ISPs' order (so that two writers
+    never wait on each other in a cycle), held to the commit: an ISP's close marks, its chain and
+    its numbers are written by one transaction at a time, and each sees what the one before it
+    committed. Taken after the balances, which every batch locks first, in their key order."""
+    for isp_id in sorted({close.isp_id for close in closes}):
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"ledger.seal.{isp_id}",)
+        )
 
-    The period's row is locked first, so that two writers applying the last two marks at once
-    take turns and exactly one of them sees all the marks."""
+
+async def _close_mark(
+    conn: psycopg.AsyncConnection[Any], close: PeriodClosed
+) -> list[tuple[str, str]]:
+    """Record one partition's close; then seal the ISP's periods that are ready, in the order of
+    its chain (docs/design/seals.md). Returns the periods sealed.
+
+    A period takes its place in its ISP's chain (chain_no) when its partition-0 mark is applied:
+    partition 0's facts are applied in the order of the log, so the chain is the order in which
+    partition 0 decided the closes, whichever writer applies which partition when; a replay makes
+    the same chain. A period whose marks are all in waits in 'closing' until the one before it in
+    the chain is sealed. Called under the ISP's lock (_lock_isps)."""
     await conn.execute(
         "INSERT INTO billing_periods (isp_id, period, state, partitions)"
         " VALUES (%s, %s, 'closing', %s) ON CONFLICT DO NOTHING",
         (close.isp_id, close.period, close.partitions),
     )
     cursor = await conn.execute(
-        "SELECT state, partitions FROM billing_periods WHERE isp_id = %s AND period = %s"
-        " FOR UPDATE",
+        "SELECT partitions FROM billing_periods WHERE isp_id = %s AND period = %s",
         (close.isp_id, close.period),
     )
     found = await cursor.fetchone()
     assert found is not None
-    state, partitions = found
-    assert partitions == close.partitions, (
-        f"period {close.isp_id} {close.period}: closes for {partitions} and "
+    assert found[0] == close.partitions, (
+        f"period {close.isp_id} {close.period}: closes for {found[0]} and "
         f"{close.partitions} partitions"
     )
     await conn.execute(
@@ -419,17 +434,45 @@ async def _close_mark(conn: psycopg.AsyncConnection[Any], close: PeriodClosed) -
         (close.isp_id, close.period, close.partition, close.event_id, close.command_id,
          close.occurred_at),
     )  # fmt: skip
-    cursor = await conn.execute(
-        "SELECT count(*), max(occurred_at) FROM period_close_marks"
-        " WHERE isp_id = %s AND period = %s",
-        (close.isp_id, close.period),
-    )
-    marks = await cursor.fetchone()
-    assert marks is not None
-    if state == "closed" or marks[0] < partitions:
-        return False
-    await seal_period(conn, close.isp_id, close.period, marks[1])
-    return True
+    if close.partition == 0:
+        await conn.execute(
+            "UPDATE billing_periods SET chain_no = (SELECT coalesce(max(chain_no), 0) + 1"
+            " FROM billing_periods WHERE isp_id = %s)"
+            " WHERE isp_id = %s AND period = %s AND chain_no IS NULL",
+            (close.isp_id, close.isp_id, close.period),
+        )
+    return await _seal_ready(conn, close.isp_id)
+
+
+async def _seal_ready(conn: psycopg.AsyncConnection[Any], isp_id: str) -> list[tuple[str, str]]:
+    """Seal the ISP's next periods in its chain while their marks are all in."""
+    sealed: list[tuple[str, str]] = []
+    while True:
+        cursor = await conn.execute(
+            "SELECT p.period, p.chain_no, p.partitions, count(m.partition), max(m.occurred_at)"
+            " FROM billing_periods p LEFT JOIN period_close_marks m USING (isp_id, period)"
+            " WHERE p.isp_id = %s AND p.state = 'closing' AND p.chain_no IS NOT NULL"
+            " GROUP BY p.period, p.chain_no, p.partitions ORDER BY p.chain_no LIMIT 1",
+            (isp_id,),
+        )
+        found = await cursor.fetchone()
+        if found is None or found[3] < found[2]:
+            return sealed
+        period, chain_no, _, _, closed_at = found
+        prev_seal = billing.GENESIS_SEAL
+        if chain_no > 1:
+            cursor = await conn.execute(
+                "SELECT state, seal FROM billing_periods WHERE isp_id = %s AND chain_no = %s",
+                (isp_id, chain_no - 1),
+            )
+            before = await cursor.fetchone()
+            assert before is not None and before[0] == "closed", (
+                f"period {isp_id} {period}, number {chain_no} in its chain: the one before it"
+                f" is {before}"
+            )
+            prev_seal = before[1]
+        await seal_period(conn, isp_id, period, closed_at, prev_seal)
+        sealed.append((isp_id, period))
 
 
 async def billed_facts(
@@ -478,34 +521,86 @@ async def _earlier_purchase_rates(
     return rates
 
 
+async def _corrections(
+    conn: psycopg.AsyncConnection[Any], isp_id: str, facts: list[MoneyFact]
+) -> dict[billing.PurchaseKey, billing.Correction]:
+    """The sealed invoice line that each refund among `facts` corrects, for those whose purchase
+    is billed in a period of the ISP sealed already (before this one in its chain)."""
+    earlier = sorted({
+        f.purchase_billing_period for f in facts
+        if isinstance(f, PurchaseRefunded) and f.purchase_billing_period != f.billing_period
+    })  # fmt: skip
+    if not earlier:
+        return {}
+    cursor = await conn.execute(
+        "SELECT period FROM billing_periods WHERE isp_id = %s AND state = 'closed'"
+        " AND period = ANY(%s)",
+        (isp_id, earlier),
+    )
+    wanted = billing.corrected_purchases(facts, {row[0] for row in await cursor.fetchall()})
+    if not wanted:
+        return {}
+    by_line = {(f"{isp_id}.{key[2]}.{key[0]}", key[1]): key for key in wanted}
+    cursor = await conn.execute(
+        "SELECT l.invoice_id, l.purchase_id, min(l.line_no), i.number"
+        " FROM invoice_lines l JOIN invoices i USING (invoice_id)"
+        " WHERE l.invoice_id = ANY(%s) AND l.kind = 'purchase' AND l.purchase_id = ANY(%s)"
+        " GROUP BY l.invoice_id, l.purchase_id, i.number",
+        (sorted({k[0] for k in by_line}), sorted({k[1] for k in by_line})),
+    )
+    found: dict[billing.PurchaseKey, billing.Correction] = {}
+    for invoice_id, purchase_id, line_no, number in await cursor.fetchall():
+        key = by_line.get((invoice_id, purchase_id))
+        if key is not None:
+            found[key] = billing.Correction(invoice_id, number, line_no)
+    missing = wanted - found.keys()
+    assert not missing, f"refunds of sealed purchases without their invoice line: {missing}"
+    return found
+
+
+async def _next_number(conn: psycopg.AsyncConnection[Any], isp_id: str) -> int:
+    """One more than the ISP's last invoice or credit note number."""
+    cursor = await conn.execute(
+        "SELECT greatest((SELECT max(number) FROM invoices WHERE isp_id = %s),"
+        " (SELECT max(number) FROM credit_notes WHERE isp_id = %s))",
+        (isp_id, isp_id),
+    )
+    found = await cursor.fetchone()
+    return 1 if found is None or found[0] is None else int(found[0]) + 1
+
+
 async def seal_period(
-    conn: psycopg.AsyncConnection[Any], isp_id: str, period: str, closed_at: datetime
-) -> None:
-    """Write the invoices, the statements and the ISP's summary of a period from its money facts,
-    with the pure core's billing functions, and mark it closed. Called once per period: sealed
-    rows are never updated (the database refuses it)."""
+    conn: psycopg.AsyncConnection[Any], isp_id: str, period: str, closed_at: datetime,
+    prev_seal: str,
+) -> None:  # fmt: skip
+    """Write the invoices, the credit notes, the statements and the ISP's summary of a period
+    from its money facts, with the pure core's billing functions, number the invoices and credit
+    notes after the ISP's last, seal the period over `prev_seal` and mark it closed, in the
+    batch's transaction (a writer killed at any instant leaves no number used and none skipped).
+    Called once per period: sealed rows are never updated (the database refuses it)."""
     facts = await billed_facts(conn, isp_id, period)
     rates = await _earlier_purchase_rates(conn, isp_id, facts)
-    billed = billing.bill_period(isp_id, period, facts, rates)
-    invoices, statements, summary = billed.invoices, billed.statements, billed.summary
+    corrections = await _corrections(conn, isp_id, facts)
+    billed = billing.bill_period(isp_id, period, facts, rates, corrections)
     cursor = await conn.execute(
         "SELECT account_id, company_name FROM accounts WHERE account_id = ANY(%s)"
         " AND company_name IS NOT NULL",
-        ([i.account_id for i in invoices if i.account_kind == "enterprise"],),
+        ([i.account_id for i in billed.invoices if i.account_kind == "enterprise"],),
     )
     companies = dict(await cursor.fetchall())
-    rows = projected.seal_rows(invoices, statements, companies)
-    await _copy(conn, "invoices", projected.INVOICE_COLUMNS, rows.invoices)
+    first = await _next_number(conn, isp_id)
+    rows = projected.chained_seal_rows(billed, companies, first, prev_seal, closed_at)
+    await _copy(conn, "invoices", projected.NUMBERED_INVOICE_COLUMNS, rows.invoices)
     await _copy(conn, "invoice_lines", projected.LINE_COLUMNS, rows.lines)
     await _copy(conn, "statements", projected.STATEMENT_COLUMNS, rows.statements)
+    await _copy(conn, "credit_notes", projected.CREDIT_NOTE_COLUMNS, rows.credit_notes)
+    await _copy(conn, "credit_note_lines", projected.CREDIT_NOTE_LINE_COLUMNS,
+                rows.credit_note_lines)  # fmt: skip
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(c)) for c in projected.PERIOD_SEAL_COLUMNS
+    )
     await conn.execute(
-        "UPDATE billing_periods SET state = 'closed', closed_at = %s, invoices = %s,"
-        " net_cents = %s, vat_cents = %s, gross_cents = %s, commission_cents = %s,"
-        " owed_to_platform_cents = %s, seal = %s, vat_by_rate = %s"
-        " WHERE isp_id = %s AND period = %s",
-        (closed_at, summary.invoices, summary.net_cents, summary.vat_cents, summary.gross_cents,
-         summary.commission_cents, summary.owed_to_platform_cents,
-         billing.period_seal(summary, invoices, statements),
-         projected.vat_json(summary.vat_by_rate),
-         isp_id, period),
+        sql.SQL("UPDATE billing_periods SET state = 'closed', {}"
+                " WHERE isp_id = %s AND period = %s").format(assignments),
+        (*rows.period, isp_id, period),
     )  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
 from ledger.api.validation import (
+    CREDIT_NOTE_ID,
     INVOICE_ID,
     PERIOD,
     WHOLE_NUMBER,
@@ -43,6 +45,22 @@ CSV_COLUMNS = (
     "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents", "gross_cents",
     "late_for_period",
 )  # fmt: skip
+# A credit note's lines (issue 15): each names the line of the sealed invoice it corrects.
+CREDIT_NOTE_CSV_COLUMNS = (
+    "credit_note_id", "line_no", "refund_id", "purchase_id", "user_id", "publisher_id",
+    "description", "occurred_at", "vat_rate_bp", "net_cents", "vat_cents", "gross_cents",
+    "late_for_period", "corrects_line_no", "event_id",
+)  # fmt: skip
+CREDIT_NOTE_COLUMNS = (
+    "credit_note_id, period, account_id, account_kind, number, corrects_invoice_id,"
+    " corrects_invoice_number, lines, net_cents, vat_cents, gross_cents, seal"
+)
+# A sealed period, with the seal its own covers (docs/design/seals.md).
+PERIOD_COLUMNS = (
+    "period, closed_at, invoices, net_cents, vat_cents, gross_cents, commission_cents,"
+    " owed_to_platform_cents, seal, vat_by_rate, prev_seal, chain_no, credit_notes,"
+    " credit_notes_net_cents, credit_notes_vat_cents, credit_notes_gross_cents"
+)
 
 
 def _json(value: Any) -> Any:
@@ -88,7 +106,7 @@ class IspApi:
         invoice_id = path_value(request, "invoice_id", INVOICE_ID, "resource")
         found = await self.query(
             "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
-            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate"
+            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate, number"
             " FROM invoices"
             " WHERE isp_id = %s AND invoice_id = %s",
             (isp_id, invoice_id),
@@ -96,19 +114,53 @@ class IspApi:
         if not found:
             raise not_found()
         lines = await self.query(
-            "SELECT " + ", ".join(CSV_COLUMNS) + " FROM invoice_lines"
+            "SELECT " + ", ".join((*CSV_COLUMNS, "event_id")) + " FROM invoice_lines"
             " WHERE isp_id = %s AND invoice_id = %s ORDER BY line_no",
             (isp_id, invoice_id),
         )
         return found[0], lines
 
+    async def credit_note_and_lines(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        isp_id = await self.isp_of(request)
+        note_id = path_value(request, "credit_note_id", CREDIT_NOTE_ID, "resource")
+        found = await self.query(
+            f"SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes"
+            " WHERE isp_id = %s AND credit_note_id = %s",
+            (isp_id, note_id),
+        )
+        if not found:
+            raise not_found()
+        lines = await self.query(
+            "SELECT " + ", ".join(CREDIT_NOTE_CSV_COLUMNS) + " FROM credit_note_lines"
+            " WHERE isp_id = %s AND credit_note_id = %s ORDER BY line_no",
+            (isp_id, note_id),
+        )
+        return found[0], lines
 
-def _invoices_page(request: web.Request) -> tuple[str, str, int]:
-    """The period, the invoice id to start after and the page size of a listing, else a 400."""
+    async def sealed_parts(self, isp_id: str, period: str) -> list[dict[str, Any]]:
+        """What the period's seal covers besides its summary, in the order hashed."""
+        return await self.query(
+            "SELECT kind, id, number, seal FROM ("
+            " SELECT 1 AS o, 'invoice' AS kind, invoice_id AS id, number, seal FROM invoices"
+            "  WHERE isp_id = %s AND period = %s"
+            " UNION ALL SELECT 2, 'credit_note', credit_note_id, number, seal FROM credit_notes"
+            "  WHERE isp_id = %s AND period = %s"
+            " UNION ALL SELECT 3, 'statement', statement_id, NULL, seal FROM statements"
+            '  WHERE isp_id = %s AND period = %s) parts ORDER BY o, id COLLATE "C"',
+            (isp_id, period) * 3,
+        )
+
+
+def _invoices_page(
+    request: web.Request, ids: re.Pattern[str] = INVOICE_ID, what: str = "an invoice id"
+) -> tuple[str, str, int]:
+    """The period, the id to start after and the page size of a listing, else a 400."""
     period = request.query.get("period", "")
     if not PERIOD.fullmatch(period):
         raise ApiError(400, "bad_request", "the query needs period=YYYY-MM")
-    after = query_value(request, "after", INVOICE_ID, "an invoice id (next_after)", "")
+    after = query_value(request, "after", ids, f"{what} (next_after)", "")
     page = query_value(request, "limit", WHOLE_NUMBER, "a whole number", str(PAGE_INVOICES_MAX))
     limit = int(page)
     if not 1 <= limit <= PAGE_INVOICES_MAX:
@@ -116,16 +168,17 @@ def _invoices_page(request: web.Request) -> tuple[str, str, int]:
     return period, after, limit
 
 
-def _csv_response(invoice: dict[str, Any], lines: list[dict[str, Any]]) -> web.Response:
+def _csv_response(
+    name: str, lines: list[dict[str, Any]], columns: tuple[str, ...] = CSV_COLUMNS
+) -> web.Response:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     for line in lines:
-        writer.writerow(["" if line[c] is None else _json(line[c]) for c in CSV_COLUMNS])
+        writer.writerow(["" if line[c] is None else _json(line[c]) for c in columns])
     return web.Response(
         text=out.getvalue(), content_type="text/csv", charset="utf-8",
-        headers={"Content-Disposition":
-                 f'attachment; filename="{invoice["invoice_id"]}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
     )  # fmt: skip
 
 
@@ -136,12 +189,51 @@ def routes(api: IspApi) -> web.RouteTableDef:
     async def periods(request: web.Request) -> web.Response:
         isp_id = await api.isp_of(request)
         rows = await api.query(
-            "SELECT period, closed_at, invoices, net_cents, vat_cents, gross_cents,"
-            " commission_cents, owed_to_platform_cents, seal, vat_by_rate FROM billing_periods"
+            f"SELECT {PERIOD_COLUMNS} FROM billing_periods"
             " WHERE isp_id = %s AND state = 'closed' ORDER BY period",
             (isp_id,),
         )
         return web.json_response({"isp_id": isp_id, "periods": [_clean(r) for r in rows]})
+
+    @table.get("/v1/isps/{isp_id}/periods/{period}")
+    async def period(request: web.Request) -> web.Response:
+        """A sealed period with what its seal covers: an ISP recomputes the chain from this and
+        its invoices' and credit notes' lines (docs/design/seals.md)."""
+        isp_id = await api.isp_of(request)
+        key = path_value(request, "period", PERIOD, "resource")
+        rows = await api.query(
+            f"SELECT {PERIOD_COLUMNS} FROM billing_periods"
+            " WHERE isp_id = %s AND period = %s AND state = 'closed'",
+            (isp_id, key),
+        )
+        if not rows:
+            raise not_found()
+        parts = await api.sealed_parts(isp_id, key)
+        return web.json_response({"isp_id": isp_id, **_clean(rows[0]), "sealed_parts": parts})
+
+    @table.get("/v1/isps/{isp_id}/credit-notes")
+    async def credit_notes(request: web.Request) -> web.Response:
+        isp_id = await api.isp_of(request)
+        period, after, limit = _invoices_page(request, CREDIT_NOTE_ID, "a credit note id")
+        rows = await api.query(
+            f"SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE isp_id = %s AND period = %s"
+            " AND credit_note_id > %s ORDER BY credit_note_id LIMIT %s",
+            (isp_id, period, after, limit),
+        )
+        body: dict[str, Any] = {"isp_id": isp_id, "period": period, "credit_notes": rows}
+        if len(rows) == limit:
+            body["next_after"] = rows[-1]["credit_note_id"]
+        return web.json_response(body)
+
+    @table.get("/v1/isps/{isp_id}/credit-notes/{credit_note_id}.csv")
+    async def credit_note_csv(request: web.Request) -> web.Response:
+        found, lines = await api.credit_note_and_lines(request)
+        return _csv_response(found["credit_note_id"], lines, CREDIT_NOTE_CSV_COLUMNS)
+
+    @table.get("/v1/isps/{isp_id}/credit-notes/{credit_note_id}")
+    async def credit_note(request: web.Request) -> web.Response:
+        found, lines = await api.credit_note_and_lines(request)
+        return web.json_response({**_clean(found), "credit_note_lines": [_clean(x) for x in lines]})
 
     @table.get("/v1/isps/{isp_id}/invoices")
     async def invoices(request: web.Request) -> web.Response:
@@ -161,7 +253,8 @@ def routes(api: IspApi) -> web.RouteTableDef:
     # Before the JSON route: an invoice id has dots, and "{invoice_id}" would take ".csv" too.
     @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}.csv")
     async def invoice_csv(request: web.Request) -> web.Response:
-        return _csv_response(*await api.invoice_and_lines(request))
+        found, lines = await api.invoice_and_lines(request)
+        return _csv_response(found["invoice_id"], lines)
 
     @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}")
     async def invoice(request: web.Request) -> web.Response:

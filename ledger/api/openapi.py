@@ -10,7 +10,7 @@ import msgspec
 
 from ledger.api.bodies import REQUEST_BODIES
 from ledger.api.purchases import REFUND_AGE_MAX_SECONDS
-from ledger.api.validation import ID, INVOICE_ID
+from ledger.api.validation import CREDIT_NOTE_ID, ID, INVOICE_ID
 from ledger.core.calendar import SECONDS_PER_DAY
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -422,6 +422,13 @@ def isp_openapi_document() -> dict[str, Any]:
         {"name": "limit", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     ]  # fmt: skip
+    note = _path_param("credit_note_id", CREDIT_NOTE_ID.pattern)
+    credit_page = [
+        {"name": "after", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": f"^{CREDIT_NOTE_ID.pattern}$"},
+         "description": "the next_after of the previous page"},
+        page[1],
+    ]  # fmt: skip
     paths = {
         "/v1/isps/{isp_id}/periods": {
             "parameters": [isp],
@@ -454,7 +461,35 @@ def isp_openapi_document() -> dict[str, Any]:
             "parameters": [isp, invoice],
             "get": _isp_op("One invoice's lines as CSV", csv_ok, 401, 404, 503),
         },
-    }
+        # Issue 15: a period's seal with what it covers, and the credit notes.
+        "/v1/isps/{isp_id}/periods/{period}": {
+            "parameters": [isp, {"name": "period", "in": "path", "required": True,
+                                 "schema": period_schema}],
+            "get": _isp_op(
+                "One sealed period: its seal, the previous seal in your chain and the id,"
+                " number and seal of each invoice, credit note and statement it covers",
+                {"200": _response("the period")}, 401, 404, 503,
+            ),
+        },
+        "/v1/isps/{isp_id}/credit-notes": {
+            "parameters": [isp, period_param, *credit_page],
+            "get": _isp_op(
+                "Your credit notes of a sealed period, by credit note id",
+                {"200": _response("a page of credit notes")}, 400, 401, 404, 503,
+            ),
+        },
+        "/v1/isps/{isp_id}/credit-notes/{credit_note_id}": {
+            "parameters": [isp, note],
+            "get": _isp_op(
+                "One credit note with its lines, each naming the invoice line it corrects",
+                {"200": _response("the credit note")}, 401, 404, 503,
+            ),
+        },
+        "/v1/isps/{isp_id}/credit-notes/{credit_note_id}.csv": {
+            "parameters": [isp, note],
+            "get": _isp_op("One credit note's lines as CSV", csv_ok, 401, 404, 503),
+        },
+    }  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {"title": "Internet Plus ledger: ISP invoices", "version": "1"},

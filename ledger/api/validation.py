@@ -12,9 +12,18 @@ import re
 from aiohttp import web
 
 from ledger.api.errors import ApiError
-from ledger.patterns import ID, INVOICE_ID, PERIOD, WHOLE_NUMBER
+from ledger.patterns import CREDIT_NOTE_ID, ID, INVOICE_ID, PERIOD, WHOLE_NUMBER
 
-__all__ = ["ID", "INVOICE_ID", "PERIOD", "WHOLE_NUMBER", "bearer_key", "path_value", "query_value"]
+__all__ = [
+    "CREDIT_NOTE_ID",
+    "ID",
+    "INVOICE_ID",
+    "PERIOD",
+    "WHOLE_NUMBER",
+    "bearer_key",
+    "path_value",
+    "query_value",
+]
 
 
 def not_found(what: str = "resource") -> ApiError:

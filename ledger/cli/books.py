@@ -168,6 +168,46 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if not failed else EXIT_MISMATCH
 
 
+def _cmd_verify_seals(args: argparse.Namespace) -> int:
+    """Issue 15: every sealed row and the chain of seals recomputed from the money facts."""
+    from projections.db import connect
+    from projections.seals import verify_seals
+
+    stack = connected(args)
+    with connect(stack.dsn) as db:
+        checks = verify_seals(db, args.isp)
+    if args.isp is not None and not checks[args.isp].periods and not checks[args.isp].not_compared:
+        print(f"ISP {args.isp} has no sealed period")
+    differences = 0
+    for isp_id, check in checks.items():
+        state = "ok      " if not check.differences else "MISMATCH"
+        print(f"{state} {isp_id}: {check.periods} sealed period(s), {check.rows:,} rows"
+              " recomputed from the facts and compared")  # fmt: skip
+        if check.not_compared:
+            shown = ", ".join(period for _, period in check.not_compared)
+            print(f"         not compared (sealed before migration 0006): {shown}")
+        for line in check.differences[:100]:
+            print(f"         {line}")
+        if len(check.differences) > 100:
+            print(f"         ... and {len(check.differences) - 100} more")
+        differences += len(check.differences)
+    if differences:
+        print(f"{differences} difference(s): the sealed rows do not match their facts")
+        return EXIT_MISMATCH
+    print("every seal matches its facts, and every chain holds")
+    return 0
+
+
+def _add_verify_seals_parser(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify-seals",
+        help="recompute every sealed invoice, credit note, statement and period seal and each"
+        " ISP's chain from the facts in PostgreSQL, and name every difference",
+    )
+    verify.add_argument("--isp", type=identifier, default=None, help="only this ISP")
+    verify.set_defaults(handler=_cmd_verify_seals)
+
+
 def _cmd_isp_access(args: argparse.Namespace) -> int:
     from projections.access import grant
     from projections.db import connect
@@ -178,7 +218,10 @@ def _cmd_isp_access(args: argparse.Namespace) -> int:
     host_port = stack.dsn.rsplit("@", 1)[1]
     print(f"credentials of ISP {creds.isp_id} (shown once; earlier API keys are revoked):")
     print(f"  SQL login     postgresql://{creds.sql_login}:{creds.sql_password}@{host_port}")
-    views = "ledger.isp_periods, ledger.isp_invoices, ledger.isp_invoice_lines"
+    views = (
+        "ledger.isp_periods, ledger.isp_invoices, ledger.isp_invoice_lines,"
+        " ledger.isp_credit_notes, ledger.isp_credit_note_lines, ledger.isp_statement_seals"
+    )
     print(f"                reads {views}")
     print(f"  API key       {creds.api_key}")
     return 0
@@ -272,4 +315,5 @@ def _add_writer_parsers(commands: Any) -> None:
 def add_parsers(commands: Any) -> None:
     _add_access_parsers(commands)
     _add_check_parsers(commands)
+    _add_verify_seals_parser(commands)
     _add_writer_parsers(commands)

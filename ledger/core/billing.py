@@ -14,10 +14,10 @@ of a purchase of an earlier period passes that purchase's rate (`purchase_rates`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -100,8 +100,15 @@ class IspSummary:
     vat_cents: int
     gross_cents: int
     commission_cents: int  # what the ISP keeps
-    owed_to_platform_cents: int  # what it collects and passes on: gross - commission
+    # what it collects and passes on: the gross of its invoices and credit notes - commission
+    owed_to_platform_cents: int
     vat_by_rate: tuple[VatTotal, ...]  # of its invoices, merged
+    # Credit notes (issue 15), apart from the invoices above: refunds of purchases whose invoice
+    # was sealed in an earlier period. Negative, as the refund lines they were.
+    credit_notes: int = 0
+    credit_notes_net_cents: int = 0
+    credit_notes_vat_cents: int = 0
+    credit_notes_gross_cents: int = 0
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,138 @@ def _invoice(
     )
 
 
+class Correction(NamedTuple):
+    """The sealed invoice line a refund corrects: its invoice, the invoice's number (None for an
+    invoice sealed before numbers, migration 0010) and the line's number on it."""
+
+    invoice_id: str
+    invoice_number: int | None
+    line_no: int
+
+
+class CreditNoteLine(msgspec.Struct, frozen=True):
+    """One refund on a credit note, naming the sealed invoice line it corrects. Negative."""
+
+    event_id: str
+    refund_id: str
+    purchase_id: str
+    user_id: str
+    publisher_id: str
+    description: str
+    occurred_at: str  # RFC 3339, UTC
+    vat_rate_bp: int
+    net_cents: int
+    vat_cents: int
+    gross_cents: int
+    late_for_period: str | None
+    corrects_line_no: int
+
+
+@dataclass(frozen=True)
+class CreditNote:
+    """A credit note (avoir, issue 15): the refunds billed in `period` of the purchases of one
+    invoice sealed in an earlier period, `corrects_invoice_id`."""
+
+    credit_note_id: str
+    isp_id: str
+    account_id: str
+    account_kind: str
+    period: str
+    corrects_invoice_id: str
+    corrects_invoice_number: int | None
+    lines: tuple[CreditNoteLine, ...]
+    net_cents: int
+    vat_cents: int
+    gross_cents: int
+    seal: str
+
+
+def credit_note_seal(
+    credit_note_id: str,
+    corrects_invoice_id: str,
+    corrects_invoice_number: int | None,
+    lines: Iterable[CreditNoteLine],
+) -> str:
+    """As `seal`: the header names the credit note and the invoice it corrects
+    (docs/design/seals.md)."""
+    number = "" if corrects_invoice_number is None else str(corrects_invoice_number)
+    return seal(("credit_note", credit_note_id, corrects_invoice_id, number), lines)
+
+
+def _credit_note(
+    isp_id: str, period: str, kind: str, correction: Correction,
+    lines: tuple[CreditNoteLine, ...],
+) -> CreditNote:  # fmt: skip
+    # An invoice id is `{isp_id}.{period}.{account_id}`: the account is what follows the period.
+    account_id = correction.invoice_id[len(isp_id) + 9 :]
+    corrected_period = correction.invoice_id[len(isp_id) + 1 : len(isp_id) + 8]
+    credit_note_id = f"{isp_id}.{period}.{account_id}.credit.{corrected_period}"
+    return CreditNote(
+        credit_note_id=credit_note_id,
+        isp_id=isp_id,
+        account_id=account_id,
+        account_kind=kind,
+        period=period,
+        corrects_invoice_id=correction.invoice_id,
+        corrects_invoice_number=correction.invoice_number,
+        lines=lines,
+        net_cents=sum(line.net_cents for line in lines),
+        vat_cents=sum(line.vat_cents for line in lines),
+        gross_cents=sum(line.gross_cents for line in lines),
+        seal=credit_note_seal(
+            credit_note_id, correction.invoice_id, correction.invoice_number, lines
+        ),
+    )
+
+
+def _credit_line(line: InvoiceLine, correction: Correction) -> CreditNoteLine:
+    assert line.refund_id is not None
+    return CreditNoteLine(
+        event_id=line.event_id,
+        refund_id=line.refund_id,
+        purchase_id=line.purchase_id,
+        user_id=line.user_id,
+        publisher_id=line.publisher_id,
+        description=line.description,
+        occurred_at=line.occurred_at,
+        vat_rate_bp=line.vat_rate_bp,
+        net_cents=line.net_cents,
+        vat_cents=line.vat_cents,
+        gross_cents=line.gross_cents,
+        late_for_period=line.late_for_period,
+        corrects_line_no=correction.line_no,
+    )
+
+
+def corrected_purchases(facts: Iterable[MoneyFact], sealed: Collection[str]) -> set[PurchaseKey]:
+    """The purchases that the refunds among `facts` reverse and that are billed in one of the
+    `sealed` periods (of the same ISP): each of those refunds goes on a credit note."""
+    return {
+        purchase_key(f)
+        for f in facts
+        if isinstance(f, PurchaseRefunded) and f.purchase_billing_period in sealed
+    }
+
+
+def corrections_from(
+    isp_id: str, wanted: Iterable[PurchaseKey], invoices: Mapping[str, Invoice],
+    numbers: Mapping[str, int],
+) -> dict[PurchaseKey, Correction]:  # fmt: skip
+    """The invoice line of each purchase `wanted`, among `invoices` (by id; `numbers`: their
+    numbers): what `ledger verify-seals` gives `bill_period`, from the invoices it recomputed."""
+    found: dict[PurchaseKey, Correction] = {}
+    for key in wanted:
+        account_id, purchase_id, period = key
+        invoice_id = f"{isp_id}.{period}.{account_id}"
+        invoice = invoices[invoice_id]
+        line_no = next(
+            n for n, line in enumerate(invoice.lines, start=1)
+            if line.kind == "purchase" and line.purchase_id == purchase_id
+        )  # fmt: skip
+        found[key] = Correction(invoice_id, numbers.get(invoice_id), line_no)
+    return found
+
+
 @dataclass(frozen=True)
 class PeriodBilling:
     """What one ISP's period bills: the projection writer seals these."""
@@ -268,18 +407,25 @@ class PeriodBilling:
     invoices: list[Invoice]
     statements: list[Statement]
     summary: IspSummary
+    credit_notes: list[CreditNote] = field(default_factory=list)
 
 
 def bill_period(
     isp_id: str, period: str, facts: Iterable[MoneyFact],
     purchase_rates: Mapping[PurchaseKey, int] | None = None,
+    corrections: Mapping[PurchaseKey, Correction] | None = None,
 ) -> PeriodBilling:  # fmt: skip
     """The invoices, statements and summary of a period (as `build_invoices`, `build_statements`
     and `summarize` each give them) in one pass: each fact's line is made once, for its invoice
     and its statement; all the lines are put in their canonical order once, so that the lines of
     one account or one publisher, taken in that order, are in theirs. Measured on a period of
     262,450 money facts: 38 us a fact for the three functions, each of which made every line
-    again (summarize built the invoices a second time), 16 to 21 us here."""
+    again (summarize built the invoices a second time), 16 to 21 us here.
+
+    A refund whose purchase is in `corrections` (its invoice sealed in an earlier period: see
+    `corrected_purchases`) goes on a credit note naming that invoice and line instead of on the
+    account's invoice (issue 15); the statements count it as before."""
+    corrections = corrections or {}
     facts = list(facts)
     billed = _billed(facts, isp_id, period)
     rates = _refund_rates(facts, billed, purchase_rates)
@@ -294,13 +440,20 @@ def bill_period(
     made.sort(key=lambda item: (item[0], item[2], item[1]))
     by_account: dict[str, list[InvoiceLine]] = {}
     by_publisher: dict[str, list[InvoiceLine]] = {}
+    credited: dict[Correction, list[CreditNoteLine]] = {}  # by the invoice corrected, then line
     counts: dict[str, list[int]] = {}  # per publisher: purchases, refunds, owed
     commission = 0
     for *_, line, fact in made:
-        account = by_account.get(fact.account_id)
-        if account is None:
-            account = by_account[fact.account_id] = []
-        account.append(line)
+        correction = corrections.get(purchase_key(fact)) if line.kind == "refund" else None
+        if correction is not None:
+            credited.setdefault(correction._replace(line_no=0), []).append(
+                _credit_line(line, correction)
+            )
+        else:
+            account = by_account.get(fact.account_id)
+            if account is None:
+                account = by_account[fact.account_id] = []
+            account.append(line)
         publisher = by_publisher.get(fact.publisher_id)
         if publisher is None:
             publisher = by_publisher[fact.publisher_id] = []
@@ -335,7 +488,16 @@ def bill_period(
                 seal=seal((isp_id, period, publisher_id), lines),
             )
         )
+    credit_notes = [
+        _credit_note(
+            isp_id, period, kinds[invoice.invoice_id[len(isp_id) + 9 :]], invoice,
+            tuple(credited[invoice]),
+        )
+        for invoice in credited
+    ]  # fmt: skip
+    credit_notes.sort(key=lambda note: note.credit_note_id)
     gross = sum(invoice.gross_cents for invoice in invoices)
+    credit_gross = sum(note.gross_cents for note in credit_notes)
     summary = IspSummary(
         isp_id=isp_id,
         period=period,
@@ -344,10 +506,14 @@ def bill_period(
         vat_cents=sum(invoice.vat_cents for invoice in invoices),
         gross_cents=gross,
         commission_cents=commission,
-        owed_to_platform_cents=gross - commission,
+        owed_to_platform_cents=gross + credit_gross - commission,
         vat_by_rate=_merged(t for invoice in invoices for t in invoice.vat_by_rate),
+        credit_notes=len(credit_notes),
+        credit_notes_net_cents=sum(note.net_cents for note in credit_notes),
+        credit_notes_vat_cents=sum(note.vat_cents for note in credit_notes),
+        credit_notes_gross_cents=credit_gross,
     )
-    return PeriodBilling(invoices, statements, summary)
+    return PeriodBilling(invoices, statements, summary, credit_notes)
 
 
 def build_invoices(
@@ -393,4 +559,56 @@ def period_seal(
     )  # fmt: skip
     parts = [_SealOf("invoice", i.invoice_id, i.seal) for i in invoices]
     parts += [_SealOf("statement", s.statement_id, s.seal) for s in statements]
+    return seal(header, parts)
+
+
+# --- numbers and the chain of seals (issue 15, docs/design/seals.md) ----------------------------
+
+# The previous seal of an ISP's first period sealed in the chain.
+GENESIS_SEAL = "0" * 64
+CHAINED_SEAL_VERSION = "ledger.period_seal.v2"
+
+
+def numbered(
+    first: int, invoices: Iterable[Invoice], credit_notes: Iterable[CreditNote]
+) -> dict[str, int]:
+    """The numbers of a period's invoices and credit notes: one series per ISP without gaps
+    (French invoicing rules), from `first` (one more than the ISP's last number), the invoices
+    by id, then the credit notes by id."""
+    ids = sorted(i.invoice_id for i in invoices) + sorted(n.credit_note_id for n in credit_notes)
+    return {document_id: number for number, document_id in enumerate(ids, start=first)}
+
+
+class _Sealed(msgspec.Struct, frozen=True, array_like=True):
+    kind: str
+    id: str
+    number: int | None
+    seal: str
+
+
+def chained_period_seal(
+    prev_seal: str,
+    summary: IspSummary,
+    invoices: Iterable[Invoice],
+    credit_notes: Iterable[CreditNote],
+    statements: Iterable[Statement],
+    numbers: Mapping[str, int],
+) -> str:
+    """The seal of a period in its ISP's chain: the previous period's seal (GENESIS_SEAL for the
+    first), the summary with the invoices and credit notes apart, and each invoice's, credit
+    note's and statement's id, number and seal. The bytes are documented in
+    docs/design/seals.md, so that an ISP can recompute them."""
+    header = (
+        CHAINED_SEAL_VERSION, prev_seal, summary.isp_id, summary.period,
+        str(summary.invoices), str(summary.net_cents), str(summary.vat_cents),
+        str(summary.gross_cents), str(summary.credit_notes), str(summary.credit_notes_net_cents),
+        str(summary.credit_notes_vat_cents), str(summary.credit_notes_gross_cents),
+        str(summary.commission_cents), str(summary.owed_to_platform_cents),
+    )  # fmt: skip
+    parts = [_Sealed("invoice", i.invoice_id, numbers[i.invoice_id], i.seal) for i in invoices]
+    parts += [
+        _Sealed("credit_note", n.credit_note_id, numbers[n.credit_note_id], n.seal)
+        for n in credit_notes
+    ]
+    parts += [_Sealed("statement", s.statement_id, None, s.seal) for s in statements]
     return seal(header, parts)
