@@ -37,18 +37,30 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   "credits_cents"), ("gross_cents", "debits_cents", "credits_cents")),
     "billing_periods": (("isp_id", "period", "state", "partitions", "closed_at", "invoices",
                          "net_cents", "vat_cents", "gross_cents", "commission_cents",
-                         "owed_to_platform_cents", "seal"), ("gross_cents",)),
+                         "owed_to_platform_cents", "seal", "chain_no", "prev_seal",
+                         "credit_notes", "credit_notes_net_cents", "credit_notes_vat_cents",
+                         "credit_notes_gross_cents"), ("gross_cents",)),
     "period_close_marks": (("isp_id", "period", "partition", "event_id", "command_id",
                             "occurred_at"), ()),
     "invoices": (("invoice_id", "isp_id", "period", "account_id", "account_kind",
                   "company_name", "lines", "net_cents", "vat_cents", "gross_cents",
-                  "gross_cents_by_user", "seal"), ("net_cents", "vat_cents", "gross_cents")),
+                  "gross_cents_by_user", "seal", "number"),
+                 ("net_cents", "vat_cents", "gross_cents")),
     "invoice_lines": (("invoice_id", "line_no", "event_id", "kind", "user_id", "publisher_id",
                        "occurred_at", "net_cents", "vat_cents", "gross_cents",
                        "late_for_period"), ("gross_cents",)),
     "statements": (("statement_id", "isp_id", "period", "publisher_id", "purchases", "refunds",
                     "gross_cents", "net_cents", "vat_cents", "owed_cents", "seal"),
                    ("gross_cents", "owed_cents")),
+    # Issue 15 (migration 0010).
+    "credit_notes": (("credit_note_id", "isp_id", "period", "account_id", "account_kind",
+                      "number", "corrects_invoice_id", "corrects_invoice_number", "lines",
+                      "net_cents", "vat_cents", "gross_cents", "seal"),
+                     ("net_cents", "vat_cents", "gross_cents")),
+    "credit_note_lines": (("credit_note_id", "line_no", "isp_id", "event_id", "refund_id",
+                           "purchase_id", "user_id", "publisher_id", "description",
+                           "occurred_at", "vat_rate_bp", "net_cents", "vat_cents", "gross_cents",
+                           "late_for_period", "corrects_line_no"), ("gross_cents",)),
     # Not the fingerprint and type (migration 0004): ids applied before it have none live, and a
     # rebuild has them; `ledger reconcile` compares each fingerprint with the topic instead.
     "applied_events": (("event_id", "topic", "partition", "offset"), ()),
@@ -75,16 +87,23 @@ _PERIOD_OF = {
     "statements": _BY_PERIOD,
     # An invoice id is `{isp_id}.{period}.{account_id}`.
     "invoice_lines": sql.SQL("(isp_id, substr(invoice_id, length(isp_id) + 2, 7))"),
+    "credit_notes": _BY_PERIOD,
+    # A credit note id is `{isp_id}.{period}.{account_id}.credit.{period}`.
+    "credit_note_lines": sql.SQL("(isp_id, substr(credit_note_id, length(isp_id) + 2, 7))"),
 }
 Periods = list[tuple[str, str]]
 
 
 def sealed_before_vat_by_rate(db: psycopg.Connection[Any], schema: str) -> Periods:
+    """Also every sealed period of an ISP that has one sealed before the chain of seals
+    (migration 0010: prev_seal null): its chain and its numbers start there live, and from its
+    first period in a rebuild (docs/design/seals.md)."""
     rows = db.execute(
         sql.SQL(
-            "SELECT isp_id, period FROM {} WHERE state = 'closed' AND vat_by_rate IS NULL"
+            "SELECT isp_id, period FROM {t} WHERE state = 'closed' AND (vat_by_rate IS NULL"
+            " OR isp_id IN (SELECT isp_id FROM {t} WHERE state = 'closed' AND prev_seal IS NULL))"
             " ORDER BY isp_id, period"
-        ).format(sql.Identifier(schema, "billing_periods"))
+        ).format(t=sql.Identifier(schema, "billing_periods"))
     ).fetchall()
     return [(str(isp), str(period)) for isp, period in rows]
 
