@@ -27,3 +27,17 @@ def close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[
         if reasons:
             return "rejected", sorted(r[0] for r in reasons)
     return None
+
+
+def waits_for(dsn: str, isp_id: str, period: str) -> str | None:
+    """The period that a period closed in every partition waits for (the one before it in its
+    ISP's chain, not sealed yet: docs/design/seals.md), or None."""
+    with connect(dsn) as db:
+        row = db.execute(
+            "SELECT b.period FROM billing_periods p JOIN billing_periods b"
+            " ON b.isp_id = p.isp_id AND b.chain_no = p.chain_no - 1"
+            " WHERE p.isp_id = %s AND p.period = %s AND p.state = 'closing'"
+            " AND b.state = 'closing'",
+            (isp_id, period),
+        ).fetchone()
+    return None if row is None else str(row[0])

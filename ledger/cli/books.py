@@ -80,6 +80,15 @@ def _cmd_close_period(args: argparse.Namespace) -> int:
         if outcome is not None and outcome[0] == "rejected":
             raise LedgerError(f"the close was refused: {', '.join(outcome[1])}")
         time.sleep(0.25)
+    from projections.close import waits_for
+
+    before_it = waits_for(stack.dsn, args.isp, args.period)
+    if before_it is not None:
+        raise LedgerError(
+            f"no seal after {args.wait_seconds:.0f} s: {args.period} waits for {before_it}, the"
+            f" period before it in {args.isp}'s chain of seals, to be sealed; close {before_it}"
+            " (docs/design/seals.md)"
+        )
     raise LedgerError(
         f"no seal after {args.wait_seconds:.0f} s: are the workers and `ledger project` running?"
     )

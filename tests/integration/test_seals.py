@@ -57,6 +57,8 @@ class Sealed:
     world: World
     dsn: str
     port: int
+    bootstrap: str
+    partitions: int
     accounts: list[str]
     # refund id -> the March purchase it reverses (refunded in April or May)
     refunds_of_march: dict[str, tuple[str, str]]
@@ -192,7 +194,16 @@ def sealed(
         writer.start()
         wait_for(lambda: _sealed_periods(dsn, isp) == len(PERIODS) and reached(), 180,
                  "the three periods sealed")  # fmt: skip
-        yield Sealed(world, dsn, stack.postgres.port, accounts, refunds_of_march, killed)
+        yield Sealed(
+            world,
+            dsn,
+            stack.postgres.port,
+            bootstrap,
+            partitions,
+            accounts,
+            refunds_of_march,
+            killed,
+        )
     finally:
         writer.stop()
 
@@ -260,6 +271,62 @@ def test_the_periods_are_chained_from_the_genesis(sealed: Sealed) -> None:
     assert periods[0][2] == billing.GENESIS_SEAL
     assert [p[2] for p in periods[1:]] == [p[3] for p in periods[:-1]]
     assert periods[0][4] == 0 and periods[1][4] > 0
+
+
+def test_a_period_closed_before_the_one_before_it_waits_for_it(sealed: Sealed) -> None:
+    """April's close reaches every partition while March's has reached partition 0 only: April
+    is next after March in the chain (partition 0 decided March's close first), so it waits in
+    'closing', and is sealed over March's seal once March's close is complete."""
+    world, partitions = World(), sealed.partitions
+    isp, account = world.isp.isp_id, world.account("w")
+    ledger = LocalAuthorizer(world.reference)
+    facts: list[Fact] = []
+    commands: list[Command] = [
+        b.open_account(account, isp, when=MARCH_1 - timedelta(days=1)),
+        b.purchase(account, 300, MARCH_1 + timedelta(days=3)),
+        b.purchase(account, 400, _month_start(1) + timedelta(days=3)),
+    ]
+    for n, command in enumerate(commands, 1):
+        facts += ledger.handle(command, origin=n)
+    marks: dict[str, list[Fact]] = {}
+    for month in (0, 1):
+        (close,) = ledger.handle(
+            b.close(isp, PERIODS[month], _month_start(month + 1) + timedelta(days=1),
+                    partitions=partitions, command_id=f"close-{isp}-{month}")
+        )  # fmt: skip
+        assert isinstance(close, PeriodClosed)
+        marks[close.period] = [
+            msgspec.structs.replace(close, partition=p, event_id=f"period.{isp}.{close.period}.{p}")
+            for p in range(partitions)
+        ]
+    _produce(sealed.bootstrap, partitions, [*facts, marks["2006-03"][0], *marks["2006-04"]])
+
+    def states() -> dict[str, tuple[str, int | None, int]]:
+        with _db(sealed.dsn) as db:
+            rows = db.execute(
+                "SELECT p.period, p.state, p.chain_no, count(m.partition) FROM billing_periods p"
+                " LEFT JOIN period_close_marks m USING (isp_id, period) WHERE p.isp_id = %s"
+                " GROUP BY p.period, p.state, p.chain_no",
+                (isp,),
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    wait_for(lambda: states().get("2006-04", ("", None, 0))[2] == partitions, 60,
+             "April's marks")  # fmt: skip
+    time.sleep(1.0)
+    assert states() == {"2006-03": ("closing", 1, 1), "2006-04": ("closing", 2, partitions)}
+    _produce(sealed.bootstrap, partitions, marks["2006-03"][1:])
+    wait_for(lambda: {s[0] for s in states().values()} == {"closed"}, 60, "both sealed")
+    with _db(sealed.dsn) as db:
+        chain = db.execute(
+            "SELECT period, chain_no, prev_seal, seal FROM billing_periods WHERE isp_id = %s"
+            " ORDER BY chain_no",
+            (isp,),
+        ).fetchall()
+    assert [(c[0], c[1]) for c in chain] == [("2006-03", 1), ("2006-04", 2)]
+    assert chain[0][2] == billing.GENESIS_SEAL and chain[1][2] == chain[0][3]
+    done = ledger_cli("verify-seals", "--isp", isp)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_verify_seals_passes_on_a_clean_run(sealed: Sealed) -> None:
