@@ -46,10 +46,10 @@ from tests.world import World
 pytestmark = pytest.mark.integration
 PERIODS = ("2006-03", "2006-04", "2006-05")
 MARCH_1 = datetime.fromisoformat("2006-03-01T08:00:00+00:00")
-ACCOUNTS = 12
-PURCHASES_A_MONTH = 120
+ACCOUNTS = 30
+PURCHASES_A_MONTH = 300
 KILLS = 5
-BATCH_EVENTS = 25
+BATCH_EVENTS = 5
 
 
 @dataclass
@@ -283,8 +283,10 @@ def test_a_period_closed_before_the_one_before_it_waits_for_it(sealed: Sealed) -
     facts: list[Fact] = []
     commands: list[Command] = [
         b.open_account(account, isp, when=MARCH_1 - timedelta(days=1)),
-        b.purchase(account, 300, MARCH_1 + timedelta(days=3)),
-        b.purchase(account, 400, _month_start(1) + timedelta(days=3)),
+        b.purchase(account, 300, MARCH_1 + timedelta(days=3), publisher_id=world.vod.publisher_id),
+        b.purchase(
+            account, 400, _month_start(1) + timedelta(days=3), publisher_id=world.vod.publisher_id
+        ),
     ]
     for n, command in enumerate(commands, 1):
         facts += ledger.handle(command, origin=n)
@@ -325,6 +327,75 @@ def test_a_period_closed_before_the_one_before_it_waits_for_it(sealed: Sealed) -
         ).fetchall()
     assert [(c[0], c[1]) for c in chain] == [("2006-03", 1), ("2006-04", 2)]
     assert chain[0][2] == billing.GENESIS_SEAL and chain[1][2] == chain[0][3]
+    done = ledger_cli("verify-seals", "--isp", isp)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_chain_goes_on_from_a_period_sealed_before_it(sealed: Sealed) -> None:
+    """A period sealed before migration 0010 (made so here, as a superuser with the triggers off:
+    the unchained seal, no prev_seal, no numbers) is verified by the unchained formula, and the
+    next period sealed takes its seal as prev_seal, with numbers from 1. `ledger replay` (the
+    last test) leaves this ISP out of its comparison (docs/design/seals.md)."""
+    world, partitions = World(), sealed.partitions
+    isp, account = world.isp.isp_id, world.account("old")
+    ledger = LocalAuthorizer(world.reference)
+    commands: list[Command] = [
+        b.open_account(account, isp, when=MARCH_1 - timedelta(days=1)),
+        b.purchase(
+            account,
+            300,
+            MARCH_1 + timedelta(days=3),
+            purchase_id="o1",
+            publisher_id=world.vod.publisher_id,
+        ),
+        b.purchase(
+            account, 400, _month_start(1) + timedelta(days=3), publisher_id=world.vod.publisher_id
+        ),
+        b.refund(account, "o1", 100, _month_start(1) + timedelta(days=4)),
+    ]
+    facts = [f for n, c in enumerate(commands, 1) for f in ledger.handle(c, origin=n)]
+    closes = []
+    for month in (0, 1):
+        (close,) = ledger.handle(
+            b.close(isp, PERIODS[month], _month_start(month + 1) + timedelta(days=1),
+                    partitions=partitions, command_id=f"close-{isp}-{month}")
+        )  # fmt: skip
+        assert isinstance(close, PeriodClosed)
+        closes.append([
+            msgspec.structs.replace(close, partition=p, event_id=f"period.{isp}.{close.period}.{p}")
+            for p in range(partitions)
+        ])  # fmt: skip
+    _produce(sealed.bootstrap, partitions, [*facts, *closes[0]])
+    wait_for(lambda: _sealed_periods(sealed.dsn, isp) == 1, 60, "March sealed")
+    march = [f for f in facts if getattr(f, "billing_period", None) == PERIODS[0]]
+    billed = billing.bill_period(isp, PERIODS[0], march)  # type: ignore[arg-type]
+    old_seal = billing.period_seal(billed.summary, billed.invoices, billed.statements)
+    with _db(sealed.dsn) as db:
+        db.execute("SET session_replication_role = replica")
+        db.execute(
+            "UPDATE billing_periods SET seal = %s, prev_seal = NULL, credit_notes = NULL,"
+            " credit_notes_net_cents = NULL, credit_notes_vat_cents = NULL,"
+            " credit_notes_gross_cents = NULL WHERE isp_id = %s",
+            (old_seal, isp),
+        )
+        db.execute("UPDATE invoices SET number = NULL WHERE isp_id = %s", (isp,))
+    done = ledger_cli("verify-seals", "--isp", isp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _produce(sealed.bootstrap, partitions, closes[1])
+    wait_for(lambda: _sealed_periods(sealed.dsn, isp) == 2, 60, "April sealed")
+    with _db(sealed.dsn) as db:
+        april = db.execute(
+            "SELECT prev_seal, chain_no, credit_notes FROM billing_periods"
+            " WHERE isp_id = %s AND period = '2006-04'",
+            (isp,),
+        ).fetchone()
+        numbers = db.execute(
+            "SELECT number FROM invoices WHERE isp_id = %s AND period = '2006-04' UNION ALL"
+            " SELECT number FROM credit_notes WHERE isp_id = %s ORDER BY 1",
+            (isp, isp),
+        ).fetchall()
+    assert april == (old_seal, 2, 1)  # the refund of March's purchase: a credit note
+    assert numbers == [(1,), (2,)]
     done = ledger_cli("verify-seals", "--isp", isp)
     assert done.returncode == 0, done.stdout + done.stderr
 
