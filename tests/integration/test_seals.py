@@ -595,3 +595,63 @@ def test_a_replay_makes_the_same_chain_and_numbers(sealed: Sealed) -> None:
     finally:
         with _db(sealed.dsn) as db:
             db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_migration_0010_places_the_periods_already_there_in_their_chain(sealed: Sealed) -> None:
+    """On a database of migrations 1..9: the periods get their chain_no from the place of their
+    partition-0 close mark in ledger.events (applied_events), not from their period; the sealed
+    ones keep their seal with no prev_seal, and are frozen from then on."""
+    from projections.migrate import apply_migrations, load_migrations
+
+    schema = "ledger_seals_migration"
+    with psycopg.connect(sealed.dsn, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    try:
+        with psycopg.connect(sealed.dsn) as db:
+            db.execute(f"CREATE SCHEMA {schema}")
+            db.execute(f"SET search_path TO {schema}")
+            db.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for migration in load_migrations():
+                if migration.version >= 10:
+                    break
+                db.execute(migration.sql.encode())
+                db.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            # January's close decided in partition 0 after February's; March closing, its
+            # partition-0 mark not in yet.
+            for period, partition, offset in (("2006-01", 0, 50), ("2006-01", 1, 7),
+                                              ("2006-02", 0, 10), ("2006-02", 1, 5),
+                                              ("2006-03", 1, 9)):  # fmt: skip
+                event_id = f"period.x.{period}.{partition}"
+                db.execute(
+                    'INSERT INTO applied_events (event_id, topic, partition, "offset")'
+                    " VALUES (%s, 'ledger.events', %s, %s)",
+                    (event_id, partition, offset),
+                )
+                db.execute(
+                    "INSERT INTO period_close_marks VALUES ('x', %s, %s, %s, 'c', now())",
+                    (period, partition, event_id),
+                )
+            db.execute(
+                "INSERT INTO billing_periods (isp_id, period, state, partitions, seal) VALUES"
+                " ('x', '2006-01', 'closed', 2, 'old-1'), ('x', '2006-02', 'closed', 2, 'old-2'),"
+                " ('x', '2006-03', 'closing', 2, NULL)"
+            )
+            db.commit()
+        assert apply_migrations(sealed.dsn, schema) == ["0010_chained_seals_and_credit_notes"]
+        with psycopg.connect(sealed.dsn, options=f"-c search_path={schema}") as db:
+            rows = db.execute(
+                "SELECT period, chain_no, prev_seal, seal FROM billing_periods ORDER BY period"
+            ).fetchall()
+            assert rows == [("2006-01", 2, None, "old-1"), ("2006-02", 1, None, "old-2"),
+                            ("2006-03", None, None, None)]  # fmt: skip
+            with pytest.raises(psycopg.errors.RaiseException, match="sealed"):
+                db.execute("UPDATE billing_periods SET seal = 'forged' WHERE period = '2006-01'")
+    finally:
+        with psycopg.connect(sealed.dsn, autocommit=True) as db:
+            db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
