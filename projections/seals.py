@@ -1,14 +1,14 @@
 """`ledger verify-seals`: every sealed row recomputed from the money facts, and compared.
 
 For each ISP, its sealed periods in the order of its chain (billing_periods.chain_no,
-docs/design/seals.md): the period's money facts as the writer read them (money_facts) billed again
-with the pure core's functions, as the seal does (ledger.core.billing); the credit notes' sealed
-lines from the invoices recomputed before; the numbers counted from 1; each seal over the seal
-recomputed before it. Every stored row of invoices, invoice_lines, statements, credit_notes,
+docs/design/seals.md), one period at a time: the period's money facts as the writer read them
+(money_facts) billed again with the pure core's functions, as the seal does (ledger.core.billing);
+the invoice lines that its credit notes correct as stored (each is compared with its
+recomputation in its own period); the numbers counted from 1; each seal over the seal recomputed
+before it. Every stored row of invoices, invoice_lines, statements, credit_notes,
 credit_note_lines and billing_periods is then compared column by column with the recomputed one,
-and each difference named: table, key, column, stored and recomputed value. A cent changed
-behind the ledger's back is found where it was changed, and the seals above it (the row's, its
-period's, and each later period's previous seal) no longer match.
+and each difference named: table, key, column, stored and recomputed value. A cent changed behind
+the ledger's back is named where it was changed; a seal rewritten to match it is named too.
 
 A period sealed before invoices kept their VAT per rate (migration 0006: vat_by_rate null) was
 billed with its refund lines at rate 0 and cannot be recomputed: it is named, not compared, and
@@ -92,20 +92,49 @@ def _compare(
                 check.differences.append(f"{name}: {column} stored {x!r}, recomputed {y!r}")
 
 
-def _facts(db: psycopg.Connection[Any], isp_id: str) -> dict[str, list[MoneyFact]]:
-    """The ISP's money facts by the period they are billed in, in event id order (as the writer
-    reads a period's)."""
-    by_period: dict[str, list[MoneyFact]] = {}
+def _decoded(rows: Any) -> list[MoneyFact]:
+    facts: list[MoneyFact] = []
+    for (raw,) in rows:
+        fact = checked.decode_fact(bytes(raw))
+        assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
+        facts.append(fact)
+    return facts
+
+
+def _period_facts(db: psycopg.Connection[Any], isp_id: str, period: str) -> list[MoneyFact]:
+    """A period's money facts, in event id order, as the writer reads them to seal it. One
+    period at a time: an ISP's whole history would not fit in memory on a large log."""
     with db.cursor(binary=True) as cursor:
         cursor.execute(
-            "SELECT billing_period, fact FROM money_facts WHERE isp_id = %s ORDER BY event_id",
-            (isp_id,),
+            "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s"
+            " ORDER BY event_id",
+            (isp_id, period),
         )
-        for period, raw in cursor:
-            fact = checked.decode_fact(bytes(raw))
-            assert isinstance(fact, PurchaseAuthorized | PurchaseRefunded)
-            by_period.setdefault(period, []).append(fact)
-    return by_period
+        return _decoded(cursor)
+
+
+def _earlier_rates(
+    db: psycopg.Connection[Any], isp_id: str, facts: list[MoneyFact]
+) -> dict[billing.PurchaseKey, int]:
+    """The VAT rate of each purchase of an earlier period that a refund among `facts` reverses,
+    from that period's money facts (the same reading as the writer's, in
+    projections.store._earlier_purchase_rates, which is asynchronous)."""
+    wanted = {billing.purchase_key(f) for f in facts if isinstance(f, PurchaseRefunded)}
+    wanted -= billing.refunded_purchase_rates(facts, facts).keys()
+    rates: dict[billing.PurchaseKey, int] = {}
+    for period in sorted({key[2] for key in wanted}):
+        names = sorted({f"purchase.{key[1]}" for key in wanted if key[2] == period})
+        with db.cursor(binary=True) as cursor:
+            cursor.execute(
+                "SELECT fact FROM money_facts WHERE isp_id = %s AND billing_period = %s"
+                " AND event_id LIKE 'purchase.%%' AND left(event_id, -17) = ANY(%s)",
+                (isp_id, period, names),
+            )
+            for fact in _decoded(cursor):
+                key = billing.purchase_key(fact)
+                if key in wanted and isinstance(fact, PurchaseAuthorized):
+                    rates[key] = fact.vat_rate_bp
+    return rates
 
 
 @dataclass
@@ -115,26 +144,42 @@ class _Chain:
     prev_seal: str = billing.GENESIS_SEAL
     next_number: int = 1
     sealed: set[str] = field(default_factory=set)
-    invoices: dict[str, billing.Invoice] = field(default_factory=dict)
-    numbers: dict[str, int] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)  # recomputed, by document id
+
+
+def _corrections(
+    db: psycopg.Connection[Any], isp_id: str, facts: list[MoneyFact], chain: _Chain
+) -> dict[billing.PurchaseKey, billing.Correction]:
+    """The invoice line each refund of a purchase sealed before corrects. The line's number is
+    read from the stored invoice_lines (every stored line is itself compared with its
+    recomputation when its period is verified, so a forged one is named there); the invoice's
+    number is the recomputed one."""
+    wanted = billing.corrected_purchases(facts, chain.sealed)
+    if not wanted:
+        return {}
+    by_line = {(f"{isp_id}.{key[2]}.{key[0]}", key[1]): key for key in wanted}
+    found: dict[billing.PurchaseKey, billing.Correction] = {}
+    for invoice_id, purchase_id, line_no in db.execute(
+        "SELECT invoice_id, purchase_id, min(line_no) FROM invoice_lines"
+        " WHERE invoice_id = ANY(%s) AND kind = 'purchase' AND purchase_id = ANY(%s)"
+        " GROUP BY invoice_id, purchase_id",
+        (sorted({k[0] for k in by_line}), sorted({k[1] for k in by_line})),
+    ).fetchall():
+        key = by_line.get((invoice_id, purchase_id))
+        if key is not None:
+            found[key] = billing.Correction(invoice_id, chain.numbers.get(invoice_id), line_no)
+    return found
 
 
 def _bill(
-    isp_id: str, period: str, facts: dict[str, list[MoneyFact]], chain: _Chain, chained: bool
+    db: psycopg.Connection[Any], isp_id: str, period: str, chain: _Chain, chained: bool
 ) -> billing.PeriodBilling:
-    billed = facts.get(period, [])
-    earlier = {
-        f.purchase_billing_period for f in billed
-        if isinstance(f, PurchaseRefunded) and f.purchase_billing_period != period
-    }  # fmt: skip
-    rates = billing.refunded_purchase_rates(
-        (f for p in sorted(earlier) for f in facts.get(p, [])), billed
-    )
-    corrections = {}
-    if chained:
-        wanted = billing.corrected_purchases(billed, chain.sealed)
-        corrections = billing.corrections_from(isp_id, wanted, chain.invoices, chain.numbers)
-    return billing.bill_period(isp_id, period, billed, rates, corrections)
+    facts = _period_facts(db, isp_id, period)
+    rates = _earlier_rates(db, isp_id, facts)
+    corrections = _corrections(db, isp_id, facts, chain) if chained else {}
+    # A refund of a sealed purchase whose invoice line is missing is billed as a line here: the
+    # missing credit note is then named, as the missing line of the earlier invoice was.
+    return billing.bill_period(isp_id, period, facts, rates, corrections)
 
 
 def _verify_period(
@@ -145,13 +190,11 @@ def _verify_period(
     stored_prev: str | None,
     stored_seal: str,
     has_vat_by_rate: bool,
-    facts: dict[str, list[MoneyFact]],
     chain: _Chain,
 ) -> None:
     chained = stored_prev is not None
-    billed = _bill(isp_id, period, facts, chain, chained)
+    billed = _bill(db, isp_id, period, chain, chained)
     chain.sealed.add(period)
-    chain.invoices.update((i.invoice_id, i) for i in billed.invoices)
     if not has_vat_by_rate:
         check.not_compared.append((isp_id, period))
         chain.prev_seal = stored_seal
@@ -219,7 +262,6 @@ def _verify_period(
 
 
 def verify_isp(db: psycopg.Connection[Any], isp_id: str, check: SealCheck) -> None:
-    facts = _facts(db, isp_id)
     chain = _Chain()
     periods = db.execute(
         "SELECT period, prev_seal, seal, vat_by_rate IS NOT NULL FROM billing_periods"
@@ -227,8 +269,7 @@ def verify_isp(db: psycopg.Connection[Any], isp_id: str, check: SealCheck) -> No
         (isp_id,),
     ).fetchall()
     for period, prev_seal, stored_seal, has_vat_by_rate in periods:
-        _verify_period(db, check, isp_id, period, prev_seal, stored_seal, has_vat_by_rate, facts,
-                       chain)  # fmt: skip
+        _verify_period(db, check, isp_id, period, prev_seal, stored_seal, has_vat_by_rate, chain)
     # Documents of a period that is not sealed, or of no period: they cannot have been sealed.
     for table, key in (("invoices", "invoice_id"), ("credit_notes", "credit_note_id")):
         for (row_id,) in db.execute(
