@@ -10,11 +10,13 @@ from projections.db import connect
 
 def close_outcome(dsn: str, isp_id: str, period: str, command_id: str) -> tuple[str, Any] | None:
     """('closed', summary row), ('rejected', reasons) or None while the close is under way. The
-    summary row: state, invoices, net, VAT, gross, commission, owed to the platform, seal."""
+    summary row: state, invoices, net, VAT, gross, commission, owed to the platform, seal, the
+    previous seal in the ISP's chain, credit notes and their gross (issue 15)."""
     with connect(dsn) as db:
         row = db.execute(
             "SELECT state, invoices, net_cents, vat_cents, gross_cents, commission_cents,"
-            " owed_to_platform_cents, seal FROM billing_periods WHERE isp_id = %s AND period = %s",
+            " owed_to_platform_cents, seal, prev_seal, credit_notes, credit_notes_gross_cents"
+            " FROM billing_periods WHERE isp_id = %s AND period = %s",
             (isp_id, period),
         ).fetchone()
         if row is not None and row[0] == "closed":

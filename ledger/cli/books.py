@@ -48,7 +48,11 @@ def _print_summary(isp_id: str, period: str, row: Any) -> None:
     for label, cents in (("excluding VAT", row[2]), ("VAT", row[3]), ("including VAT", row[4]),
                          ("ISP commission", row[5]), ("owed to the platform", row[6])):  # fmt: skip
         print(f"  {label:22} {cents / 100:>16,.2f} EUR")
+    if row[9]:
+        print(f"  and {row[9]} credit notes, {row[10] / 100:,.2f} EUR including VAT")
     print(f"  seal {row[7]}")
+    if row[8] is not None:
+        print(f"  over the previous seal {row[8]}")
 
 
 def _cmd_close_period(args: argparse.Namespace) -> int:
