@@ -156,8 +156,8 @@ def table_lines(diff: TableDifference) -> list[str]:
     what = [f"rows {a.rows:,} live vs {b.rows:,} replay"]
     if a.totals != b.totals:
         what.append(f"totals ({', '.join(diff.money)}) {a.totals} vs {b.totals}")
-    what.append(f"{diff.rows_only_live:,} row(s) only in live, {diff.rows_only_replay:,} only in"
-                " replay")  # fmt: skip
+    what.append(f"{diff.rows_only_live:,} live row(s) not in replay, {diff.rows_only_replay:,}"
+                " replay row(s) not in live")  # fmt: skip
     lines = [f"{diff.table}: {'; '.join(what)}"]
     for row in diff.first:
         lines.append(f"  key {_key_text(row.key)}: {row.what}")
@@ -167,10 +167,10 @@ def table_lines(diff: TableDifference) -> list[str]:
                              f" | replay {shown(row.replay[column])}")  # fmt: skip
         else:
             lines.append(f"    {_row_text(row.live if row.live is not None else row.replay or {})}")
-    shown_rows = len(diff.first)
-    total = diff.rows_only_live + diff.rows_only_replay
-    if shown_rows and total > 2 * shown_rows:
-        lines.append(f"  ... first {shown_rows} key(s) shown, ordered by key")
+    sides = sum((r.live is not None) + (r.replay is not None) for r in diff.first)
+    more = diff.rows_only_live + diff.rows_only_replay - sides
+    if more > 0:
+        lines.append(f"  ... and {more:,} more differing row(s), after these in key order")
     return lines
 
 
@@ -209,8 +209,8 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
                     "replay": list(d.replay.totals),
                 },
                 "checksum": {"live": d.live.checksum, "replay": d.replay.checksum},
-                "rows_only_live": d.rows_only_live,
-                "rows_only_replay": d.rows_only_replay,
+                "live_rows_not_in_replay": d.rows_only_live,
+                "replay_rows_not_in_live": d.rows_only_replay,
                 "first_rows": [_row_json(r) for r in d.first],
             }
             for d in comparison.differences
