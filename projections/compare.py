@@ -18,6 +18,7 @@ from finds no differing row, and the table counts as equal.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,12 @@ EXCLUDED_COLUMNS: dict[tuple[str, str], str] = {
     ("schema_migrations", "applied_at"): "projections.migrate: when the migration ran (now())",
     ("projection_offsets", "updated_at"): "0001: when the writer stored the offset (now())",
     ("applied_events", "applied_at"): "0001: when the writer applied the event (now())",
-    # Ids applied before migration 0004 have none live and a rebuild has them; `ledger reconcile`
-    # compares each applied fingerprint with the fact on the topic instead.
+}
+# Columns a migration added without filling the rows already there: null live for those rows, a
+# value in a rebuild. Each is compared when no live row lacks it (a ledger born after the
+# migration), else left out and named (Comparison.columns_not_compared).
+ADDED_WITHOUT_BACKFILL: dict[tuple[str, str], str] = {
+    # `ledger reconcile` compares each applied fingerprint with the fact on the topic instead.
     ("applied_events", "fingerprint"): "0004: null live for the ids applied before 0004",
     ("applied_events", "type"): "0004: null live for the ids applied before 0004",
 }
@@ -174,10 +179,11 @@ def schema_differences(live: Catalog, replay: Catalog) -> list[str]:
 
 
 def plan_tables(
-    live: Catalog, replay: Catalog, keys: dict[str, tuple[str, ...]]
-) -> list[TablePlan]:
+    live: Catalog, replay: Catalog, keys: dict[str, tuple[str, ...]],
+    left_out: Collection[tuple[str, str]] = (),
+) -> list[TablePlan]:  # fmt: skip
     """Every table of both schemas but EXCLUDED_TABLES, with its columns but EXCLUDED_COLUMNS
-    (those of live that replay has, of the same type), and its key."""
+    and `left_out` (those of live that replay has, of the same type), and its key."""
     plans = []
     for table, (is_table, columns) in sorted(live.items()):
         if not is_table or table in EXCLUDED_TABLES or table not in replay:
@@ -185,7 +191,8 @@ def plan_tables(
         theirs = dict(replay[table][1])
         compared = tuple(
             (name, kind) for name, kind in columns
-            if (table, name) not in EXCLUDED_COLUMNS and theirs.get(name) == kind
+            if (table, name) not in EXCLUDED_COLUMNS and (table, name) not in left_out
+            and theirs.get(name) == kind
         )  # fmt: skip
         names = [name for name, _ in compared]
         key = keys.get(table) or LOGICAL_KEYS.get(table) or tuple(names)
@@ -197,6 +204,24 @@ def plan_tables(
         )  # fmt: skip
         plans.append(TablePlan(table, compared, key, money))
     return plans
+
+
+def unfilled_columns(
+    db: psycopg.Connection[Any], live: str, catalog: Catalog
+) -> dict[tuple[str, str], str]:
+    """The columns of ADDED_WITHOUT_BACKFILL that some live row lacks, with why."""
+    found = {}
+    for (table, column), why in ADDED_WITHOUT_BACKFILL.items():
+        if column not in dict(catalog.get(table, (False, ()))[1]):
+            continue
+        lacking = db.execute(
+            sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {} IS NULL)").format(
+                sql.Identifier(live, table), sql.Identifier(column)
+            )
+        ).fetchone()
+        if lacking is not None and lacking[0]:
+            found[(table, column)] = why
+    return found
 
 
 def _hashed(name: str, kind: str) -> sql.Composable:
@@ -339,7 +364,10 @@ def compare(
     live_catalog, replay_catalog = read_catalog(db, live), read_catalog(db, replay)
     comparison = Comparison(live, replay)
     comparison.schema_differences = schema_differences(live_catalog, replay_catalog)
-    for plan in plan_tables(live_catalog, replay_catalog, read_keys(db, live)):
+    unfilled = unfilled_columns(db, live, live_catalog)
+    comparison.columns_not_compared = {f"{t}.{c}": why for (t, c), why in unfilled.items()}
+    keys = read_keys(db, live)
+    for plan in plan_tables(live_catalog, replay_catalog, keys, unfilled):
         summary, difference = compare_table(db, plan, live, replay, left_out, limit)
         comparison.summaries[plan.table] = summary
         if difference is not None:

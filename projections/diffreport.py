@@ -72,6 +72,9 @@ class Comparison:
     summaries: dict[str, TableSummary] = field(default_factory=dict)  # the replay's
     schema_differences: list[str] = field(default_factory=list)
     differences: list[TableDifference] = field(default_factory=list)
+    # Columns left out of this comparison ("table.column" → why), the live schema having rows
+    # written before the migration that added them (compare.ADDED_WITHOUT_BACKFILL).
+    columns_not_compared: dict[str, str] = field(default_factory=dict)
 
     @property
     def equal(self) -> bool:
@@ -199,6 +202,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "live_schema": comparison.live_schema,
         "replay_schema": comparison.replay_schema,
         "tables": {t: {"rows": s.rows} for t, s in comparison.summaries.items()},
+        "columns_not_compared": dict(comparison.columns_not_compared),
         "schema_differences": list(comparison.schema_differences),
         "differences": [
             {

@@ -132,6 +132,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         more = ", ..." if len(result.not_compared) > 5 else ""
         print(f"  not compared: {len(result.not_compared)} ISP period(s) sealed before invoices"
               f" showed their VAT per rate ({shown}{more})")  # fmt: skip
+    for column, why in result.comparison.columns_not_compared.items():
+        print(f"  not compared: {column} ({why})")
     if result.equal:
         print("replay equals live: same columns, and same rows in every column of every table")
         return 0
