@@ -52,6 +52,8 @@ def test_every_table_and_column_is_compared_but_the_exclusions() -> None:
     assert plans["applied_events"].names == ("event_id", "fingerprint", "type")
     legacy = {("applied_events", "fingerprint"), ("applied_events", "type")}
     assert compare.plan_tables(CATALOG, CATALOG, KEYS, legacy)[0].names == ("event_id",)
+    only_excluded: compare.Catalog = {"projection_offsets": (True, (("updated_at", "date"),))}
+    assert compare.plan_tables(only_excluded, only_excluded, {}) == []
     assert plans["invoice_lines"].money == ("gross_cents",)
 
 
