@@ -101,7 +101,8 @@ def pair_rows(
 
 def differing_columns(live: Row | None, replay: Row | None) -> tuple[str, ...]:
     """The columns whose values differ, by value (a Decimal 1.0 equals 1.00, a dict whatever its
-    keys' order, datetimes whatever their zone); every column when one side is missing."""
+    keys' order, datetimes whatever their zone); none when one side has no row (the whole row
+    differs)."""
     if live is None or replay is None:
         return ()
     return tuple(c for c in live if c not in replay or not _same(live[c], replay[c]))

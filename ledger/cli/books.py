@@ -115,7 +115,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             "records": result.records, "applied": result.applied,
             "duplicates": result.duplicates, "seconds": round(result.seconds, 3),
             "events_per_second": round(result.events_per_second, 1),
-            "not_compared": [{"isp_id": i, "period": p} for i, p in result.not_compared],
+            # Sealed before invoices showed their VAT per rate (compare.sealed_before_vat_by_rate)
+            "periods_not_compared": [
+                {"isp_id": i, "period": p} for i, p in result.not_compared
+            ],
             **to_json(result.comparison),
         }  # fmt: skip
         print(json.dumps(document, indent=2, ensure_ascii=False))
