@@ -32,6 +32,7 @@ from psycopg import sql
 from ledger.kafka import topics
 from ledger.kafka.settings import READER_OFFSET_RESET_LATEST, aiokafka_reader_config
 from projections import bulkload, compare, store
+from projections.diffreport import Comparison, TableSummary, report_lines
 from projections.migrate import DEFAULT_SCHEMA, apply_migrations, check_schema_name
 from projections.writer import FETCH_BYTES_MAX, Prepared, prepare_more
 
@@ -52,12 +53,24 @@ class ReplayResult:
     applied: int
     duplicates: int
     seconds: float
-    equal: bool
-    differences: list[str] = field(default_factory=list)
-    summaries: dict[str, compare.TableSummary] = field(default_factory=dict)
+    comparison: Comparison
     # ISP periods sealed live before invoices showed VAT per rate: their billed rows are not
     # compared (compare.sealed_before_vat_by_rate).
     not_compared: compare.Periods = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return self.comparison.equal
+
+    @property
+    def summaries(self) -> dict[str, TableSummary]:
+        """The replay's tables."""
+        return self.comparison.summaries
+
+    @property
+    def differences(self) -> list[str]:
+        """The report of what differs, a line each (projections.diffreport)."""
+        return report_lines(self.comparison)
 
     @property
     def events_per_second(self) -> float:
@@ -303,10 +316,9 @@ def _replay(
                 if now != target:
                     continue  # the live writer moved on: follow it
                 old = compare.sealed_before_vat_by_rate(db, live)
-                left, right = compare.summarize(db, live, old), compare.summarize(db, schema, old)
-            found = compare.differences(left, right)
+                comparison = compare.compare(db, live, schema, old)
             return ReplayResult(
-                schema, records, applied, duplicates, seconds, not found, found, right, old,
+                schema, records, applied, duplicates, seconds, comparison, old,
             )  # fmt: skip
     raise TimeoutError(
         f"the live writer kept moving for {CATCH_UP_ROUNDS_MAX} rounds: replay when the"
