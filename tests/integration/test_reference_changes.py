@@ -18,7 +18,7 @@ from ledger.stack.state import StackState
 from schemas import codec
 from schemas.facts import PurchaseAuthorized, PurchaseRejected, ReferenceChanged
 from tests import builders as b
-from tests.harness import ApiServer, Worker, end_offsets, produce, read_until
+from tests.harness import ApiServer, Record, Worker, end_offsets, produce, read_until
 
 
 @pytest.fixture
@@ -59,6 +59,28 @@ def _refused_changes_write_nothing(
     assert end_offsets(bootstrap, topics.COMMANDS) == before
 
 
+def _outcomes(
+    bootstrap: str, start: dict[int, int], wanted: set[str]
+) -> tuple[dict[int, int | str], dict[int, int]]:
+    """Each purchase's share (or rejection) and commission, by the minute in its id."""
+
+    def decided(records: list[Record]) -> bool:
+        found = {getattr(codec.decode_fact(r.value), "purchase_id", None) for r in records}
+        return wanted <= found
+
+    records = read_until(bootstrap, topics.EVENTS, start, decided, 120)
+    outcome: dict[int, int | str] = {}
+    commissions: dict[int, int] = {}
+    for fact in (codec.decode_fact(r.value) for r in records):
+        if isinstance(fact, PurchaseAuthorized) and fact.purchase_id in wanted:
+            minute = int(fact.purchase_id[1:].split("-")[0])
+            outcome[minute] = fact.revenue_share_bp
+            commissions[minute] = fact.commission_bp
+        elif isinstance(fact, PurchaseRejected) and fact.purchase_id in wanted:
+            outcome[int(fact.purchase_id[1:].split("-")[0])] = fact.reason
+    return outcome, commissions
+
+
 def test_a_share_change_and_a_block_mid_stream_through_the_api(
     api: ApiServer, stack: StackState
 ) -> None:
@@ -95,6 +117,11 @@ def test_a_share_change_and_a_block_mid_stream_through_the_api(
         "PUT", path, {"blocked": True, "effective_at": block_at.isoformat()}, admin
     )
     assert status == 200 and blocked["revenue_share_bp"] == 5000, blocked  # the share kept
+    # The ISP's commission: 15 % until now + 20 min, then 10 %.
+    commission_at = now + timedelta(minutes=20)
+    status, isp_changed = api.call("PUT", f"/v1/admin/isps/{isp}", {
+        "commission_bp": 1000, "effective_at": commission_at.isoformat()}, admin)  # fmt: skip
+    assert status == 200 and isp_changed["billing_day"] == 1, isp_changed
 
     # Purchases of a trusted feed, sent after the changes, dated around them; the last but one
     # is dated before the first change but comes after every other purchase.
@@ -108,21 +135,12 @@ def test_a_share_change_and_a_block_mid_stream_through_the_api(
     produce(bootstrap, partitions, [], purchases)
     wanted = {p.purchase_id for p in purchases}
 
-    def decided(records: list) -> bool:
-        found = {getattr(codec.decode_fact(r.value), "purchase_id", None) for r in records}
-        return wanted <= found
-
-    records = read_until(bootstrap, topics.EVENTS, start, decided, 120)
-    outcome: dict[int, int | str] = {}
-    for fact in (codec.decode_fact(r.value) for r in records):
-        if isinstance(fact, PurchaseAuthorized) and fact.purchase_id in wanted:
-            outcome[int(fact.purchase_id[1:].split("-")[0])] = fact.revenue_share_bp
-        elif isinstance(fact, PurchaseRejected) and fact.purchase_id in wanted:
-            outcome[int(fact.purchase_id[1:].split("-")[0])] = fact.reason
+    outcome, commissions = _outcomes(bootstrap, start, wanted)
     assert outcome == {5: 6000, 15: 5000, 25: 5000, 40: "publisher_blocked", 7: 6000}, outcome
+    assert commissions == {5: 1500, 15: 1500, 25: 1000, 7: 1500}, commissions
 
     # Each change is a fact of every partition, effective when the API said.
-    def mine(records: list) -> list[ReferenceChanged]:
+    def mine(records: list[Record]) -> list[ReferenceChanged]:
         facts = (codec.decode_fact(r.value) for r in records if b"reference.changed" in r.value)
         return [f for f in facts if isinstance(f, ReferenceChanged)
                 and getattr(f.record, "effective_at", None) is not None
