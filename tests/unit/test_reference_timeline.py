@@ -291,3 +291,24 @@ def test_a_batch_decided_again_prunes_nothing_its_earlier_commands_need() -> Non
     again = store.run(lost)
     assert [codec.encode(f) for _, f in again.facts] == [codec.encode(f) for _, f in first.facts]
     assert _share(again.facts[1][1]) == 6000
+
+
+def test_a_reference_record_goes_to_every_partition_then_to_the_compacted_topic() -> None:
+    """What LedgerProducer.send_reference, the API and `ledger produce` (a record line, with its
+    effective_at) send: the change to each partition, keyed by entity, then the record."""
+    from ledger.kafka import topics
+    from ledger.produce import _decode_line, reference_records
+
+    line = codec.encode(_canalplay(at(days=2), at(days=14), revenue_share_bp=5000))
+    record = _decode_line(line)
+    assert isinstance(record, PublisherRegistered) and record.effective_at == at(days=14)
+    sent = reference_records(record, 4)
+    assert [(t, p, k) for t, p, k, _ in sent] == [
+        *((topics.COMMANDS, p, b"publisher:canalplay") for p in range(4)),
+        (topics.REFERENCE, 0, b"publisher:canalplay"),
+    ]
+    changes = [codec.decode_command(v) for t, _, _, v in sent if t == topics.COMMANDS]
+    assert {c.command_id for c in changes if isinstance(c, ReferenceChangeRequested)} == {
+        reference_commands(record, 4)[0].command_id
+    }  # one command id: the same record sent again is the same command
+    assert codec.decode_reference(sent[-1][3]) == record
