@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -25,7 +26,9 @@ from schemas import codec
 from schemas.commands import (
     Command,
     HoldsExpireRequested,
+    PartitionBarrier,
     PeriodCloseRequested,
+    ReferenceChangeRequested,
     barrier_key,
 )
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
@@ -61,9 +64,14 @@ class LedgerProducer:
         return self.send_raw(topic, key, value, partition)
 
     def send_reference(self, record: ReferenceRecord) -> Any:
-        return self.send_raw(
-            topics.REFERENCE, reference_key(record).encode(), codec.encode(record), 0
-        )
+        """Register or change an ISP or a publisher (issue 15): the change to every partition of
+        ledger.commands, where the decisions see it in their order, then the record to the
+        compacted ledger.reference (the latest values, for the API). Returns the last send's
+        future."""
+        future = None
+        for topic, partition, key, value in reference_records(record, self.partitions):
+            future = self.send_raw(topic, key, value, partition)
+        return future
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes, partition: int) -> Any:
         future = self._producer.send(topic, key=key, value=value, partition=partition)
@@ -95,7 +103,7 @@ class LedgerProducer:
 def command_record(command: Command, partitions: int) -> Outgoing:
     """A command as LedgerProducer.send_command sends it: keyed and partitioned by account (a
     period close or an expiry barrier to the partition it names)."""
-    if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+    if isinstance(command, PartitionBarrier):
         key, partition = barrier_key(command), command.partition
     else:
         key, partition = command.account_id, partition_for(command.account_id, partitions)
@@ -123,6 +131,27 @@ async def _send_in_batches(
         raise LedgerError(str(error)) from None
     finally:
         await producer.stop()
+
+
+def reference_commands(record: ReferenceRecord, partitions: int) -> list[ReferenceChangeRequested]:
+    """A reference change goes to every partition (see ReferenceChangeRequested). Its id names
+    the record's content: the same record sent twice is the same command (and fact) twice."""
+    digest = blake2b(codec.encode(record), digest_size=12).hexdigest()
+    return [
+        ReferenceChangeRequested(
+            command_id=f"reference-{digest}", record=record, partition=p, partitions=partitions,
+            occurred_at=record.occurred_at,
+        )
+        for p in range(partitions)
+    ]  # fmt: skip
+
+
+def reference_records(record: ReferenceRecord, partitions: int) -> list[Outgoing]:
+    """What send_reference sends, in order: the change to each partition of ledger.commands, then
+    the record to the compacted ledger.reference."""
+    out = [command_record(c, partitions) for c in reference_commands(record, partitions)]
+    out.append((topics.REFERENCE, 0, reference_key(record).encode(), codec.encode(record)))
+    return out
 
 
 def close_commands(

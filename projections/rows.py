@@ -33,6 +33,7 @@ from schemas.facts import (
     PurchaseAuthorized,
     PurchaseRefunded,
     PurchaseRejected,
+    ReferenceChanged,
     RefundRejected,
 )
 
@@ -225,6 +226,11 @@ def add(rows: Rows, fact: Fact, raw: bytes) -> None:
         _refund(rows, fact)
     elif isinstance(fact, PeriodClosed):
         rows.closes.append(fact)
+    elif isinstance(fact, ReferenceChanged):
+        # Issue 15: a reference change passed a partition. No row of its own: it is in
+        # applied_events like every fact, the money facts it affects carry their rates, and the
+        # latest values are the compacted ledger.reference's. Known, so never a reason to stop.
+        pass
     elif isinstance(
         fact, PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandRejected
     ):

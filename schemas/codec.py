@@ -97,15 +97,18 @@ def _check_texts(raw: bytes, message: Message) -> None:
         return
     for name in message.__struct_fields__:
         value = getattr(message, name)
-        if isinstance(value, str) and not _CONTROL.match(value):
+        if isinstance(value, Message):  # a reference change's record (issue 15)
+            _check_texts(raw, value)
+        elif isinstance(value, str) and not _CONTROL.match(value):
             raise InvalidMessage(
                 "invalid_field",
                 f"`$.{name}`: a text holds no control character but tab and newline",
             )
 
 
-# The times a message may carry besides occurred_at (a hold's end, an expiry barrier's time).
-_OTHER_TIMES = ("hold_expires_at", "as_of")
+# The times a message may carry besides occurred_at (a hold's end, an expiry barrier's time, a
+# reference record's effective time).
+_OTHER_TIMES = ("hold_expires_at", "as_of", "effective_at")
 
 
 def _check_time(message: Message) -> None:
@@ -113,6 +116,9 @@ def _check_time(message: Message) -> None:
     for name in _OTHER_TIMES:
         if name in message.__struct_fields__:
             _check_instant(name, getattr(message, name))
+    record = getattr(message, "record", None)  # a reference change's record (issue 15)
+    if isinstance(record, Message):
+        _check_time(record)
 
 
 def _check_instant(name: str, at: datetime | None) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Final
 
-import msgspec
-
+# Re-exported: every module imported them from here before schemas.message existed.
+from schemas.message import LimitOverrides as LimitOverrides  # noqa: PLC0414
+from schemas.message import Message as Message  # noqa: PLC0414
+from schemas.reference import ReferenceRecord, reference_key
 from schemas.types import (
     AccountKind,
     BlockReason,
@@ -27,10 +29,6 @@ from schemas.types import (
     Text,
     Timestamp,
 )
-
-
-class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=False):
-    """Base of every message on the ledger's topics."""
 
 
 class PurchaseRequested(Message, frozen=True, tag="purchase.requested.v2", omit_defaults=True):
@@ -121,36 +119,6 @@ class AccountUnblockRequested(Message, frozen=True, tag="account.unblock_request
     command_id: Id
     account_id: Id
     occurred_at: Timestamp
-
-
-class LimitOverrides(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Fraud limits set on an account or as an ISP's defaults. A field left out (null) inherits
-    the next level: account → ISP → platform defaults."""
-
-    min_purchase_cents: PositiveCents | None = None
-    max_purchase_cents: PositiveCents | None = None
-    daily_cap_cents: NonNegativeCents | None = None
-    monthly_cap_cents: NonNegativeCents | None = None
-    velocity_max_purchases: int | None = None
-    velocity_window_seconds: int | None = None
-    employee_budget_cents: NonNegativeCents | None = None
-    # Attempts per account (every user; authorized and refused) in the velocity window (issue 14).
-    # Null all the way up (the platform's default): no such limit.
-    velocity_max_attempts_per_account: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.velocity_max_purchases is not None and not 1 <= self.velocity_max_purchases <= 1000:
-            raise ValueError("velocity_max_purchases must be from 1 to 1000")
-        attempts = self.velocity_max_attempts_per_account
-        if attempts is not None and not 1 <= attempts <= 1000:
-            raise ValueError("velocity_max_attempts_per_account must be from 1 to 1000")
-        if self.velocity_window_seconds is not None and not (
-            1 <= self.velocity_window_seconds <= 86_400
-        ):
-            raise ValueError("velocity_window_seconds must be from 1 to 86400 (one day)")
-        low, high = self.min_purchase_cents, self.max_purchase_cents
-        if low is not None and high is not None and low > high:
-            raise ValueError("min_purchase_cents must not exceed max_purchase_cents")
 
 
 class LimitsSetRequested(Message, frozen=True, tag="limits.set_requested.v1"):
@@ -266,6 +234,23 @@ class HoldsExpireRequested(Message, frozen=True, tag="holds.expire_requested.v1"
         _check_barrier(self.partition, self.partitions)
 
 
+class ReferenceChangeRequested(Message, frozen=True, tag="reference.change_requested.v1"):
+    """Register or change an ISP or a publisher (issue 15). Sent once to each of the `partitions`
+    partitions of ledger.commands, keyed `isp:<id>` / `publisher:<id>`, like PeriodCloseRequested:
+    each copy takes its place in its partition's command order, and the decisions of that
+    partition after it see `record` from the record's effective time (`effective_at`, else its
+    `occurred_at`), those before it never do, live or in a replay (ledger.core.reference)."""
+
+    command_id: Id
+    record: ReferenceRecord
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_barrier(self.partition, self.partitions)
+
+
 PaymentCommand = PaymentHoldRequested | PaymentCaptureRequested | PaymentVoidRequested
 AccountCommand = (
     PurchaseRequested
@@ -281,7 +266,7 @@ AccountCommand = (
     | PaymentVoidRequested
 )
 # Sent once to every partition, each copy a barrier in its partition's order.
-PartitionBarrier = PeriodCloseRequested | HoldsExpireRequested
+PartitionBarrier = PeriodCloseRequested | HoldsExpireRequested | ReferenceChangeRequested
 Command = AccountCommand | PartitionBarrier
 
 # Older versions still read (and upcast to the current one by schemas.codec.decode_command).
@@ -301,6 +286,7 @@ COMMAND_TYPES: tuple[type[Message], ...] = (
     PaymentCaptureRequested,
     PaymentVoidRequested,
     HoldsExpireRequested,
+    ReferenceChangeRequested,
 )
 
 
@@ -308,4 +294,6 @@ def barrier_key(command: PartitionBarrier) -> str:
     """The message key of a barrier (it goes to the partition it names, not by key)."""
     if isinstance(command, PeriodCloseRequested):
         return command.isp_id
+    if isinstance(command, ReferenceChangeRequested):
+        return reference_key(command.record)
     return command.command_id

@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.commands import LimitOverrides, Message
+from schemas.reference import ReferenceRecord
 from schemas.types import (
     AccountKind,
     BasisPoints,
@@ -207,6 +208,21 @@ class PeriodClosed(Message, frozen=True, tag="period.closed.v1"):
     occurred_at: Timestamp
 
 
+class ReferenceChanged(Message, frozen=True, tag="reference.changed.v1"):
+    """A reference change (reference.change_requested.v1) took its place in one partition's
+    command order: that partition's decisions after it see `record` from `effective_at`. One per
+    partition and command; the same command again gives the same fact again (its id is the
+    command's fingerprint, which names the partition too)."""
+
+    event_id: str
+    command_id: Id
+    record: ReferenceRecord
+    effective_at: Timestamp
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+
 class PaymentReserved(Message, frozen=True, tag="payment.reserved.v1"):
     """A held payment accepted (payment.hold_requested.v1): its amount takes cap room like a
     purchase, but it has no postings and is not money owed until it is captured, which is a
@@ -294,6 +310,7 @@ Fact = (
     | EmployeeRevoked
     | CommandRejected
     | PeriodClosed
+    | ReferenceChanged
     | PaymentReserved
     | PaymentVoided
     | PaymentExpired
@@ -313,6 +330,7 @@ FACT_TYPES: tuple[type[Message], ...] = (
     EmployeeRevoked,
     CommandRejected,
     PeriodClosed,
+    ReferenceChanged,
     PaymentReserved,
     PaymentVoided,
     PaymentExpired,

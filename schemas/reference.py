@@ -1,14 +1,22 @@
-"""Reference data on `ledger.reference` (compacted, keyed by `isp:<id>` / `publisher:<id>`):
-ISPs and publishers, read by every worker into a global table."""
+"""Reference data: ISPs and publishers.
+
+Issue 15: a change of reference data is a barrier command on ledger.commands
+(`reference.change_requested.v1`, schemas.commands.ReferenceChangeRequested), sent once to every
+partition, so that each partition's decisions see it at one place in their command order and a
+replay sees it at the same place. It takes effect at the record's `effective_at` (null: its
+`occurred_at`). The record is then also written to the compacted `ledger.reference` (keyed by
+`isp:<id>` / `publisher:<id>`): the latest values, for the readers that need no more (the API's
+key lookup, names); the workers no longer read it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-from schemas.commands import LimitOverrides, Message
+from schemas.message import LimitOverrides, Message
 from schemas.types import Category, Id, Text, Timestamp, VatCategory
 
 BillingDay = Annotated[int, Meta(ge=1, le=28, description="day of the month a period starts")]
@@ -49,6 +57,8 @@ class IspRegistered(Message, frozen=True, tag="isp.registered.v1"):
     consumer_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
     enterprise_limits: LimitOverrides = msgspec.field(default_factory=LimitOverrides)
     allowed_lateness_seconds: AllowedLatenessSeconds | None = None
+    # Issue 15: when these values take effect (null: at occurred_at). See ReferenceChangeRequested.
+    effective_at: Timestamp | None = None
 
 
 class PublisherRegistered(Message, frozen=True, tag="publisher.registered.v1"):
@@ -64,10 +74,17 @@ class PublisherRegistered(Message, frozen=True, tag="publisher.registered.v1"):
     blocked: bool = False
     # SHA-256 of the publisher's checkout API key (hex); the key itself is never stored.
     api_key_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")] | None = None
+    # Issue 15: when these values take effect (null: at occurred_at). See ReferenceChangeRequested.
+    effective_at: Timestamp | None = None
 
 
 ReferenceRecord = IspRegistered | PublisherRegistered
 REFERENCE_TYPES: tuple[type[Message], ...] = (IspRegistered, PublisherRegistered)
+
+
+def effective_at(record: ReferenceRecord) -> datetime:
+    """When a record's values take effect."""
+    return record.occurred_at if record.effective_at is None else record.effective_at
 
 
 def reference_key(record: ReferenceRecord) -> str:

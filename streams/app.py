@@ -3,7 +3,8 @@
 - authorizer: ledger.commands → ledger.events, a fetched batch at a time (streams/authorizer.py),
   the per-account state and each partition's summary (closed periods, partial balances per
   publisher and per ISP) in the `accounts` table (RocksDB, with its changelog);
-- reference data: ledger.reference, read whole by every worker into memory.
+- reference data: in each partition's command order (`reference.change_requested.v1`, issue 15),
+  kept per partition in the accounts table; the workers no longer read ledger.reference.
 
 faust keeps what it does well: the consumer group and its rebalances, the table's changelog
 topic, its recovery into RocksDB on assignment, and the commits. Its per-record path is replaced
@@ -24,7 +25,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from ledger.kafka import topics
 from ledger.kafka.groups import ACCOUNTS_TABLE
-from ledger.kafka.reference import ReferenceReader
 from ledger.kafka.settings import aiokafka_producer_config, faust_producer_extra
 from streams import metrics
 from streams.authorizer import BatchAuthorizer, MemoryAccounts, RocksAccounts
@@ -63,20 +63,18 @@ def crash(reason: str) -> NoReturn:
 def create_app(config: WorkerConfig) -> LedgerApp:
     app = LedgerApp(config.app_id, **faust_settings(config))
     commands_topic, accounts = _declare(app, config)
-    reader = ReferenceReader(config.bootstrap_servers)
     authorizer = BatchAuthorizer(
         app,
         RocksAccounts(accounts.data)
         if config.store == "rocksdb"
         else MemoryAccounts(accounts.data),
         accounts.changelog_topic.get_topic_name(),
-        lambda: reader.reference,
         config.partitions,
         config.log_starts.get(topics.COMMANDS, {}),
         aiokafka_producer_config(config.bootstrap_servers, f"{config.app_id}-{config.name}"),
     )
-    _bind_fetch_loop(app, reader, authorizer)
-    _services(app, reader, authorizer, commands_topic)
+    _bind_fetch_loop(app, authorizer)
+    _services(app, authorizer, commands_topic)
     app.ledger_tables = {ACCOUNTS_TABLE: accounts}  # type: ignore[attr-defined]
     return app
 
@@ -101,13 +99,11 @@ def _declare(app: LedgerApp, config: WorkerConfig) -> tuple[Any, Any]:
     return commands_topic, accounts
 
 
-def _bind_fetch_loop(app: LedgerApp, reader: ReferenceReader, authorizer: BatchAuthorizer) -> None:
-    """The fetch loop (streams/fetch.py) hands every fetched batch of commands to the authorizer,
-    once the reference data is read."""
+def _bind_fetch_loop(app: LedgerApp, authorizer: BatchAuthorizer) -> None:
+    """The fetch loop (streams/fetch.py) hands every fetched batch of commands to the
+    authorizer."""
 
     async def decide(fetched: dict[int, list[Any]]) -> None:
-        if not reader.ready.is_set():
-            await reader.ready.wait()
         try:
             await authorizer.handle(fetched)
         except Exception as error:  # not about the input (that is dead-lettered): a bug
@@ -117,15 +113,8 @@ def _bind_fetch_loop(app: LedgerApp, reader: ReferenceReader, authorizer: BatchA
     setattr(app.transport, "Consumer", consumer_class(topics.COMMANDS, decide))  # noqa: B010
 
 
-def _services(
-    app: LedgerApp, reader: ReferenceReader, authorizer: BatchAuthorizer, commands_topic: Any
-) -> None:
-    """The reference reader's task, the rebalance and shutdown hooks, the subscribing agent and
-    the lag report."""
-
-    @app.task
-    async def read_reference() -> None:
-        await reader.run()
+def _services(app: LedgerApp, authorizer: BatchAuthorizer, commands_topic: Any) -> None:
+    """The rebalance and shutdown hooks, the subscribing agent and the lag report."""
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_expectations(sender: Any, *args: Any, **kwargs: Any) -> None:

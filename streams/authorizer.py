@@ -8,9 +8,11 @@ partition, in offset order):
    ledger.dlq) and decided by the pure core, per partition (ledger/core/batch.py), with the
    account states read once from the local store;
 3. the facts and dead letters go to the producer in record batches, and are awaited;
-4. then each changed account's state, then the partition's summary (next offset, closed periods,
-   partial balances), go to the accounts changelog, and are awaited: that order is what makes a
-   crash anywhere recoverable (see ledger/core/batch.py);
+4. then the partition's reference data when the batch changed it (issue 15: only a batch with a
+   reference command; it is not in the summary, which every batch writes), each changed
+   account's state, then the partition's summary (next offset, closed periods, partial
+   balances), go to the accounts changelog, and are awaited: that order is what makes a crash
+   anywhere recoverable (see ledger/core/batch.py);
 5. then the local store is written in one RocksDB write batch per partition, without its
    write-ahead log (the changelog is the log, as in Kafka Streams), with the changelog offset it
    covers in the same write batch, so a crash loses a suffix of batches and recovery replays it;
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -42,13 +44,15 @@ from ledger.core.batch import (
     decide_batch,
     decode_summary,
     encode_summary,
+    reference_key,
     summary_key,
 )
+from ledger.core.reference import PartitionReference, decode_reference, encode_reference
 from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from schemas import codec
-from schemas.commands import Command, HoldsExpireRequested, PeriodCloseRequested
+from schemas.commands import Command, PartitionBarrier
 from schemas.deadletter import set_aside
 from schemas.facts import (
     CommandRejected,
@@ -138,7 +142,6 @@ class BatchAuthorizer:
         app: Any,
         store: AccountStore,
         changelog_topic: str,
-        reference: Callable[[], Any],
         partitions: int,
         starts: dict[int, int],
         producer_settings: dict[str, Any],
@@ -147,13 +150,14 @@ class BatchAuthorizer:
         self._app = app
         self._store = store
         self._changelog = changelog_topic
-        self._reference = reference
         self._partitions = partitions
         self._policy = policy or Policy()
         self._producer_settings = producer_settings
         self._producer: AIOKafkaProducer | None = None
         self.gates = Gates(topics.COMMANDS, starts)
         self._summaries: dict[int, PartitionSummary] = {}
+        # Each partition's reference data, decoded once on assignment (issue 15).
+        self._references: dict[int, PartitionReference] = {}
         self._limits_cache: dict[Any, Any] = {}
         self.last_offsets: dict[int, int] = {}  # partition → last offset decided (lag metric)
 
@@ -161,12 +165,20 @@ class BatchAuthorizer:
         """On a rebalance: the changelog, restored into the store, is the truth again."""
         self.gates.forget()
         self._summaries.clear()
+        self._references.clear()
 
     def summary(self, partition: int) -> PartitionSummary:
         found = self._summaries.get(partition)
         if found is None:
             found = decode_summary(self._store.get(partition, summary_key(partition)))
             self._summaries[partition] = found
+        return found
+
+    def reference(self, partition: int) -> PartitionReference:
+        found = self._references.get(partition)
+        if found is None:
+            found = decode_reference(self._store.get(partition, reference_key(partition)))
+            self._references[partition] = found
         return found
 
     def _stored_next_offset(self, partition: int) -> int:
@@ -209,6 +221,8 @@ class BatchAuthorizer:
             summary = part.decided.summary
             self._write_store(part, changelog_offsets[part.partition])
             self._summaries[part.partition] = summary
+            if part.decided.reference is not None:
+                self._references[part.partition] = part.decided.reference
             self.gates.done(part.partition, summary.next_offset)
             self.last_offsets[part.partition] = summary.next_offset - 1
         self._acknowledge(parts)
@@ -231,7 +245,7 @@ class BatchAuthorizer:
             return None if raw is None else decode_account(raw)
 
         part.decided = decide_batch(
-            partition, working, commands, load, self._reference(), self._policy,
+            partition, working, commands, load, self.reference(partition), self._policy,
             self._limits_cache,
         )  # fmt: skip
         return part
@@ -250,7 +264,7 @@ class BatchAuthorizer:
             return None
         part.consumed[command.__struct_config__.tag] += 1  # type: ignore[index]
         partition = part.partition
-        if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+        if isinstance(command, PartitionBarrier):
             if command.partition != partition or command.partitions != self._partitions:
                 part.letters.append((record, "wrong_partition", (
                     f"a barrier for partition {command.partition} of {command.partitions} arrived "
@@ -294,8 +308,8 @@ class BatchAuthorizer:
     async def _write_changelog(
         self, producer: AIOKafkaProducer, parts: list[_Partition]
     ) -> dict[int, int]:
-        """States first, the summary last, per partition; returns the changelog offset of each
-        partition's summary."""
+        """The reference (if changed) and the states first, the summary last, per partition;
+        returns the changelog offset of each partition's summary."""
         sent: dict[int, list[asyncio.Future[Any]]] = {}
         for part in parts:
             part.entries = self._entries(part)  # encoded once, for the changelog and the store
@@ -311,6 +325,9 @@ class BatchAuthorizer:
     @staticmethod
     def _entries(part: _Partition) -> list[tuple[bytes, bytes]]:
         entries = [(a.encode(), encode_state(s)) for a, s in part.decided.states.items()]
+        changed = part.decided.reference
+        if changed is not None:
+            entries.insert(0, (reference_key(part.partition), encode_reference(changed)))
         entries.append((summary_key(part.partition), encode_summary(part.decided.summary)))
         return entries
 

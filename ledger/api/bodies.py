@@ -8,7 +8,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from aiohttp import web
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from ledger.api.errors import ApiError
 from schemas.commands import HOLD_DURATION_MAX, LimitOverrides
@@ -109,6 +109,33 @@ class PublisherBody(Body, frozen=True):
     blocked: bool = False
 
 
+class IspChangeBody(Body, frozen=True):
+    """A change of a registered ISP (issue 15): a field left out keeps its value (for
+    allowed_lateness_seconds, null removes the limit). `effective_at`: when the new values take
+    effect for the decisions (absent: now; never in the past)."""
+
+    name: Text | UnsetType = UNSET
+    billing_day: int | UnsetType = UNSET
+    commission_bp: int | UnsetType = UNSET
+    consumer_limits: LimitOverrides | UnsetType = UNSET
+    enterprise_limits: LimitOverrides | UnsetType = UNSET
+    allowed_lateness_seconds: AllowedLatenessSeconds | UnsetType | None = UNSET
+    effective_at: Timestamp | None = None
+
+
+class PublisherChangeBody(Body, frozen=True):
+    """A change of a registered publisher (issue 15): its share, VAT category, category, name or
+    block; a field left out keeps its value, and its API key is kept. `effective_at`: when the
+    new values take effect for the decisions (absent: now; never in the past)."""
+
+    name: Text | UnsetType = UNSET
+    category: Category | UnsetType = UNSET
+    revenue_share_bp: int | UnsetType = UNSET
+    vat_category: VatCategory | UnsetType = UNSET
+    blocked: bool | UnsetType = UNSET
+    effective_at: Timestamp | None = None
+
+
 class AccountBody(Body, frozen=True):
     account_id: Id
     isp_id: Id
@@ -144,7 +171,8 @@ class EmployeeBody(Body, frozen=True):
 
 REQUEST_BODIES: tuple[type[Body], ...] = (
     PaymentBody, CaptureBody, VoidBody, CredentialsBody, RefundBody, IspBody, PublisherBody,
-    AccountBody, BlockBody, CommandBody, LimitsBody, EmployeeBody,
+    IspChangeBody, PublisherChangeBody, AccountBody, BlockBody, CommandBody, LimitsBody,
+    EmployeeBody,
 )  # fmt: skip
 
 

@@ -23,6 +23,14 @@ REFUND_POLICY = (
     "whatever the date."
 )
 
+REFERENCE_CHANGE = (
+    "Fields left out keep their values. The change goes to every partition of the ledger's "
+    "commands, in their order: the decisions of commands dated at or after effective_at (absent: "
+    "now) and taken after the change arrived use the new values; those dated before it keep the "
+    "old ones. effective_at in the past is refused (422): decisions already taken would have "
+    "been different."
+)
+
 
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     body = {"content": {"application/json": {"schema": schema or {"type": "object"}}}}
@@ -144,14 +152,40 @@ def openapi_document() -> dict[str, Any]:
                 admin=True,
             )
         },
+        "/v1/admin/isps/{isp_id}": {
+            "parameters": [_path_param("isp_id")],
+            "put": _op(
+                "Change an ISP's commission, billing day, limits or lateness, from a given time",
+                "IspChangeBody",
+                {"200": _response("changed: the record sent, with its effective_at")},
+                (401, 404, 413, 422, 503),
+                admin=True,
+                description=REFERENCE_CHANGE,
+            ),
+        },
         "/v1/admin/publishers": {
             "post": _op(
-                "Register or update a publisher; returns its API key once",
+                "Register a publisher, or give it a new API key; returns the key once",
                 "PublisherBody",
                 {"201": _response("registered")},
                 admin_errors,
                 admin=True,
+                description="Each call makes a new key (the previous one stops working): to "
+                "change a publisher's share or block it, use PUT /v1/admin/publishers/{id}, "
+                "which keeps its key.",
             )
+        },
+        "/v1/admin/publishers/{publisher_id}": {
+            "parameters": [_path_param("publisher_id")],
+            "put": _op(
+                "Change a publisher's share, VAT category, category, name or block, from a given"
+                " time; its API key is kept",
+                "PublisherChangeBody",
+                {"200": _response("changed: the record sent, with its effective_at")},
+                (401, 404, 413, 422, 503),
+                admin=True,
+                description=REFERENCE_CHANGE,
+            ),
         },
         "/v1/admin/accounts": {
             "post": _op(

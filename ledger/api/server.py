@@ -38,8 +38,10 @@ from ledger.api.bodies import (
     CredentialsBody,
     EmployeeBody,
     IspBody,
+    IspChangeBody,
     LimitsBody,
     PublisherBody,
+    PublisherChangeBody,
     RefundBody,
     read_body,
 )
@@ -56,7 +58,7 @@ from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.reference import ReferenceReader
 from ledger.kafka.settings import api_producer_config
-from ledger.produce import send_holds_expiry_async
+from ledger.produce import reference_records, send_holds_expiry_async
 from ledger.settings import listen_host
 from schemas import codec
 from schemas.commands import (
@@ -70,7 +72,7 @@ from schemas.commands import (
     RefundRequested,
 )
 from schemas.facts import Fact, PurchaseRefunded
-from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
+from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord
 
 log = logging.getLogger("ledger.api")
 R = TypeVar("R", IspRegistered, PublisherRegistered)
@@ -197,8 +199,12 @@ class Api:
             self.listener.forget(wait, future)
 
     async def publish_reference(self, record: ReferenceRecord) -> None:
-        encoded = _checked(codec.encode(record), codec.decode_reference)
-        await self._send(topics.REFERENCE, reference_key(record), encoded, 0)
+        """As LedgerProducer.send_reference (issue 15): the change to every partition of
+        ledger.commands, each send awaited, then the record to the compacted ledger.reference."""
+        _checked(codec.encode(record), codec.decode_reference)
+        for topic, partition, key, value in reference_records(record, self.partitions):
+            await self._send(topic, (key or b"").decode(), value, partition)
+        self.reference.note(record)
 
     async def account_of(self, account_id: str) -> Account | None:
         """An account's ISP and kind: from the recent facts, else from the projection."""
@@ -307,6 +313,52 @@ def _reference_routes(api: Api, table: web.RouteTableDef) -> None:
         await api.publish_reference(record)
         view = msgspec.to_builtins(record) | {"api_key": key, "note": "shown once: store it"}
         return web.json_response(view, status=201)
+
+    @table.put("/v1/admin/isps/{isp_id}")
+    async def change_isp(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        isp_id = path_value(request, "isp_id", ID, "ISP")
+        body: IspChangeBody = await read_body(request, IspChangeBody)
+        current = api.reference.reference.isps.get(isp_id)
+        if current is None:
+            raise ApiError(404, "not_found", f"no ISP {isp_id!r}: register it first")
+        record = _changed_record(current, body)
+        await api.publish_reference(record)
+        return web.json_response(msgspec.to_builtins(record), status=200)
+
+    @table.put("/v1/admin/publishers/{publisher_id}")
+    async def change_publisher(request: web.Request) -> web.Response:
+        api.require_admin(request)
+        publisher_id = path_value(request, "publisher_id", ID, "publisher")
+        body: PublisherChangeBody = await read_body(request, PublisherChangeBody)
+        current = api.reference.reference.publishers.get(publisher_id)
+        if current is None:
+            raise ApiError(404, "not_found", f"no publisher {publisher_id!r}: register it first")
+        record = _changed_record(current, body)  # its api_key_sha256 kept: the key still works
+        await api.publish_reference(record)
+        return web.json_response(msgspec.to_builtins(record), status=200)
+
+
+def _changed_record(current: R, body: IspChangeBody | PublisherChangeBody) -> R:
+    """The current record with the body's fields, at now, effective at `effective_at` (now when
+    absent; refused in the past: a decision already taken would have decided otherwise)."""
+    now = datetime.now(UTC)
+    effective = body.effective_at
+    if effective is not None and effective < now:
+        raise ApiError(422, "invalid_body", (
+            f"effective_at {effective.isoformat()} is in the past: a change takes effect now or "
+            "later")) from None  # fmt: skip
+    changes = {
+        name: getattr(body, name)
+        for name in body.__struct_fields__
+        if name != "effective_at" and getattr(body, name) is not msgspec.UNSET
+    }
+    fields = msgspec.structs.asdict(current) | changes
+    fields |= {"occurred_at": now, "effective_at": effective}
+    try:
+        return msgspec.convert(fields, type(current))
+    except msgspec.ValidationError as error:
+        raise ApiError(422, "invalid_body", str(error)) from None
 
 
 def _consent_admin_routes(api: Api, table: web.RouteTableDef) -> None:

@@ -249,7 +249,7 @@ class _Measured:
 async def _accounts(sender: stream.Sender, watcher: stream.FactWatcher, dsn: str, run: str,
                     accounts: int, partitions: int, processes: list[_Process]) -> None:  # fmt: skip
     reference, opens = stream.world(run, accounts)
-    await sender.send_all(stream.encode_reference(reference))
+    await sender.send_all(stream.encode_reference(reference, partitions))
     await stream.wait_for_reference(sender, watcher, run, partitions, DEADLINE_SECONDS)
     records = stream.encode_commands(opens, partitions)
     await stream.send_and_wait(sender, watcher, records, DEADLINE_SECONDS, _alive(processes))

@@ -32,12 +32,12 @@ from ledger.kafka.batches import send_batched
 from ledger.kafka.groups import APP_ID
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.partitions import end_offsets
+from ledger.produce import reference_commands
 from schemas import codec
 from schemas.commands import (
     AccountOpenRequested,
     Command,
-    HoldsExpireRequested,
-    PeriodCloseRequested,
+    PartitionBarrier,
     PurchaseRequested,
     barrier_key,
 )
@@ -76,7 +76,7 @@ def encode_commands(commands: Sequence[Command], partitions: int) -> list[Outgoi
     partition."""
     out: list[Outgoing] = []
     for command in commands:
-        if isinstance(command, PeriodCloseRequested | HoldsExpireRequested):
+        if isinstance(command, PartitionBarrier):
             key, partition = barrier_key(command), command.partition
         else:
             key, partition = command.account_id, partition_for(command.account_id, partitions)
@@ -84,9 +84,11 @@ def encode_commands(commands: Sequence[Command], partitions: int) -> list[Outgoi
     return out
 
 
-def encode_reference(records: Sequence[ReferenceRecord]) -> list[Outgoing]:
-    """As LedgerProducer.send_reference: keyed by entity, on the one partition."""
-    return [
+def encode_reference(records: Sequence[ReferenceRecord], partitions: int) -> list[Outgoing]:
+    """As LedgerProducer.send_reference: each change to every partition of ledger.commands
+    (issue 15), then the records to the compacted ledger.reference, keyed by entity."""
+    changes = [c for r in records for c in reference_commands(r, partitions)]
+    return encode_commands(changes, partitions) + [
         Outgoing(topics.REFERENCE, 0, reference_key(r).encode(), codec.encode(r)) for r in records
     ]
 
@@ -383,7 +385,7 @@ async def _run(bootstrap: str, partitions: int, accounts: int, commands: int, se
     run_id = uuid.uuid4().hex[:8]
     reference, opens = world(run_id, accounts)
     async with Sender(bootstrap) as sender, FactWatcher(bootstrap, run_id, partitions) as watcher:
-        await sender.send_all(encode_reference(reference))
+        await sender.send_all(encode_reference(reference, partitions))
         await wait_for_reference(sender, watcher, run_id, partitions, deadline_seconds)
         await send_and_wait(sender, watcher, encode_commands(opens, partitions), deadline_seconds)
         # Throughput: a backlog produced as fast as we can, decided as fast as the worker can.

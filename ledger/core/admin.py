@@ -1,11 +1,10 @@
-"""Deciding the administration of an account (open, block, limits, employees) and the close of
-a billing period in one partition."""
+"""Deciding the administration of an account (open, block, limits, employees), the close of
+a billing period in one partition and a change of reference data in one partition (issue 15)."""
 
 from __future__ import annotations
 
 from ledger.core import calendar
 from ledger.core.context import Context, fingerprint
-from ledger.core.reference import Reference
 from ledger.core.state import AccountState, ClosedPeriods
 from schemas.commands import (
     AccountBlockRequested,
@@ -15,6 +14,7 @@ from schemas.commands import (
     EmployeeRevokeRequested,
     LimitsSetRequested,
     PeriodCloseRequested,
+    ReferenceChangeRequested,
 )
 from schemas.facts import (
     AccountBlocked,
@@ -26,8 +26,10 @@ from schemas.facts import (
     Fact,
     LimitsSet,
     PeriodClosed,
+    ReferenceChanged,
     event_id_of,
 )
+from schemas.reference import effective_at
 from schemas.types import CommandRejection
 
 AccountAdminCommand = (
@@ -62,11 +64,14 @@ def _command_rejected(command: AdminCommand, reason: CommandRejection) -> Comman
 
 
 def decide_admin(
-    state: AccountState | None, command: AccountAdminCommand, context: Context
+    state: AccountState | None,
+    command: AccountAdminCommand,
+    context: Context,
+    origin: int | None = None,
 ) -> Fact:
     event_id = _command_id(command)
     if isinstance(command, AccountOpenRequested):
-        return _decide_open(state, command, context, event_id)
+        return _decide_open(state, command, context, event_id, origin)
     if state is None:
         return _command_rejected(command, "account_unknown")
     if isinstance(command, AccountBlockRequested):
@@ -100,7 +105,11 @@ def decide_admin(
 
 
 def _decide_open(
-    state: AccountState | None, command: AccountOpenRequested, context: Context, event_id: str
+    state: AccountState | None,
+    command: AccountOpenRequested,
+    context: Context,
+    event_id: str,
+    origin: int | None,
 ) -> Fact:
     opened = AccountOpened(
         event_id,
@@ -115,18 +124,20 @@ def _decide_open(
         if state.opened_fingerprint == fingerprint(command):
             return opened  # the same request again: the same fact again
         return _command_rejected(command, "account_exists")
-    if command.isp_id not in context.reference.isps:
+    at = calendar.epoch_seconds(command.occurred_at)
+    if context.isp(command.isp_id, at, origin) is None:
         return _command_rejected(command, "isp_unknown")
     return opened
 
 
 def decide_close(
-    closed: ClosedPeriods, command: PeriodCloseRequested, reference: Reference
+    closed: ClosedPeriods, command: PeriodCloseRequested, context: Context, origin: int | None
 ) -> Fact:
     """A period closes in a partition when its close command passes there. It cannot close before
-    it has ended, and closes once: the same command again gives the same fact again."""
+    it has ended, and closes once: the same command again gives the same fact again. The ISP's
+    calendar is the one in force at the close's time (ledger.core.reference)."""
     body_fingerprint = fingerprint(command)
-    isp = reference.isps.get(command.isp_id)
+    isp = context.isp(command.isp_id, calendar.epoch_seconds(command.occurred_at), origin)
     if isp is None:
         return _command_rejected(command, "isp_unknown")
     closed_by = closed.of(command.isp_id).get(command.period)
@@ -153,3 +164,19 @@ def evolve_close(closed: ClosedPeriods, fact: Fact, command: PeriodCloseRequeste
     if isinstance(fact, PeriodClosed):
         closed.by_isp.setdefault(fact.isp_id, {}).setdefault(fact.period, fingerprint(command))
     return closed
+
+
+def decide_reference_change(command: ReferenceChangeRequested) -> ReferenceChanged:
+    """A reference change is always taken (the record was checked when it was decoded); what it
+    changes in the partition is ledger.core.reference.PartitionReference.apply's. Its id is the
+    command's fingerprint, which covers the partition: one fact per partition and command, the
+    same again when the command comes again."""
+    return ReferenceChanged(
+        event_id=f"reference.{fingerprint(command)}",
+        command_id=command.command_id,
+        record=command.record,
+        effective_at=effective_at(command.record),
+        partition=command.partition,
+        partitions=command.partitions,
+        occurred_at=command.occurred_at,
+    )

@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.core import calendar
-from ledger.core.admin import AdminCommand, decide_admin, decide_close, evolve_close
+from ledger.core.admin import (
+    AdminCommand,
+    decide_admin,
+    decide_close,
+    decide_reference_change,
+    evolve_close,
+)
 from ledger.core.context import (
     HORIZON_SECONDS_DEFAULT,
     Context,
@@ -33,7 +39,6 @@ from ledger.core.evolve import PRUNE_FRACTION, evolve, prune
 from ledger.core.invariant import present
 from ledger.core.payment import decide_capture, decide_hold, decide_void
 from ledger.core.purchase import decide_purchase
-from ledger.core.reference import Reference
 from ledger.core.refund import decide_refund
 from ledger.core.state import AccountState
 from schemas.commands import (
@@ -61,6 +66,7 @@ __all__ = [
     "billing_period",
     "decide",
     "decide_close",
+    "decide_reference_change",
     "evolve",
     "evolve_close",
     "fingerprint",
@@ -100,15 +106,16 @@ def decide(
         return [decide_capture(state, command, context, origin)]
     if isinstance(command, PaymentVoidRequested):
         return [decide_void(state, command, context, origin)]
-    return [decide_admin(state, command, context)]
+    return [decide_admin(state, command, context, origin)]
 
 
 def advance(
-    progress: Progress, command: Command, reference: Reference, closed: Fact | None = None
+    context: Context, command: Command, origin: int | None, closed: Fact | None = None
 ) -> None:
     """Move a partition's event-time watermark on past a command of it, in command order, after
     it was decided (or found decided already: the batch's recovery moves it on just the same, so
-    the watermark is a function of the partition's commands alone).
+    the watermark is a function of the partition's commands alone). The progress moved on is
+    the context's.
 
     - A purchase or a hold, whatever its decision, moves it to its occurred_at (if later).
       Trusted feeds send history in event order; a consented payment carries the platform's
@@ -119,8 +126,12 @@ def advance(
     if isinstance(command, PurchaseRequested | PaymentHoldRequested):
         at = calendar.epoch_seconds(command.occurred_at)
     elif isinstance(command, PeriodCloseRequested) and isinstance(closed, PeriodClosed):
-        isp = present(reference.isps.get(command.isp_id), "a period closed for an unknown ISP")
+        closed_at = calendar.epoch_seconds(command.occurred_at)
+        isp = present(
+            context.isp(command.isp_id, closed_at, origin), "a period closed for an unknown ISP"
+        )  # the same version as decide_close's: the watermark has not moved in between
         at = calendar.epoch_seconds(calendar.period_bounds(command.period, isp.billing_day)[1])
     else:
         return
+    progress = context.progress
     progress.watermark_seconds = max(progress.watermark_seconds, at)

@@ -41,22 +41,25 @@ from ledger.core.authorizer import (
     advance,
     decide,
     decide_close,
+    decide_reference_change,
     evolve,
     evolve_close,
 )
 from ledger.core.balances import Balance, Money, money_of
 from ledger.core.invariant import invariant, present
 from ledger.core.payment import OpenHolds, decide_expiry, due_holds, index_account
-from ledger.core.reference import Limits, Reference
+from ledger.core.reference import Limits, PartitionReference
 from ledger.core.state import AccountState, ClosedPeriods
 from schemas.commands import (
     Command,
     HoldsExpireRequested,
     PaymentCaptureRequested,
     PeriodCloseRequested,
+    ReferenceChangeRequested,
 )
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
 from schemas.reference import IspRegistered
+from schemas.reference import reference_key as reference_key_of
 
 LimitsCache = dict[tuple[int, str], tuple[IspRegistered, Limits]]
 
@@ -81,6 +84,12 @@ class PartitionSummary(msgspec.Struct, array_like=True):
         )
         invariant(counted == isp_counted, "origin %s counted for one party only", money.origin)
         return counted
+
+
+def reference_key(partition: int) -> bytes:
+    """The partition's reference data (ledger.core.reference.PartitionReference) in the accounts
+    table: written only by a batch that changed it, before the batch's summary (issue 15)."""
+    return b"\x00reference:%d" % partition
 
 
 def summary_key(partition: int) -> bytes:
@@ -124,6 +133,9 @@ class PartitionBatch:
 
     summary: PartitionSummary
     facts: list[tuple[str, Fact]] = field(default_factory=list)
+    # The partition's reference after the batch, when the batch changed it (a copy: the caller's
+    # is never changed); None when it did not: then there is nothing to write.
+    reference: PartitionReference | None = None
     states: dict[str, AccountState] = field(default_factory=dict)
     redelivered: int = 0  # commands below next_offset: skipped
     already_applied: int = 0  # commands whose state held them already: folded, not re-emitted
@@ -137,15 +149,24 @@ def decide_batch(
     summary: PartitionSummary,
     commands: Iterable[tuple[int, Command | None]],
     load: Callable[[str], AccountState | None],
-    reference: Reference,
+    reference: PartitionReference,
     policy: Policy,
     limits_cache: LimitsCache | None = None,
 ) -> PartitionBatch:
     """Decide the commands of one partition in offset order. A None command (an undecodable
     record, one on the wrong partition: set aside by the caller) only moves the partition on.
-    `load` reads an account's state as stored before this batch."""
+    `load` reads an account's state as stored before this batch; `reference` is the partition's
+    reference data as stored (possibly newer than the summary, after a crash: a decision reads
+    only the versions introduced before its own offset, ledger.core.reference), never changed:
+    a batch with reference changes works on a copy, returned in `PartitionBatch.reference`."""
     batch = PartitionBatch(summary)
     states = batch.states
+    commands = list(commands)
+    if any(isinstance(command, ReferenceChangeRequested) for _, command in commands):
+        # Pruned with the batch's starting offset and watermark, which a batch decided again
+        # after a crash starts from too (PartitionReference.prune).
+        reference = reference.copy()
+        reference.prune(summary.next_offset, summary.watermark_seconds - policy.horizon_seconds)
     # The ISPs' limits resolved once per reference record, across batches (Context.base_limits).
     cache: LimitsCache = {} if limits_cache is None else limits_cache
     # The summary is the partition's progress: the decisions read its watermark, `advance` moves
@@ -158,11 +179,8 @@ def decide_batch(
         summary.next_offset = offset + 1
         if command is None:
             continue
-        if isinstance(command, PeriodCloseRequested):
-            fact = decide_close(summary.closed, command, reference)
-            evolve_close(summary.closed, fact, command)
-            advance(summary, command, reference, fact)
-            batch.facts.append((command.isp_id, fact))
+        if isinstance(command, ReferenceChangeRequested | PeriodCloseRequested):
+            _decide_barrier(batch, context, command, offset)
             continue
         if isinstance(command, HoldsExpireRequested):
             batch.expiries += 1
@@ -179,7 +197,7 @@ def decide_batch(
                 batch.already_applied += 1
                 held = [m for m in state.batch_money if m.origin == offset]
                 batch.folded += sum(summary.fold(m, partition) for m in held)
-                advance(summary, command, reference)  # as when it was decided
+                advance(context, command, offset)  # as when it was decided
                 continue
             if state is not None:
                 state.batch_money = []  # this batch's money from now on
@@ -194,13 +212,31 @@ def decide_batch(
                 money = money_of(fact)
                 batch.folded += summary.fold(money, partition)
                 present(state, "a money fact of an account with no state").batch_money.append(money)
-        advance(summary, command, reference)
+        advance(context, command, offset)
         if state is not None:
             state.decided_through = offset
             states[account_id] = state
             if state.holds or account_id in summary.holds:
                 index_account(summary.holds, state)
     return batch
+
+
+def _decide_barrier(
+    batch: PartitionBatch,
+    context: Context,
+    command: ReferenceChangeRequested | PeriodCloseRequested,
+    offset: int,
+) -> None:
+    if isinstance(command, ReferenceChangeRequested):
+        batch.facts.append((reference_key_of(command.record), decide_reference_change(command)))
+        if context.reference.apply(command.record, offset):
+            batch.reference = context.reference
+        return
+    closed = batch.summary.closed
+    fact = decide_close(closed, command, context, offset)
+    evolve_close(closed, fact, command)
+    advance(context, command, offset, fact)
+    batch.facts.append((command.isp_id, fact))
 
 
 def _expire(

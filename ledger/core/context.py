@@ -11,13 +11,13 @@ from hashlib import blake2b
 from typing import Final, Protocol
 
 from ledger.core import calendar
-from ledger.core.reference import Limits, Reference, base_limits
+from ledger.core.reference import Limits, PartitionReference, base_limits
 from ledger.core.state import AccountState
 from ledger.core.timeline import value_at
 from schemas import codec
 from schemas.commands import Message
 from schemas.facts import event_id_of
-from schemas.reference import IspRegistered
+from schemas.reference import IspRegistered, PublisherRegistered
 from schemas.types import AccountKind
 
 HORIZON_SECONDS_DEFAULT: Final = 90 * calendar.SECONDS_PER_DAY
@@ -66,7 +66,9 @@ class EventTime:
 
 @dataclass(frozen=True)
 class Context:
-    reference: Reference
+    # The partition's ISPs and publishers, in its command order (issue 15): read through `isp`
+    # and `publisher`, as of a command's time and offset.
+    reference: PartitionReference
     closed_periods: Mapping[str, Collection[str]] = field(default_factory=dict)  # isp → periods
     policy: Policy = field(default_factory=Policy)
     # An ISP's limits for a kind of account, resolved once per reference record.
@@ -75,6 +77,18 @@ class Context:
     )
     # Read by the decisions, moved on by the caller between them (mutable, unlike the rest).
     progress: Progress = field(default_factory=EventTime, compare=False)
+
+    def isp(self, isp_id: str, seconds: int, origin: int | None) -> IspRegistered | None:
+        """The ISP in force at `seconds` for the command at offset `origin` (ledger.core.reference:
+        among the versions introduced before it; not before the watermark less the horizon)."""
+        floor = self.progress.watermark_seconds - self.policy.horizon_seconds
+        return self.reference.isp(isp_id, seconds, origin, floor)
+
+    def publisher(
+        self, publisher_id: str, seconds: int, origin: int | None
+    ) -> PublisherRegistered | None:
+        floor = self.progress.watermark_seconds - self.policy.horizon_seconds
+        return self.reference.publisher(publisher_id, seconds, origin, floor)
 
     def base_limits(self, isp: IspRegistered, kind: AccountKind) -> Limits:
         # Keyed by identity for speed; the record is kept beside its limits, so that an id reused

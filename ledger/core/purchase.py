@@ -111,7 +111,7 @@ def _judge_purchase(
     """The rules of DESIGN.md §7, in order; the first that fails names the rejection."""
     if at < state.watermark_seconds - context.policy.horizon_seconds:
         return "stale_purchase", None
-    isp = context.reference.isps.get(state.isp_id)
+    isp = context.isp(state.isp_id, at, origin)
     if isp is None:
         return "isp_unknown", None
     # Event time (issue 14): older than its partition's progress by more than the ISP allows.
@@ -120,7 +120,7 @@ def _judge_purchase(
         return "too_late", None
     if state.blocks and value_at(state.blocks, at) is not None:
         return "account_blocked", None
-    publisher = context.reference.publishers.get(command.publisher_id)
+    publisher = context.publisher(command.publisher_id, at, origin)
     if publisher is None:
         return "publisher_unknown", None
     if publisher.blocked:

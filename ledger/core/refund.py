@@ -115,7 +115,7 @@ def _judge_refund(
         return "refund_before_purchase", None
     if purchase.refunded_cents + command.amount_cents > purchase.amount_cents:
         return "refund_exceeds_purchase", None
-    isp = context.reference.isps.get(state.isp_id)
+    isp = context.isp(state.isp_id, at, origin)
     # The ISP's calendar cannot change under a purchase it billed: without the ISP in the
     # reference data, the refund is billed in the purchase's own calendar month.
     billing_day = isp.billing_day if isp else 1

@@ -1,10 +1,9 @@
-"""Every worker reads the whole of `ledger.reference` into memory: the ISPs and publishers the
-authorizer decides with. A reader of our own rather than faust's GlobalTable, whose assignor fails
-silently with a custom changelog topic (faust-streaming issues #283 and #438: the worker hangs at
-"performing partition assignments").
-
-The authorizer waits until the reader has caught up with the end of the topic as it was at start,
-so that a worker never decides with less reference data than a worker before it had.
+"""The latest ISPs and publishers, read whole from the compacted `ledger.reference` into memory,
+for the readers that need no more than the latest values: the API (a publisher's key, names, the
+ISPs known). The workers decide with the reference data in their partitions' command order
+instead (issue 15: reference.change_requested.v1, ledger.core.reference). A reader of our own
+rather than faust's GlobalTable, whose assignor fails silently with a custom changelog topic
+(faust-streaming issues #283 and #438: the worker hangs at "performing partition assignments").
 """
 
 from __future__ import annotations
@@ -48,6 +47,13 @@ class ReferenceReader:
         else:
             self._publishers[record.publisher_id] = record
         self.records_read += 1
+
+    def note(self, record: IspRegistered | PublisherRegistered) -> None:
+        """A record this process just sent: known at once, before the topic brings it back."""
+        if isinstance(record, IspRegistered):
+            self._isps[record.isp_id] = record
+        else:
+            self._publishers[record.publisher_id] = record
 
     def _read(self) -> None:
         log.info("reference data read: %d records", self.records_read)

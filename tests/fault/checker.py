@@ -6,6 +6,7 @@ database's tables with SQL of its own, and proves:
 
 - no acknowledged command is missing (each has a fact naming its id);
 - each fact id is one content (a fact emitted again after a crash is identical);
+- each reference change (issue 15) passed every partition;
 - every valid event is applied exactly once: applied_events holds each fact id once, the journal
   each posting once, and the per-party debits and credits in PostgreSQL equal its own sums;
 - no cap was exceeded: walking each account's facts in order, the net spend of its day and of
@@ -110,6 +111,19 @@ def check(
             ordered.append((partition, offset, fact))
     result.figures |= {"records_on_events": len(events), "distinct_facts": len(facts)}
     result.prove("a fact emitted again is identical", not conflicts, f"different: {conflicts[:5]}")
+
+    # Issue 15: a reference change is a barrier, decided once in each partition's order.
+    passed: dict[str, set[int]] = defaultdict(set)
+    expected: dict[str, int] = {}
+    for fact in facts.values():
+        if fact["type"] == "reference.changed.v1":
+            passed[fact["command_id"]].add(fact["partition"])
+            expected[fact["command_id"]] = fact["partitions"]
+    partial = {c: sorted(p) for c, p in passed.items() if p != set(range(expected[c]))}
+    result.figures["reference_changes"] = len(passed)
+    result.prove(
+        "each reference change passed every partition", not partial, f"{list(partial.items())[:3]}"
+    )
 
     named = {
         fact.get(k) for fact in facts.values() for k in ("purchase_id", "refund_id", "command_id")

@@ -24,9 +24,11 @@ from ledger.core.batch import (
     decide_batch,
     decode_summary,
     encode_summary,
+    reference_key,
     sum_balances,
     summary_key,
 )
+from ledger.core.reference import PartitionReference, decode_reference, encode_reference
 from ledger.core.runner import LocalAuthorizer
 from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka.partitioning import partition_for
@@ -131,6 +133,10 @@ class Worker:
     def summary(self) -> PartitionSummary:
         return decode_summary(self.store.get(summary_key(self.partition)))
 
+    def reference(self) -> PartitionReference:
+        raw = self.store.get(reference_key(self.partition))
+        return PartitionReference.of(REFERENCE) if raw is None else decode_reference(raw)
+
     def load(self, account_id: str) -> AccountState | None:
         raw = self.store.get(account_id.encode())
         return None if raw is None else decode_account(raw)
@@ -138,16 +144,16 @@ class Worker:
     def states(self) -> dict[str, AccountState]:
         """The stored states, less `batch_money` (the money of the batch that wrote each: it
         depends on where the batches were cut; the crash tests prove what it is for)."""
-        summary = summary_key(self.partition)
+        own = {summary_key(self.partition), reference_key(self.partition)}
         return {
             k.decode(): msgspec.structs.replace(decode_account(v), batch_money=[])
             for k, v in self.store.items()
-            if k != summary
+            if k not in own
         }
 
     def decide(self, commands: Log) -> PartitionBatch:
         return decide_batch(
-            self.partition, self.summary(), commands, self.load, REFERENCE, POLICY,
+            self.partition, self.summary(), commands, self.load, self.reference(), POLICY,
             self.limits_cache,
         )  # fmt: skip
 
@@ -157,6 +163,8 @@ class Worker:
         """The batch's writes in the worker's order: facts, states, summary. A crash is a write
         cut short: the first `states_written` states only (None: all), the summary or not."""
         self.emitted += [(key, codec.encode(fact)) for key, fact in batch.facts]
+        if batch.reference is not None:
+            self.store[reference_key(self.partition)] = encode_reference(batch.reference)
         for account_id, state in list(batch.states.items())[:states_written]:
             self.store[account_id.encode()] = encode_state(state)
         if summary:

@@ -108,9 +108,14 @@ def test_commands_are_keyed_and_partitioned_by_account_and_reference_by_entity()
         assert record.partition == partition_for(command.account_id, 4)  # type: ignore[union-attr]
         assert codec.decode_command(record.value) == command
     assert {r.partition for r in sent} == {0, 1, 2, 3}
-    refs = stream.encode_reference(reference)
-    assert {(r.topic, r.partition) for r in refs} == {(topics.REFERENCE, 0)}
-    assert refs[0].key == b"isp:isp-r1" and refs[1].key == b"publisher:pub0-r1"
+    refs = stream.encode_reference(reference, 4)
+    # Issue 15: each record as a change to every partition of ledger.commands, then compacted.
+    changes = [r for r in refs if r.topic == topics.COMMANDS]
+    assert len(changes) == 4 * len(reference)
+    assert {(r.key, r.partition) for r in changes} >= {(b"isp:isp-r1", p) for p in range(4)}
+    compacted = [r for r in refs if r.topic == topics.REFERENCE]
+    assert {r.partition for r in compacted} == {0}
+    assert compacted[0].key == b"isp:isp-r1" and compacted[1].key == b"publisher:pub0-r1"
 
 
 def test_paced_records_keep_each_purchase_id_beside_its_record() -> None:

@@ -21,7 +21,12 @@ from ledger import simulate
 from ledger.core import calendar
 from ledger.core.authorizer import Policy
 from ledger.core.batch import PartitionSummary, decide_batch, decode_summary, encode_summary
-from ledger.core.reference import CONSUMER_DEFAULTS, ENTERPRISE_DEFAULTS, Reference
+from ledger.core.reference import (
+    CONSUMER_DEFAULTS,
+    ENTERPRISE_DEFAULTS,
+    PartitionReference,
+    Reference,
+)
 from ledger.core.runner import LocalAuthorizer
 from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka.partitioning import partition_for
@@ -306,7 +311,8 @@ class _Worker:
         return None if raw is None else decode_account(raw)
 
     def run(self, commands: Log, summary: bool = True) -> None:
-        batch = decide_batch(0, self.summary(), commands, self.load, self.reference, self.policy)
+        reference = PartitionReference.of(self.reference)
+        batch = decide_batch(0, self.summary(), commands, self.load, reference, self.policy)
         self.emitted += [codec.encode(fact) for _, fact in batch.facts]
         for account_id, state in batch.states.items():
             self.store[account_id.encode()] = encode_state(state)

@@ -122,3 +122,12 @@ def test_held_payments_become_payment_rows_and_only_captures_money() -> None:
         "payment.command_rejected.v1", "payment.expired.v1", "payment.reserved.v1",
         "payment.reserved.v1", "payment.reserved.v1", "payment.voided.v1",
     ]  # fmt: skip
+
+
+def test_a_reference_change_is_known_to_the_writer_and_makes_no_row() -> None:
+    """Issue 15: reference.changed.v1 is applied (its id in applied_events) without a row of its
+    own, never a fact the writer stops on."""
+    ledger = LocalAuthorizer(b.REFERENCE)
+    changed = ledger.update_reference(b.CANALPLAY)
+    rows = project((fact, codec.encode(fact)) for fact in changed)
+    assert not rows.journal and not rows.purchases and not rows.account_facts
