@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -76,9 +76,9 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """A re-decided fact, as the worker would emit it."""
+class Expected(NamedTuple):
+    """A re-decided fact, as the worker would emit it (a tuple: one is made per fact, and a frozen
+    dataclass costs several times more to make)."""
 
     command_offset: int
     key: bytes
