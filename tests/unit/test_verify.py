@@ -248,3 +248,30 @@ def test_the_postgresql_balances_are_folded_per_party_and_an_account_that_differ
     # Facts PostgreSQL has not applied yet are not counted.
     result = _verify(log, events, summary, projected=1, accounts={})
     assert result.accounts_differing == 0 and not result.parties
+
+
+def test_the_report_and_the_json_name_the_first_difference_and_the_rate(
+    recorded: tuple[list[Rec], list[Rec], PartitionSummary],
+) -> None:
+    from projections.verify import VerifyResult, report
+
+    log, events, summary = recorded
+    equal = VerifyResult([_verify(log, events, summary)], seconds=2.0)
+    lines: list[str] = []
+    report(equal, lines.append)
+    assert lines[0].startswith(f"re-decided {len(_commands())} commands (1 set aside) into 9 facts")
+    assert lines[0].endswith("in 2.0 s: 4 events/s")
+    assert lines[-1] == "verify: the log re-decides to the same facts and balances"
+    assert equal.equal and equal.as_json()["first_difference"] is None
+
+    forged = _renumber([*events, Rec(0, b"acct-v1", b'{"event_id": "forged"}')])
+    different = VerifyResult([_verify(log, forged, summary)], seconds=1.0)
+    lines = []
+    report(different, lines.append)
+    assert "DIFFERENT facts (1 extra); the first:" in lines
+    assert f"  extra fact at ledger.events[0]@{len(events)}" in lines
+    assert lines[-1] == "verify: DIFFERENCES found"
+    found = different.as_json()
+    assert not found["equal"] and found["differences_by_kind"] == {"changed": 0, "missing": 0,
+                                                                   "extra": 1}  # fmt: skip
+    assert found["first_difference"]["events_offset"] == len(events)
