@@ -6,7 +6,7 @@ which for every table of the ledger is partition_for(key)."""
 from __future__ import annotations
 
 from ledger.core.balances import Balance
-from ledger.core.batch import decode_summary, sum_balances, summary_key
+from ledger.core.batch import PartitionSummary, decode_summary, sum_balances, summary_key
 from ledger.kafka.groups import changelog_topic
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.read import read_records
@@ -47,15 +47,22 @@ def read_table(bootstrap_servers: str, table: str, partitions: int) -> dict[byte
     return read_partitions(bootstrap_servers, changelog_topic(table), list(range(partitions)))
 
 
+def read_summaries(
+    bootstrap_servers: str, table: str, partitions: int
+) -> dict[int, PartitionSummary]:
+    """Each partition's latest summary (ledger/core/batch.py), for the partitions that have one."""
+    found = read_partitions(
+        bootstrap_servers, changelog_topic(table), list(range(partitions)), bookkeeping=True,
+        keys=frozenset(summary_key(p) for p in range(partitions)),
+    )  # fmt: skip
+    return {p: decode_summary(found[summary_key(p)]) for p in range(partitions)
+            if summary_key(p) in found}  # fmt: skip
+
+
 def read_balances(
     bootstrap_servers: str, table: str, party: Party, partitions: int
 ) -> dict[str, Balance]:
     """Every publisher's or ISP's balance: the sum of the partial balances that each partition's
     summary holds (ledger/core/batch.py)."""
-    found = read_partitions(
-        bootstrap_servers, changelog_topic(table), list(range(partitions)), bookkeeping=True,
-        keys=frozenset(summary_key(p) for p in range(partitions)),
-    )  # fmt: skip
-    summaries = [decode_summary(found[summary_key(p)]) for p in range(partitions)
-                 if summary_key(p) in found]  # fmt: skip
+    summaries = read_summaries(bootstrap_servers, table, partitions).values()
     return sum_balances(s.publishers if party == "publisher" else s.isps for s in summaries)

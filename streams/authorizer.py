@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -50,9 +50,9 @@ from ledger.core.batch import (
 from ledger.core.reference import PartitionReference, decode_reference, encode_reference
 from ledger.core.state import AccountState, decode_account, encode_state
 from ledger.kafka import topics
-from ledger.kafka.partitioning import partition_for
+from ledger.kafka.routing import misrouted
 from schemas import codec
-from schemas.commands import Command, PartitionBarrier
+from schemas.commands import Command
 from schemas.deadletter import set_aside
 from schemas.facts import (
     CommandRejected,
@@ -236,8 +236,16 @@ class BatchAuthorizer:
         part = _Partition(partition, admitted, admitted, PartitionBatch(working))
         stored: dict[str, bytes | None] = {}  # account → its state as stored, read once a batch
         commands: list[tuple[int, Command | None]] = []
+
+        def has_state(account_id: str) -> bool:
+            if account_id not in stored:
+                stored[account_id] = self._stored(part, account_id)
+            return stored[account_id] is not None
+
         for record in admitted:
-            command = None if topics.is_marker(record.key) else self._command(part, record, stored)
+            command = (
+                None if topics.is_marker(record.key) else self._command(part, record, has_state)
+            )
             commands.append((record.offset, command))
 
         def load(account_id: str) -> AccountState | None:
@@ -254,7 +262,7 @@ class BatchAuthorizer:
         return self._store.get(part.partition, account_id.encode())
 
     def _command(
-        self, part: _Partition, record: Any, stored: dict[str, bytes | None]
+        self, part: _Partition, record: Any, has_state: Callable[[str], bool]
     ) -> Command | None:
         """The record's command, or None when it is set aside (with its reason)."""
         try:
@@ -263,26 +271,11 @@ class BatchAuthorizer:
             part.letters.append((record, invalid.reason, invalid.detail))
             return None
         part.consumed[command.__struct_config__.tag] += 1  # type: ignore[index]
-        partition = part.partition
-        if isinstance(command, PartitionBarrier):
-            if command.partition != partition or command.partitions != self._partitions:
-                part.letters.append((record, "wrong_partition", (
-                    f"a barrier for partition {command.partition} of {command.partitions} arrived "
-                    f"on partition {partition} of {self._partitions}")))  # fmt: skip
-                return None
-            return command
-        # An account with a state in this partition was opened here, after this same check:
-        # only the others pay for the partitioner's hash (5 % of the worker's time, measured).
-        account_id = command.account_id
-        if account_id not in stored:
-            stored[account_id] = self._stored(part, account_id)
-        if stored[account_id] is None:
-            home = partition_for(account_id, self._partitions)
-            if home != partition:
-                part.letters.append((record, "wrong_partition", (
-                    f"account {account_id} belongs to partition {home}, "
-                    f"this command arrived on {partition}")))  # fmt: skip
-                return None
+        # A barrier names its partition; an account with a state here was opened here.
+        detail = misrouted(command, part.partition, self._partitions, has_state)
+        if detail is not None:
+            part.letters.append((record, "wrong_partition", detail))
+            return None
         return command
 
     # --- writing ----------------------------------------------------------------------------

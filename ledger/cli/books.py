@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ledger.cli.argtypes import (
@@ -26,6 +27,14 @@ from ledger.errors import LedgerError
 from schemas.types import Party
 
 CLOSE_WAIT_SECONDS = 120.0
+VERIFY_PROCESSES = 2  # projections.verify.VERIFY_PROCESSES (not imported: the CLI starts fast)
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a number of seconds above 0; got {text!r}")
+    return value
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
@@ -157,6 +166,60 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     for line in result.differences:
         print(f"  {line}")
     return EXIT_MISMATCH
+
+
+def _verify_once(args: argparse.Namespace, stack: Connected, progress: bool) -> Any:
+    from ledger.kafka.groups import ACCOUNTS_TABLE
+    from ledger.tables import read_summaries
+    from projections import verify
+
+    def workers() -> dict[int, Any]:
+        return read_summaries(stack.bootstrap_servers, ACCOUNTS_TABLE, stack.partitions)
+
+    result = verify.verify(
+        stack.bootstrap_servers, None if args.skip_postgres else stack.dsn, stack.partitions,
+        workers, progress=verify.progress_bar() if progress else None, processes=args.processes,
+    )  # fmt: skip
+    verify.report(result)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.as_json(), indent=2) + "\n")
+    return result
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from projections.writer import tune_gc
+
+    stack = connected(args)
+    tune_gc()
+    if args.every is None:
+        result = _verify_once(args, stack, progress=not args.quiet)
+        return 0 if result.equal else EXIT_MISMATCH
+    return _verify_every(args, stack)
+
+
+def _verify_every(args: argparse.Namespace, stack: Connected) -> int:
+    """A run every `--every` seconds (from the start of one to the start of the next, or at once
+    when a run took longer), its figures served as metrics; a run that fails is logged, counted
+    and tried again at the next turn. Runs until stopped."""
+    from prometheus_client import start_http_server
+
+    from ledger.settings import listen_host
+    from projections import verify
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("ledger.verify")
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, addr=listen_host())
+    while True:
+        started = time.monotonic()
+        try:
+            result = _verify_once(args, stack, progress=False)
+        except Exception:  # the broker or the database away: the next turn tries again
+            log.exception("verify failed; trying again in %.0f s", args.every)
+            verify.observe_failure(time.time())
+        else:
+            verify.observe(result, time.time())
+        time.sleep(max(0.0, args.every - (time.monotonic() - started)))
 
 
 def _stream_balances(stack: Connected) -> Any:
@@ -298,6 +361,28 @@ def _add_check_parsers(commands: Any) -> None:
     reconcile.set_defaults(handler=_cmd_reconcile)
 
 
+def _add_verify_parser(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="re-decide every command from offset 0 and compare the facts with ledger.events byte"
+        " for byte, and the balances with the workers' tables and PostgreSQL",
+    )  # fmt: skip
+    verify.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON")
+    verify.add_argument(
+        "--every", type=positive_seconds, metavar="SECONDS",
+        help="run again every SECONDS, until stopped, serving the figures as metrics",
+    )  # fmt: skip
+    verify.add_argument("--metrics-port", type=port, help="serve /metrics on PORT (with --every)")
+    verify.add_argument("--skip-postgres", action="store_true",
+                        help="do not compare the balances with PostgreSQL")  # fmt: skip
+    verify.add_argument(
+        "--processes", type=int, choices=range(1, 17), default=VERIFY_PROCESSES, metavar="N",
+        help=f"processes sharing the partitions (1 to 16, default {VERIFY_PROCESSES})",
+    )  # fmt: skip
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(handler=_cmd_verify)
+
+
 def _add_writer_parsers(commands: Any) -> None:
     project = commands.add_parser(
         "project", help="run the projection writer: ledger.events into PostgreSQL"
@@ -350,4 +435,5 @@ def add_parsers(commands: Any) -> None:
     _add_access_parsers(commands)
     _add_check_parsers(commands)
     _add_verify_seals_parser(commands)
+    _add_verify_parser(commands)
     _add_writer_parsers(commands)

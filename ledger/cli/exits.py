@@ -4,5 +4,5 @@ from __future__ import annotations
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
-EXIT_MISMATCH = 4  # reconcile or replay found books that do not agree
+EXIT_MISMATCH = 4  # reconcile, replay or verify found books that do not agree
 EXIT_INTERRUPTED = 130

@@ -136,12 +136,20 @@ class PartitionBatch:
     # The partition's reference after the batch, when the batch changed it (a copy: the caller's
     # is never changed); None when it did not: then there is nothing to write.
     reference: PartitionReference | None = None
+    # The offset of the command each fact was decided for, in the order of `facts` (what `ledger
+    # verify` names when a fact differs from the one on ledger.events).
+    offsets: list[int] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
     redelivered: int = 0  # commands below next_offset: skipped
     already_applied: int = 0  # commands whose state held them already: folded, not re-emitted
     folded: int = 0  # money facts counted in the partials
     captured: int = 0  # held payments captured (their facts are purchases')
     expiries: int = 0  # expiry barriers decided (each one decision, whatever it expired)
+
+    def emit(self, key: str, fact: Fact, offset: int) -> None:
+        """A fact to emit under `key`, decided for the command at `offset`."""
+        self.facts.append((key, fact))
+        self.offsets.append(offset)
 
 
 def decide_batch(
@@ -203,7 +211,7 @@ def decide_batch(
                 state.batch_money = []  # this batch's money from now on
         for fact in decide(state, command, context, offset):
             state = evolve(state, fact, policy)
-            batch.facts.append((account_id, fact))
+            batch.emit(account_id, fact, offset)
             if isinstance(command, PaymentCaptureRequested) and isinstance(
                 fact, PurchaseAuthorized
             ):
@@ -228,7 +236,7 @@ def _decide_barrier(
     offset: int,
 ) -> None:
     if isinstance(command, ReferenceChangeRequested):
-        batch.facts.append((reference_key_of(command.record), decide_reference_change(command)))
+        batch.emit(reference_key_of(command.record), decide_reference_change(command), offset)
         if context.reference.apply(command.record, offset):
             batch.reference = context.reference
         return
@@ -236,7 +244,7 @@ def _decide_barrier(
     fact = decide_close(closed, command, context, offset)
     evolve_close(closed, fact, command)
     advance(context, command, offset, fact)
-    batch.facts.append((command.isp_id, fact))
+    batch.emit(command.isp_id, fact, offset)
 
 
 def _expire(
@@ -265,7 +273,7 @@ def _expire(
         fact = decide_expiry(state, payment_id, command, offset)
         if fact is not None:
             evolved = present(evolve(state, fact, policy), "an expiry lost its account")
-            batch.facts.append((account_id, fact))
+            batch.emit(account_id, fact, offset)
             evolved.decided_through = offset
             states[account_id] = evolved
         index_account(summary.holds, state)

@@ -9,8 +9,9 @@ EVENTS = "ledger.events"
 REFERENCE = "ledger.reference"
 DLQ = "ledger.dlq"
 
-# Kafka reads -1 as "no limit": the events are the source of truth and are kept forever, and
-# dead letters are kept until an operator has dealt with them.
+# Kafka reads -1 as "no limit": the events are the source of truth and are kept forever, the
+# commands too (issue 15: `ledger verify` re-decides every command from offset 0, and the
+# reference data's changes are commands), and dead letters until an operator has dealt with them.
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
@@ -25,7 +26,7 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(COMMANDS, partitioned=True, configs={"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    TopicSpec(COMMANDS, partitioned=True, configs=dict(_FOREVER)),
     TopicSpec(EVENTS, partitioned=True, configs=dict(_FOREVER)),
     # Read whole by every worker into a global table: one partition keeps it in one order.
     TopicSpec(REFERENCE, partitioned=False, configs={"cleanup.policy": "compact"}),

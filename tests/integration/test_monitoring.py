@@ -60,7 +60,7 @@ def test_promtool_accepts_the_config_and_the_rules_and_the_alert_tests_pass(
                  ("test", "rules", "alerts_test.yml")):  # fmt: skip
         done = _promtool(promtool, *args)
         assert done.returncode == 0, f"promtool {' '.join(args)}: {done.stdout}{done.stderr}"
-    assert "SUCCESS: 8 rules found" in _promtool(promtool, "check", "rules", "alerts.yml").stdout
+    assert "SUCCESS: 10 rules found" in _promtool(promtool, "check", "rules", "alerts.yml").stdout
 
 
 def _dashboard_queries() -> list[str]:
@@ -125,6 +125,14 @@ class PrometheusServer:
             self.process.wait(timeout=30)
 
 
+class Verifier(LedgerProcess):
+    """A `ledger verify --every`: its metrics, served while it runs."""
+
+    def arguments(self) -> list[str]:
+        return ["verify", "--every", "3600", "--metrics-port", str(self.metrics_port), "--quiet",
+                "--processes", "1", "--skip-postgres"]  # fmt: skip
+
+
 def _exposed_names(ports: list[int]) -> set[str]:
     names = {"up"}
     for port in ports:
@@ -163,20 +171,23 @@ def scraped(
     worker = Worker("mon-worker", tmp / "worker")
     writer = Projector("mon-writer", tmp, reconcile_seconds=2)
     api = ApiServer(tmp, admin_key="mon-admin-key-0123456789abcdef")
-    processes: list[LedgerProcess] = [worker.start(), writer.start()]
+    # `ledger verify --every`, for its metrics: one run now (of every test's log on the shared
+    # stack: what it finds does not matter here), the next in an hour.
+    verifier = Verifier("mon-verify", tmp)
+    processes: list[LedgerProcess] = [worker.start(), writer.start(), verifier.start()]
     server: PrometheusServer | None = None
     try:
         api.start()
-        ports = [worker.metrics_port, writer.metrics_port, api.port]
+        ports = [worker.metrics_port, writer.metrics_port, api.port, verifier.metrics_port]
         server = PrometheusServer(tools[0], tmp / "prometheus", {
             "workers": [worker.metrics_port], "projections": [writer.metrics_port],
-            "apis": [api.port],
+            "apis": [api.port], "verify": [verifier.metrics_port],
         }).start()  # fmt: skip
 
         def all_up() -> bool:
             assert server is not None
             targets = server.api("targets")["activeTargets"]
-            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+            return len(targets) == 4 and all(t["health"] == "up" for t in targets)
 
         wait_for(all_up, 120, "Prometheus to scrape the worker, the writer and the API")
         world = World()
@@ -201,7 +212,7 @@ def test_a_real_prometheus_scrapes_the_processes_and_fires_the_dead_letter_alert
     scraped: tuple[PrometheusServer, list[int], World],
 ) -> None:
     server, _, _ = scraped
-    for job in ("ledger-workers", "ledger-projections", "ledger-apis"):
+    for job in ("ledger-workers", "ledger-projections", "ledger-apis", "ledger-verify"):
         assert server.value(f'up{{job="{job}"}}') == 1.0, job
 
     assert server.value("max(ledger_reconcile_failed_checks)") == 0.0
@@ -214,7 +225,7 @@ def test_a_real_prometheus_scrapes_the_processes_and_fires_the_dead_letter_alert
 
     wait_for(lambda: firing("LedgerDeadLetters"), 120, "the dead-letter alert to fire")
     rules = [rule for group in server.api("rules")["groups"] for rule in group["rules"]]
-    assert len(rules) == 8
+    assert len(rules) == 10
     assert all(rule["health"] == "ok" for rule in rules), [
         (rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"
     ]
@@ -229,7 +240,7 @@ def test_every_dashboard_and_alert_query_is_answered_and_names_real_metrics(
     exposed = _exposed_names(ports)
     alerts = [rule["query"] for group in server.api("rules")["groups"] for rule in group["rules"]]
     queries = _dashboard_queries() + alerts
-    assert len(_dashboard_queries()) >= 12 and len(alerts) == 8
+    assert len(_dashboard_queries()) >= 12 and len(alerts) == 10
     for query in queries:
         server.api("query", query=query)  # asserts Prometheus parsed and ran it
         unknown = {name for name in NAME.findall(query)} - exposed

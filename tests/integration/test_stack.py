@@ -61,8 +61,9 @@ def test_ledger_topics_exist_with_their_configs(stack: StackState) -> None:
     assert len(described[topics.REFERENCE]["partitions"]) == 1
     by_topic = configs["topic"]
     assert by_topic[topics.REFERENCE]["cleanup.policy"]["value"] == "compact"
-    assert by_topic[topics.EVENTS]["retention.ms"]["value"] == "-1"
-    assert by_topic[topics.EVENTS]["retention.bytes"]["value"] == "-1"
+    for kept_forever in (topics.EVENTS, topics.COMMANDS):  # the commands too: ledger verify
+        assert by_topic[kept_forever]["retention.ms"]["value"] == "-1"
+        assert by_topic[kept_forever]["retention.bytes"]["value"] == "-1"
 
 
 def _free_port() -> int:

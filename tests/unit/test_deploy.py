@@ -122,7 +122,9 @@ def _ledger_command_lines() -> list[list[str]]:
 
 def test_every_ledger_command_line_is_accepted_by_the_real_parser() -> None:
     lines = _ledger_command_lines()
-    assert {line[0] for line in lines} == {"stack", "worker", "project", "api", "isp-api", "idp"}
+    assert {line[0] for line in lines} == {
+        "stack", "worker", "project", "api", "isp-api", "idp", "verify"
+    }  # fmt: skip
     parser = build_parser()
     for line in lines:
         parser.parse_args(line)  # exits (SystemExit) on a bad command line
@@ -156,6 +158,7 @@ def test_the_metrics_ports_are_the_ones_the_processes_serve_and_prometheus_finds
         "ledger-workers",
         "ledger-projections",
         "ledger-apis",
+        "ledger-verify",
     }
 
 
