@@ -1,7 +1,9 @@
 """`ledger verify` on the real stack (issue 15, part 2): a scenario decided by a worker killed with
--9 mid-stream and by the one started after it, projected by the writer, re-decides from offset 0
-to the same facts byte for byte and the same balances as the workers' tables and PostgreSQL; then a
-forged fact written to ledger.events is named by its offset.
+-9 mid-stream and by the one started after it, projected by the writer, with a publisher's share
+changed mid-month and another publisher blocked mid-stream (part 1: effective-dated reference
+changes in the commands' order), re-decides from offset 0 to the same facts byte for byte and the
+same balances as the workers' tables and PostgreSQL; then a forged fact written to ledger.events
+is named by its offset.
 
 On a stack of its own (the fault suite's supervisor, on ports of its own): the session's stack
 holds facts that other tests wrote straight to ledger.events, which no worker decided, and verify
@@ -16,10 +18,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from ledger.bench.stream import wait_idle
@@ -27,14 +30,29 @@ from ledger.kafka import topics
 from ledger.kafka.groups import APP_ID
 from ledger.produce import LedgerProducer
 from schemas.commands import Command
+from schemas.facts import PurchaseAuthorized, PurchaseRejected
+from schemas.reference import ReferenceRecord
 from tests import builders as b
 from tests.fault import supervisor as fault_supervisor
 from tests.fault.supervisor import FaultLog, Supervisor
-from tests.harness import PROJECT_ROOT, end_offsets, metric, produce, read_until, wait_for
+from tests.harness import (
+    PROJECT_ROOT,
+    distinct_facts,
+    end_offsets,
+    metric,
+    produce,
+    read_until,
+    wait_for,
+)
 from tests.world import T0, World
 
 pytestmark = pytest.mark.integration
 IDLE_SECONDS = 240.0
+SPACING = timedelta(seconds=40)  # between two purchases of the workload
+
+
+def _at(i: int) -> datetime:
+    return T0 + SPACING * i
 
 
 def _free_base() -> int:
@@ -69,7 +87,7 @@ def _workload(world: World, seed: int) -> list[Command]:
     for i in range(1_500):
         name = rnd.choice(names)
         command = b.purchase(
-            name, rnd.choice((99, 266, 499, 990, 99_999)), T0 + timedelta(seconds=40 * i),
+            name, rnd.choice((99, 266, 499, 990, 99_999)), _at(i),
             purchase_id=f"{name}-{i}",
             publisher_id=rnd.choice((world.vod, world.press, world.shady)).publisher_id,
         )  # fmt: skip
@@ -110,23 +128,39 @@ def test_verify_is_equal_after_a_kill_9_and_names_a_forged_fact(
     sup = own_stack
     world = World()
     commands = _workload(world, seed)
-    half = len(commands) // 2
+    third, half = len(commands) // 3, len(commands) // 2
+    # The share of `vod` goes from 60 % to 50 %, effective a little after the commands sent before
+    # the change (the purchases between the change and its time still get 60 %); `press` is
+    # blocked mid-stream, after the kill, effective a little after it is sent too.
+    share_from = _at(_index(commands[third]) + 60)
+    blocked_from = _at(_index(commands[half + 200]) + 60)
+    cheaper: ReferenceRecord = msgspec.structs.replace(
+        world.vod, revenue_share_bp=5_000, occurred_at=share_from, effective_at=share_from
+    )
+    blocked: ReferenceRecord = msgspec.structs.replace(
+        world.press, blocked=True, occurred_at=blocked_from, effective_at=blocked_from
+    )
     worker = sup.start_worker("w1")
     sup.start_writer()
-    produce(sup.bootstrap, sup.partitions, world.records, commands[:half])
-    wait_for(lambda: worker.alive() and _consumed(worker) >= half // 3, 240, "a third decided")
+    produce(sup.bootstrap, sup.partitions, world.records, commands[:third])
+    produce(sup.bootstrap, sup.partitions, [cheaper], commands[third:half])
+    wait_for(lambda: worker.alive() and _consumed(worker) >= half // 2, 240, "a part decided")
     sup.kill_worker("w1")  # mid-stream: its last batch's facts may be emitted again
     sup.start_worker("w2")
-    produce(sup.bootstrap, sup.partitions, [], commands[half:])
+    produce(sup.bootstrap, sup.partitions, [], commands[half : half + 200])
+    produce(sup.bootstrap, sup.partitions, [blocked], commands[half + 200 :])
     wait_idle(sup.bootstrap, APP_ID, IDLE_SECONDS)
     wait_for(lambda: _caught_up(sup), IDLE_SECONDS, "the projection writer to catch up")
+    _check_the_changes_took_effect(sup, world, share_from, blocked_from)
 
     done, result = _verify(sup, tmp_path / "verify.json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verify: the log re-decides to the same facts and balances" in done.stdout
     assert result["equal"] and result["differences"] == 0
-    assert result["commands"] == len(commands)
-    assert result["facts"] == result["equal_facts"] == len(commands)  # one fact per command here
+    # The reference changes are commands too, one per partition and record.
+    total = len(commands) + (len(world.records) + 2) * sup.partitions
+    assert result["commands"] == total
+    assert result["facts"] == result["equal_facts"] == total  # one fact per command here
     assert result["recorded"] == result["facts"] + result["duplicates"]
     assert result["undecided_commands"] == 0
     assert result["postgres_compared"] and not result["postgres_balances_differ"]
@@ -158,6 +192,39 @@ def test_verify_is_equal_after_a_kill_9_and_names_a_forged_fact(
     assert "-forged" in first["recorded"] and first["re_decided"] is None
     assert f"extra fact at ledger.events[{partition}]@{offset}" in done.stdout
     assert result["differences"] == 1 and result["differences_by_kind"]["extra"] == 1
+
+
+def _index(command: Command) -> int:
+    """The workload's purchase number of a command (`{account}-{i}`, `r-{i}`)."""
+    ids = getattr(command, "purchase_id", "")
+    return int(ids.rsplit("-", 1)[1])
+
+
+def _check_the_changes_took_effect(
+    sup: Supervisor, world: World, share_from: datetime, blocked_from: datetime
+) -> None:
+    ends = end_offsets(sup.bootstrap, topics.EVENTS)
+    records = read_until(sup.bootstrap, topics.EVENTS, dict.fromkeys(ends, 0),
+                         lambda r: len(r) >= sum(ends.values()), 120)  # fmt: skip
+    facts = distinct_facts(r for r in records if not topics.is_marker(r.key))
+    vod = [
+        f
+        for f in facts.values()
+        if isinstance(f, PurchaseAuthorized) and f.publisher_id == world.vod.publisher_id
+    ]
+    assert {f.revenue_share_bp for f in vod if f.occurred_at < share_from} == {6_000}
+    assert {f.revenue_share_bp for f in vod if f.occurred_at >= share_from} == {5_000}
+    press = [f for f in facts.values()
+             if isinstance(f, PurchaseAuthorized | PurchaseRejected)
+             and f.publisher_id == world.press.publisher_id]  # fmt: skip
+    blocked = [
+        f for f in press if isinstance(f, PurchaseRejected) and f.reason == "publisher_blocked"
+    ]
+    assert blocked and all(f.occurred_at >= blocked_from for f in blocked)
+    assert not [
+        f for f in press if isinstance(f, PurchaseAuthorized) and f.occurred_at >= blocked_from
+    ]
+    assert [f for f in press if isinstance(f, PurchaseAuthorized)]  # before the block
 
 
 def _consumed(worker: Any) -> float:
