@@ -132,6 +132,20 @@ def _verified(sup: Supervisor) -> tuple[bool, str, dict[str, Any]]:
     return result.equal, detail, {**figures, "seconds": round(result.seconds, 2)}
 
 
+def _seals_verified(sup: Supervisor) -> tuple[bool, str, dict[str, Any]]:
+    """Every seal, invoice number and link of the chain recomputed from the facts PostgreSQL
+    holds (`ledger verify-seals`), after the faults."""
+    from projections.db import connect
+    from projections.seals import verify_seals
+
+    with connect(sup.dsn) as db:
+        checks = verify_seals(db)
+    differences = [d for check in checks.values() for d in check.differences]
+    periods = sum(check.periods for check in checks.values())
+    figures = {"isps": len(checks), "periods": periods, "differences": len(differences)}
+    return periods > 0 and not differences, "; ".join(differences[:3]), figures
+
+
 def _checker_sees_forgery(sup: Supervisor, sender: Sender) -> bool:
     """The checker is not vacuous: one cent more on one party's debits, and it says so."""
     import psycopg
@@ -204,6 +218,8 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
         if VERIFY:
             equal, detail, result["verify"] = _verified(sup)
             checked.prove("ledger verify: the log re-decides to the same facts", equal, detail)
+            equal, detail, result["verify_seals"] = _seals_verified(sup)
+            checked.prove("ledger verify-seals: every sealed period recomputes", equal, detail)
         checked.prove("the checker sees a forged balance", _checker_sees_forgery(sup, sender))
         checked.prove(
             f"lag back to zero within {LAG_BOUND_SECONDS:.0f} s",
