@@ -50,7 +50,7 @@ def test_ledger_topics_exist_with_their_configs(stack: StackState) -> None:
         configs = admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, name)
-                for name in (topics.REFERENCE, topics.EVENTS)
+                for name in (topics.REFERENCE, topics.EVENTS, topics.COMMANDS)
             ]
         )
     finally:
