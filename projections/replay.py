@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +32,7 @@ from ledger.kafka.settings import READER_OFFSET_RESET_LATEST, aiokafka_reader_co
 from projections import bulkload, compare, store
 from projections.diffreport import Comparison, TableSummary, report_lines
 from projections.migrate import DEFAULT_SCHEMA, apply_migrations, check_schema_name
+from projections.progress import PROGRESS_SECONDS, Progress, partition_groups
 from projections.writer import FETCH_BYTES_MAX, Prepared, prepare_more
 
 # Replay is a bulk load: bigger batches than live, where latency does not matter. Measured:
@@ -42,8 +41,6 @@ REPLAY_BATCH_EVENTS_MAX = 20_000
 CATCH_UP_ROUNDS_MAX = 5
 POLL_TIMEOUT_MS = 500
 POLL_IN_FLIGHT_MS = 10  # while a batch is applied: look again soon whether it is done
-
-Progress = Callable[[int, int], None]  # (records done, records to do)
 
 
 @dataclass
@@ -188,7 +185,6 @@ class _Replayer:
 # COPY) and left a core mostly to PostgreSQL's waits; on 2 cores, ledger bench projections'
 # 233,930 facts replayed at 12.1k events/s in one process, 20.4k in two (issue 13).
 REPLAY_PROCESSES = 2
-PROGRESS_SECONDS = 0.2
 # In a child: the count of records applied that it shares with the parent, for its progress bar.
 _shared: dict[str, Any] = {}
 
@@ -263,18 +259,13 @@ def _run_group(
     return asyncio.run(_replay_group(bootstrap_servers, dsn, schema, topic, start, target))
 
 
-def _groups(partition_count: int, processes: int) -> list[list[int]]:
-    """The partitions of each process: every n-th, so that each gets a share of the log."""
-    return [g for g in (list(range(i, partition_count, processes)) for i in range(processes)) if g]
-
-
 def _replay(
     bootstrap_servers: str, dsn: str, schema: str, live: str, partition_count: int,
     progress: Progress, topic: str, durable: bool, processes: int,
 ) -> ReplayResult:  # fmt: skip
     started = time.perf_counter()
     deferred: bulkload.Deferred | None = bulkload.unlog_and_defer(dsn, schema)
-    groups = _groups(partition_count, processes)
+    groups = partition_groups(partition_count, processes)
     position: dict[int, int] = {}
     records = applied = duplicates = 0
     # fork: the children start at once with what this process has imported and tuned (gc);
@@ -324,26 +315,6 @@ def _replay(
         f"the live writer kept moving for {CATCH_UP_ROUNDS_MAX} rounds: replay when the"
         " stream is quieter"
     )
-
-
-def progress_bar(stream: Any = sys.stderr) -> Progress:
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and done < total:
-            return
-        last[0] = now
-        width = 40
-        filled = width if total <= 0 else min(width, width * done // total)
-        percent = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
-        stream.write(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {percent:5.1f} %"
-                     f" {done:,}/{total:,} events")  # fmt: skip
-        if done >= total:
-            stream.write("\n")
-        stream.flush()
-
-    return show
 
 
 def _no_progress(_done: int, _total: int) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -35,6 +34,7 @@ from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
 from ledger.kafka.settings import aiokafka_reader_config
 from projections.db import connect
+from projections.progress import PROGRESS_SECONDS, Progress, partition_groups
 from projections.redecide import (
     KINDS,
     Difference,
@@ -55,10 +55,7 @@ STALL_SECONDS_MAX = 60.0  # no record for this long while some are due: the brok
 # Two cores on the development machine: each process decides its partitions on one (replay's
 # measurement: one Python process leaves a core idle).
 VERIFY_PROCESSES = 2
-PROGRESS_SECONDS = 0.2
 DIFFERENCES_SHOWN = 10
-
-Progress = Callable[[int, int], None]  # (commands done, commands to do)
 
 
 @dataclass
@@ -308,10 +305,6 @@ def _verify_group(bootstrap_servers: str, group: list[int]) -> list[PartitionRes
     return asyncio.run(_verify_group_async(bootstrap_servers, group))
 
 
-def _groups(partitions: int, processes: int) -> list[list[int]]:
-    return [g for g in (list(range(i, partitions, processes)) for i in range(processes)) if g]
-
-
 def _share(counter: Any) -> None:
     _inherited["counter"] = counter
 
@@ -355,7 +348,7 @@ def verify(
     snapshot = take_snapshot(bootstrap_servers, dsn, partitions, workers)
     _inherited["snapshot"] = snapshot
     to_do = sum(snapshot.commands_end.values())
-    groups = _groups(partitions, max(1, processes))
+    groups = partition_groups(partitions, max(1, processes))
     results: list[PartitionResult] = []
     try:
         if len(groups) == 1:
@@ -389,26 +382,6 @@ def _in_processes(
         for future in futures:  # a child's failure is raised here
             results += future.result()
     return results
-
-
-def progress_bar(stream: Any = sys.stderr) -> Progress:
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < PROGRESS_SECONDS and done < total:
-            return
-        last[0] = now
-        width = 40
-        filled = width if total <= 0 else min(width, width * done // total)
-        percent = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
-        stream.write(f"\rverify [{'#' * filled}{'.' * (width - filled)}] {percent:5.1f} %"
-                     f" {done:,}/{total:,} commands")  # fmt: skip
-        if done >= total:
-            stream.write("\n")
-        stream.flush()
-
-    return show
 
 
 def report(result: VerifyResult, out: Callable[[str], None] = print) -> None:

@@ -121,14 +121,15 @@ def _cmd_expire_holds(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from projections.diffreport import to_json
-    from projections.replay import drop_schema, progress_bar, replay
+    from projections.progress import progress_bar
+    from projections.replay import drop_schema, replay
     from projections.writer import tune_gc
 
     stack = connected(args)
     tune_gc()
     result = replay(
         stack.bootstrap_servers, stack.dsn, args.schema, stack.partitions,
-        progress=progress_bar(), keep=args.keep,
+        progress=progress_bar("replay", "events"), keep=args.keep,
     )  # fmt: skip
     if not args.keep:
         drop_schema(stack.dsn, args.schema)
@@ -172,13 +173,15 @@ def _verify_once(args: argparse.Namespace, stack: Connected, progress: bool) -> 
     from ledger.kafka.groups import ACCOUNTS_TABLE
     from ledger.tables import read_summaries
     from projections import verify
+    from projections.progress import progress_bar
 
     def workers() -> dict[int, Any]:
         return read_summaries(stack.bootstrap_servers, ACCOUNTS_TABLE, stack.partitions)
 
     result = verify.verify(
         stack.bootstrap_servers, None if args.skip_postgres else stack.dsn, stack.partitions,
-        workers, progress=verify.progress_bar() if progress else None, processes=args.processes,
+        workers, progress=progress_bar("verify", "commands") if progress else None,
+        processes=args.processes,
     )  # fmt: skip
     verify.report(result)
     if args.json is not None:

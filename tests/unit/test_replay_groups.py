@@ -7,12 +7,13 @@ import multiprocessing
 
 import pytest
 
-from projections.replay import _groups, _SharedProgress
+from projections.progress import partition_groups
+from projections.replay import _SharedProgress
 
 
 @pytest.mark.parametrize(("partitions", "processes"), [(4, 2), (4, 3), (1, 2), (6, 4), (3, 1)])
 def test_each_partition_in_exactly_one_process(partitions: int, processes: int) -> None:
-    groups = _groups(partitions, processes)
+    groups = partition_groups(partitions, processes)
     assert sorted(p for group in groups for p in group) == list(range(partitions))
     assert all(groups) and len(groups) == min(partitions, processes)
 
