@@ -12,6 +12,7 @@ import csv
 import io
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +64,38 @@ PERIOD_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class _Document:
+    """A kind of sealed document an ISP reads (an invoice, a credit note): its table and id, the
+    columns of its listing and of itself, and its lines' table, columns and CSV columns. The
+    answers' keys are the tables' names (`invoices`, `invoice_lines`, ...)."""
+
+    table: str
+    id_column: str
+    ids: re.Pattern[str]
+    what: str  # "an invoice id": the 400's words for a bad `after`
+    listed: str  # the columns of the period's listing
+    columns: str  # the columns of one document
+    lines_table: str
+    line_columns: tuple[str, ...]
+    csv_columns: tuple[str, ...]
+
+
+INVOICES = _Document(
+    "invoices", "invoice_id", INVOICE_ID, "an invoice id",
+    "invoice_id, account_id, account_kind, company_name, lines, net_cents, vat_cents, gross_cents,"
+    " gross_cents_by_user, seal, vat_by_rate",
+    "invoice_id, isp_id, period, account_id, account_kind, company_name, lines, net_cents,"
+    " vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate, number",
+    "invoice_lines", (*CSV_COLUMNS, "event_id"), CSV_COLUMNS,
+)  # fmt: skip
+CREDIT_NOTES = _Document(
+    "credit_notes", "credit_note_id", CREDIT_NOTE_ID, "a credit note id",
+    CREDIT_NOTE_COLUMNS, CREDIT_NOTE_COLUMNS, "credit_note_lines", CREDIT_NOTE_CSV_COLUMNS,
+    CREDIT_NOTE_CSV_COLUMNS,
+)  # fmt: skip
+
+
 def _json(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -99,45 +132,39 @@ class IspApi:
             raise not_found()
         return isp_id
 
-    async def invoice_and_lines(
-        self, request: web.Request
+    async def document_and_lines(
+        self, request: web.Request, document: _Document
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One of the caller's invoices or credit notes, with its lines in order; else a 404."""
         isp_id = await self.isp_of(request)
-        invoice_id = path_value(request, "invoice_id", INVOICE_ID, "resource")
+        doc_id = path_value(request, document.id_column, document.ids, "resource")
         found = await self.query(
-            "SELECT invoice_id, isp_id, period, account_id, account_kind, company_name, lines,"
-            " net_cents, vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate, number"
-            " FROM invoices"
-            " WHERE isp_id = %s AND invoice_id = %s",
-            (isp_id, invoice_id),
+            f"SELECT {document.columns} FROM {document.table}"
+            f" WHERE isp_id = %s AND {document.id_column} = %s",
+            (isp_id, doc_id),
         )
         if not found:
             raise not_found()
         lines = await self.query(
-            "SELECT " + ", ".join((*CSV_COLUMNS, "event_id")) + " FROM invoice_lines"
-            " WHERE isp_id = %s AND invoice_id = %s ORDER BY line_no",
-            (isp_id, invoice_id),
+            f"SELECT {', '.join(document.line_columns)} FROM {document.lines_table}"
+            f" WHERE isp_id = %s AND {document.id_column} = %s ORDER BY line_no",
+            (isp_id, doc_id),
         )
         return found[0], lines
 
-    async def credit_note_and_lines(
-        self, request: web.Request
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def page(self, request: web.Request, document: _Document) -> dict[str, Any]:
+        """A page of the caller's invoices or credit notes of a period, in id order."""
         isp_id = await self.isp_of(request)
-        note_id = path_value(request, "credit_note_id", CREDIT_NOTE_ID, "resource")
-        found = await self.query(
-            f"SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes"
-            " WHERE isp_id = %s AND credit_note_id = %s",
-            (isp_id, note_id),
+        period, after, limit = _invoices_page(request, document.ids, document.what)
+        rows = await self.query(
+            f"SELECT {document.listed} FROM {document.table} WHERE isp_id = %s AND period = %s"
+            f" AND {document.id_column} > %s ORDER BY {document.id_column} LIMIT %s",
+            (isp_id, period, after, limit),
         )
-        if not found:
-            raise not_found()
-        lines = await self.query(
-            "SELECT " + ", ".join(CREDIT_NOTE_CSV_COLUMNS) + " FROM credit_note_lines"
-            " WHERE isp_id = %s AND credit_note_id = %s ORDER BY line_no",
-            (isp_id, note_id),
-        )
-        return found[0], lines
+        body: dict[str, Any] = {"isp_id": isp_id, "period": period, document.table: rows}
+        if len(rows) == limit:
+            body["next_after"] = rows[-1][document.id_column]
+        return body
 
     async def sealed_parts(self, isp_id: str, period: str) -> list[dict[str, Any]]:
         """What the period's seal covers besides its summary, in the order hashed."""
@@ -211,55 +238,8 @@ def routes(api: IspApi) -> web.RouteTableDef:
         parts = await api.sealed_parts(isp_id, key)
         return web.json_response({"isp_id": isp_id, **_clean(rows[0]), "sealed_parts": parts})
 
-    @table.get("/v1/isps/{isp_id}/credit-notes")
-    async def credit_notes(request: web.Request) -> web.Response:
-        isp_id = await api.isp_of(request)
-        period, after, limit = _invoices_page(request, CREDIT_NOTE_ID, "a credit note id")
-        rows = await api.query(
-            f"SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE isp_id = %s AND period = %s"
-            " AND credit_note_id > %s ORDER BY credit_note_id LIMIT %s",
-            (isp_id, period, after, limit),
-        )
-        body: dict[str, Any] = {"isp_id": isp_id, "period": period, "credit_notes": rows}
-        if len(rows) == limit:
-            body["next_after"] = rows[-1]["credit_note_id"]
-        return web.json_response(body)
-
-    @table.get("/v1/isps/{isp_id}/credit-notes/{credit_note_id}.csv")
-    async def credit_note_csv(request: web.Request) -> web.Response:
-        found, lines = await api.credit_note_and_lines(request)
-        return _csv_response(found["credit_note_id"], lines, CREDIT_NOTE_CSV_COLUMNS)
-
-    @table.get("/v1/isps/{isp_id}/credit-notes/{credit_note_id}")
-    async def credit_note(request: web.Request) -> web.Response:
-        found, lines = await api.credit_note_and_lines(request)
-        return web.json_response({**_clean(found), "credit_note_lines": [_clean(x) for x in lines]})
-
-    @table.get("/v1/isps/{isp_id}/invoices")
-    async def invoices(request: web.Request) -> web.Response:
-        isp_id = await api.isp_of(request)
-        period, after, limit = _invoices_page(request)
-        rows = await api.query(
-            "SELECT invoice_id, account_id, account_kind, company_name, lines, net_cents,"
-            " vat_cents, gross_cents, gross_cents_by_user, seal, vat_by_rate FROM invoices"
-            " WHERE isp_id = %s AND period = %s AND invoice_id > %s ORDER BY invoice_id LIMIT %s",
-            (isp_id, period, after, limit),
-        )
-        body: dict[str, Any] = {"isp_id": isp_id, "period": period, "invoices": rows}
-        if len(rows) == limit:
-            body["next_after"] = rows[-1]["invoice_id"]
-        return web.json_response(body)
-
-    # Before the JSON route: an invoice id has dots, and "{invoice_id}" would take ".csv" too.
-    @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}.csv")
-    async def invoice_csv(request: web.Request) -> web.Response:
-        found, lines = await api.invoice_and_lines(request)
-        return _csv_response(found["invoice_id"], lines)
-
-    @table.get("/v1/isps/{isp_id}/invoices/{invoice_id}")
-    async def invoice(request: web.Request) -> web.Response:
-        found, lines = await api.invoice_and_lines(request)
-        return web.json_response({**_clean(found), "invoice_lines": [_clean(x) for x in lines]})
+    for path, document in (("credit-notes", CREDIT_NOTES), ("invoices", INVOICES)):
+        _document_routes(api, table, f"/v1/isps/{{isp_id}}/{path}", document)
 
     @table.get("/v1/isps/openapi.json")
     async def openapi(_request: web.Request) -> web.Response:
@@ -268,6 +248,27 @@ def routes(api: IspApi) -> web.RouteTableDef:
         return web.json_response(isp_openapi_document())
 
     return table
+
+
+def _document_routes(api: IspApi, table: web.RouteTableDef, base: str, document: _Document) -> None:
+    """A period's page of documents, one as JSON, and one's lines as CSV."""
+
+    @table.get(base)
+    async def page(request: web.Request) -> web.Response:
+        return web.json_response(await api.page(request, document))
+
+    # Before the JSON route: an id has dots, and "{id}" would take ".csv" too.
+    @table.get(f"{base}/{{{document.id_column}}}.csv")
+    async def lines_csv(request: web.Request) -> web.Response:
+        found, lines = await api.document_and_lines(request, document)
+        return _csv_response(found[document.id_column], lines, document.csv_columns)
+
+    @table.get(f"{base}/{{{document.id_column}}}")
+    async def one(request: web.Request) -> web.Response:
+        found, lines = await api.document_and_lines(request, document)
+        return web.json_response(
+            {**_clean(found), document.lines_table: [_clean(x) for x in lines]}
+        )
 
 
 def create_isp_app(api: IspApi) -> web.Application:
