@@ -84,6 +84,8 @@ class Admission:
         self.limits, self.metrics = limits, metrics
         self.places = asyncio.Semaphore(limits.max_in_flight)
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        for reason in (OVERLOADED, RATE_LIMITED):  # a series from 0, for rate() and the alert
+            metrics.shed.labels(reason)
 
     def key_wait(self, key: str, now: float) -> float:
         """0 when the key may go on, else the seconds until it may."""
