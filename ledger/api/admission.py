@@ -21,15 +21,19 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-from prometheus_client import Counter, Gauge
-
-from ledger.api.validation import bearer_key
+if TYPE_CHECKING:  # the CLI reads the defaults below without loading aiohttp
+    from aiohttp import web
+    from aiohttp.typedefs import Handler
+    from prometheus_client import Counter, Gauge
 
 MAX_IN_FLIGHT_DEFAULT = 128
 QUEUE_WAIT_SECONDS_DEFAULT = 0.5
+# The ISPs' identity component: a sign-in costs a scrypt hash (~50 ms of a core, in asyncio's
+# thread pool); beyond a few per core at once they only queue there (200 clients on 2 cores
+# queued sign-ins 8 s at the median without a bound).
+IDP_MAX_IN_FLIGHT_DEFAULT = 16
 KEY_RATE_DEFAULT = 200.0  # requests/s per key
 KEY_BURST_DEFAULT = 400
 RETRY_AFTER_OVERLOADED = 1  # seconds: a 503's Retry-After
@@ -110,6 +114,8 @@ class Admission:
 
 
 def shed_response(status: int, code: str, message: str, retry_after: int) -> web.Response:
+    from aiohttp import web
+
     return web.json_response(
         {"error": {"code": code, "message": message, "retry_after_seconds": retry_after}},
         status=status, headers={"Retry-After": str(retry_after)},
@@ -124,6 +130,8 @@ async def admitted(
     admission: Admission, request: web.Request, handle: Handler
 ) -> web.StreamResponse:
     """The request handled by `handle` if admitted; a 429 or 503 with Retry-After if not."""
+    from ledger.api.validation import bearer_key
+
     if request.path == "/metrics":
         return await handle(request)
     key = bearer_key(request)

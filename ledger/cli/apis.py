@@ -42,7 +42,8 @@ def _cmd_idp(args: argparse.Namespace) -> int:
     stack = connected(args)
     print(f"the ISPs' identity component (isp-idp) on http://127.0.0.1:{args.port}/isp/<isp>/login,"
           f" back to {args.platform_url}", flush=True)  # fmt: skip
-    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port)
+    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port,
+            _limits(args))  # fmt: skip
     return 0
 
 
@@ -94,13 +95,14 @@ def _limits(args: argparse.Namespace) -> Any:
         raise LedgerError(str(error)) from None
 
 
-def _admission_arguments(parser: argparse.ArgumentParser) -> None:
+def _admission_arguments(parser: argparse.ArgumentParser, max_in_flight: int = 0) -> None:
     """Admission control (ledger.api.admission): beyond these, 503 or 429 with Retry-After."""
     from ledger.api import admission
 
+    max_in_flight = max_in_flight or admission.MAX_IN_FLIGHT_DEFAULT
     parser.add_argument(
-        "--max-in-flight", type=int, default=admission.MAX_IN_FLIGHT_DEFAULT,
-        help=f"requests handled at once (default {admission.MAX_IN_FLIGHT_DEFAULT})",
+        "--max-in-flight", type=int, default=max_in_flight,
+        help=f"requests handled at once (default {max_in_flight})",
     )  # fmt: skip
     parser.add_argument(
         "--queue-wait-ms", type=int, default=int(admission.QUEUE_WAIT_SECONDS_DEFAULT * 1000),
@@ -154,6 +156,9 @@ def add_parsers(commands: Any) -> None:
         default="http://127.0.0.1:18080",
         help="the checkout API's pages, where subscribers go back to",
     )
+    from ledger.api.admission import IDP_MAX_IN_FLIGHT_DEFAULT
+
+    _admission_arguments(idp, IDP_MAX_IN_FLIGHT_DEFAULT)
     idp.set_defaults(handler=_cmd_idp)
 
     secret = commands.add_parser(
