@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter, Histogram, generate_latest
 
+from ledger.api.admission import Admission, admitted
 from ledger.api.errors import ApiError, error_response
 from ledger.api.validation import bearer_key
 
@@ -38,23 +39,32 @@ class RequestMetrics:
     latency: Histogram
 
 
-def errors_and_metrics(metrics: RequestMetrics, log: logging.Logger) -> Middleware:
+def errors_and_metrics(
+    metrics: RequestMetrics, log: logging.Logger, admission: Admission | None = None
+) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
         started = time.perf_counter()
-        try:
-            response = await handler(request)
-        except ApiError as error:
-            response = error_response(error.status, error.code, error.message)
-        except web.HTTPException as error:  # aiohttp's own: no such route, method not allowed
-            response = error_response(error.status, HTTP_ERROR, error.reason)
-        except Exception:
-            log.exception("an unexpected error on %s", route)
-            response = error_response(
-                500, INTERNAL_ERROR, "an unexpected error; nothing was changed"
-            )
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except ApiError as error:
+                return error_response(error.status, error.code, error.message)
+            except web.HTTPException as error:  # aiohttp's own: no such route, method not allowed
+                return error_response(error.status, HTTP_ERROR, error.reason)
+            except Exception:
+                log.exception("an unexpected error on %s", route)
+                return error_response(
+                    500, INTERNAL_ERROR, "an unexpected error; nothing was changed"
+                )
+
+        if admission is None:
+            response = await answer(request)
+        else:  # shed answers are counted by route and status like the others
+            response = await admitted(admission, request, answer)
         metrics.requests.labels(route, str(response.status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
@@ -95,9 +105,10 @@ def create_app(
     start: Lifecycle,
     stop: Lifecycle,
     client_max_size: int = 1024**2,  # aiohttp's default
+    admission: Admission | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[errors_and_metrics(metrics, log)], client_max_size=client_max_size
+        middlewares=[errors_and_metrics(metrics, log, admission)], client_max_size=client_max_size
     )
     app.add_routes(routes)
     app.router.add_get("/metrics", metrics_page)

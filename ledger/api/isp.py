@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+from ledger.api.admission import Admission, AdmissionMetrics, Limits
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
@@ -271,9 +272,16 @@ def _document_routes(api: IspApi, table: web.RouteTableDef, base: str, document:
         )
 
 
-def create_isp_app(api: IspApi) -> web.Application:
-    return create_app(routes(api), METRICS, log, api.start, api.stop)
+ADMISSION = AdmissionMetrics(
+    Counter("ledger_isp_api_shed_total", "requests shed (429/503 with Retry-After)", ["reason"]),
+    Gauge("ledger_isp_api_in_flight", "requests being handled"),
+)
 
 
-def run_isp_api(dsn: str, port: int) -> None:
-    web.run_app(create_isp_app(IspApi(dsn)), host=listen_host(), port=port, print=None)
+def create_isp_app(api: IspApi, limits: Limits | None = None) -> web.Application:
+    admission = Admission(limits or Limits(), ADMISSION)
+    return create_app(routes(api), METRICS, log, api.start, api.stop, admission=admission)
+
+
+def run_isp_api(dsn: str, port: int, limits: Limits | None = None) -> None:
+    web.run_app(create_isp_app(IspApi(dsn), limits), host=listen_host(), port=port, print=None)

@@ -54,8 +54,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
              410: "gone: a publisher alone can no longer charge; prepare a payment with POST"
                   " /v1/payments",
              413: "body too large", 422: "invalid body or rejected",
-             503: "the ledger (its broker or database) is unreachable: send the same request "
-                  "again"}  # fmt: skip
+             429: "more requests/s than this key's rate (rate_limited): send it again after"
+                  " Retry-After seconds",
+             503: "the API is overloaded (overloaded) or the ledger (its broker or database) is"
+                  " unreachable: send it again after Retry-After seconds"}  # fmt: skip
     return {str(code): _response(words[code], _REJECTED_OR_ERROR if code == 422 else _ERROR)
             for code in statuses}  # fmt: skip
 
@@ -72,7 +74,8 @@ def _op(
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{"adminKey": []}] if admin else [{"publisherKey": []}],
-        "responses": {**ok, **_errors(*errors)},
+        # Admission control (ledger.api.admission) may answer any operation 429 or 503.
+        "responses": {**ok, **_errors(*sorted({*errors, 429, 503}))},
     }
     if description:
         op["description"] = description
@@ -436,7 +439,8 @@ def _isp_op(summary: str, ok: dict[str, Any], *errors: int) -> dict[str, Any]:
     return {
         "summary": summary,
         "security": [{"ispKey": []}],
-        "responses": {**ok, **_errors(*errors)},
+        # Admission control (ledger.api.admission) may answer any operation 429 or 503.
+        "responses": {**ok, **_errors(*sorted({*errors, 429, 503}))},
     }
 
 

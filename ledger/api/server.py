@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ledger import keys
 from ledger.api import isp_secrets as secrets
 from ledger.api import purchases
+from ledger.api.admission import Admission, AdmissionMetrics, Limits
 from ledger.api.bodies import (
     BODY_BYTES_MAX,
     AccountBody,
@@ -486,16 +487,23 @@ def routes(api: Api) -> web.RouteTableDef:
     return table
 
 
-def create_web_app(api: Api) -> web.Application:
-    return create_app(routes(api), METRICS, log, api.start, api.stop, BODY_BYTES_MAX)
+ADMISSION = AdmissionMetrics(
+    Counter("ledger_api_shed_total", "requests shed (429/503 with Retry-After)", ["reason"]),
+    Gauge("ledger_api_in_flight", "requests being handled"),
+)
+
+
+def create_web_app(api: Api, limits: Limits | None = None) -> web.Application:
+    admission = Admission(limits or Limits(), ADMISSION)
+    return create_app(routes(api), METRICS, log, api.start, api.stop, BODY_BYTES_MAX, admission)
 
 
 def run_api(
     bootstrap_servers: str, partitions: int, admin_key_sha256: str, dsn: str, port: int,
     idp_url: str, public_url: str, payment_ttl_seconds: int = PAYMENT_TTL_SECONDS_DEFAULT,
-    holds_expiry_seconds: float = HOLDS_EXPIRY_SECONDS_DEFAULT,
+    holds_expiry_seconds: float = HOLDS_EXPIRY_SECONDS_DEFAULT, limits: Limits | None = None,
 ) -> None:  # fmt: skip
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = Api(bootstrap_servers, partitions, admin_key_sha256, dsn, idp_url.rstrip("/"),
               public_url.rstrip("/"), payment_ttl_seconds, holds_expiry_seconds)  # fmt: skip
-    web.run_app(create_web_app(api), host=listen_host(), port=port, print=None)
+    web.run_app(create_web_app(api, limits), host=listen_host(), port=port, print=None)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ledger.cli.argtypes import identifier, port
 from ledger.cli.running import admin_key, connected
+from ledger.errors import LedgerError
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -25,6 +26,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
     run_api(
         stack.bootstrap_servers, stack.partitions, keys.key_hash(admin), stack.dsn, args.port,
         args.idp_url, _public_url(args), args.payment_ttl_seconds, args.holds_expiry_seconds,
+        _limits(args),
     )  # fmt: skip
     return 0
 
@@ -40,7 +42,8 @@ def _cmd_idp(args: argparse.Namespace) -> int:
     stack = connected(args)
     print(f"the ISPs' identity component (isp-idp) on http://127.0.0.1:{args.port}/isp/<isp>/login,"
           f" back to {args.platform_url}", flush=True)  # fmt: skip
-    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port)
+    run_idp(stack.dsn, keys.key_hash(admin_key(stack.settings)), args.platform_url, args.port,
+            _limits(args))  # fmt: skip
     return 0
 
 
@@ -79,8 +82,42 @@ def _cmd_isp_api(args: argparse.Namespace) -> int:
     from ledger.api.isp import run_isp_api
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_isp_api(connected(args).dsn, args.port)
+    run_isp_api(connected(args).dsn, args.port, _limits(args))
     return 0
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from ledger.api.admission import Limits
+
+    try:
+        return Limits(args.max_in_flight, args.queue_wait_ms / 1000, args.key_rate, args.key_burst)
+    except ValueError as error:
+        raise LedgerError(str(error)) from None
+
+
+def _admission_arguments(parser: argparse.ArgumentParser, max_in_flight: int = 0) -> None:
+    """Admission control (ledger.api.admission): beyond these, 503 or 429 with Retry-After."""
+    from ledger.api import admission
+
+    max_in_flight = max_in_flight or admission.MAX_IN_FLIGHT_DEFAULT
+    parser.add_argument(
+        "--max-in-flight", type=int, default=max_in_flight,
+        help=f"requests handled at once (default {max_in_flight})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--queue-wait-ms", type=int, default=int(admission.QUEUE_WAIT_SECONDS_DEFAULT * 1000),
+        help="a request waits this long for a place, then is a 503 (default"
+        f" {int(admission.QUEUE_WAIT_SECONDS_DEFAULT * 1000)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--key-rate", type=float, default=admission.KEY_RATE_DEFAULT,
+        help="requests/s per API key, beyond: 429 (default"
+        f" {admission.KEY_RATE_DEFAULT:g}; 0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--key-burst", type=int, default=admission.KEY_BURST_DEFAULT,
+        help=f"requests at once per API key (default {admission.KEY_BURST_DEFAULT})",
+    )  # fmt: skip
 
 
 def add_parsers(commands: Any) -> None:
@@ -109,6 +146,7 @@ def add_parsers(commands: Any) -> None:
         help="send the held payments' expiry barrier this often (default 60; 0: never, when"
         " another process sends it, or `ledger expire-holds` from a scheduler)",
     )
+    _admission_arguments(api)
     api.set_defaults(handler=_cmd_api)
 
     idp = commands.add_parser("idp", help="run the ISPs' identity component (isp-idp)")
@@ -118,6 +156,9 @@ def add_parsers(commands: Any) -> None:
         default="http://127.0.0.1:18080",
         help="the checkout API's pages, where subscribers go back to",
     )
+    from ledger.api.admission import IDP_MAX_IN_FLIGHT_DEFAULT
+
+    _admission_arguments(idp, IDP_MAX_IN_FLIGHT_DEFAULT)
     idp.set_defaults(handler=_cmd_idp)
 
     secret = commands.add_parser(
@@ -128,4 +169,5 @@ def add_parsers(commands: Any) -> None:
 
     isp_api = commands.add_parser("isp-api", help="run the ISPs' invoice read API")
     isp_api.add_argument("--port", type=port, default=18081, help="on 127.0.0.1 (default 18081)")
+    _admission_arguments(isp_api)
     isp_api.set_defaults(handler=_cmd_isp_api)

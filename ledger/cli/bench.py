@@ -127,6 +127,31 @@ def _cmd_bench_projections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_load(args: argparse.Namespace) -> int:
+    from ledger.api.admission import Limits
+    from ledger.bench import load
+
+    if args.clients < 1 or args.seconds <= 0 or args.accounts < 1:
+        raise LedgerError("--clients, --seconds and --accounts must be positive")
+    try:
+        limits = Limits(
+            args.max_in_flight, args.queue_wait_ms / 1000, args.key_rate, args.key_burst
+        )
+    except ValueError as error:
+        raise LedgerError(str(error)) from None
+    stack = connected(args)
+    figures = load.run(stack.settings, stack.bootstrap_servers, stack.dsn, args.clients,
+                       args.seconds, limits, args.accounts)  # fmt: skip
+    print(load.report(figures))
+    _write_json(args.json, load.as_json(figures))
+    lost = figures.accepted - min(figures.commands_found, figures.facts_found)
+    if lost or figures.shed_without_retry_after or figures.shed_without_json:
+        print(f"FAILED: {lost} accepted payment(s) not found on the log, or a shed answer"
+              " without Retry-After or JSON", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def add_parsers(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
@@ -171,3 +196,25 @@ def add_parsers(commands: Any) -> None:
     bench_proj.add_argument("--seed", type=int, default=2006)
     bench_proj.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench_proj.set_defaults(handler=_cmd_bench_projections)
+    _add_load_parser(bench_commands)
+
+
+def _add_load_parser(bench_commands: Any) -> None:
+    from ledger.api import admission
+    from ledger.bench import load
+
+    bench_load = bench_commands.add_parser(
+        "load", help="the checkout and ISP APIs under concurrent clients, on the running stack:"
+        " requests/s, p50/p99/max and statuses per route, sheds, accepted payments found",
+    )  # fmt: skip
+    bench_load.add_argument("--clients", type=int, default=load.CLIENTS_DEFAULT)
+    bench_load.add_argument("--seconds", type=float, default=load.SECONDS_DEFAULT)
+    bench_load.add_argument("--accounts", type=int, default=load.ACCOUNTS_DEFAULT,
+                            help="subscribers with credentials the clients sign in as")  # fmt: skip
+    bench_load.add_argument("--max-in-flight", type=int, default=admission.MAX_IN_FLIGHT_DEFAULT)
+    bench_load.add_argument("--queue-wait-ms", type=int,
+                            default=int(admission.QUEUE_WAIT_SECONDS_DEFAULT * 1000))  # fmt: skip
+    bench_load.add_argument("--key-rate", type=float, default=admission.KEY_RATE_DEFAULT)
+    bench_load.add_argument("--key-burst", type=int, default=admission.KEY_BURST_DEFAULT)
+    bench_load.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench_load.set_defaults(handler=_cmd_bench_load)

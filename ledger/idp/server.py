@@ -30,11 +30,12 @@ from urllib.parse import urlencode
 
 import msgspec
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ledger import keys
 from ledger.api import assertion, page
 from ledger.api import isp_secrets as secrets
+from ledger.api.admission import IDP_MAX_IN_FLIGHT_DEFAULT, Admission, AdmissionMetrics, Limits
 from ledger.api.database import Database
 from ledger.api.errors import ApiError
 from ledger.api.http import RequestMetrics, bearer, create_app, unauthenticated
@@ -282,11 +283,21 @@ def routes(idp: Idp) -> web.RouteTableDef:
     return table
 
 
-def create_idp_app(idp: Idp) -> web.Application:
-    return create_app(routes(idp), METRICS, log, idp.start, idp.stop, BODY_BYTES_MAX)
+ADMISSION = AdmissionMetrics(
+    Counter("ledger_idp_shed_total", "requests shed (429/503 with Retry-After)", ["reason"]),
+    Gauge("ledger_idp_in_flight", "requests being handled"),
+)
+IDP_LIMITS = Limits(max_in_flight=IDP_MAX_IN_FLIGHT_DEFAULT)
 
 
-def run_idp(dsn: str, admin_key_sha256: str, platform_url: str, port: int) -> None:
+def create_idp_app(idp: Idp, limits: Limits = IDP_LIMITS) -> web.Application:
+    return create_app(routes(idp), METRICS, log, idp.start, idp.stop, BODY_BYTES_MAX,
+                      Admission(limits, ADMISSION))  # fmt: skip
+
+
+def run_idp(
+    dsn: str, admin_key_sha256: str, platform_url: str, port: int, limits: Limits = IDP_LIMITS
+) -> None:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_idp_app(Idp(dsn, admin_key_sha256, platform_url))
+    app = create_idp_app(Idp(dsn, admin_key_sha256, platform_url), limits)
     web.run_app(app, host=listen_host(), port=port, print=None)
