@@ -172,7 +172,9 @@ def decide_batch(
     batch = PartitionBatch(summary)
     states = batch.states
     commands = list(commands)
-    if any(isinstance(command, ReferenceChangeRequested | UpgradeRequested) for _, command in commands):
+    if any(
+        isinstance(command, ReferenceChangeRequested | UpgradeRequested) for _, command in commands
+    ):
         # Pruned with the batch's starting offset and watermark, which a batch decided again
         # after a crash starts from too (PartitionReference.prune).
         reference = reference.copy()
