@@ -83,15 +83,17 @@ class RollingSupervisor(Supervisor):
         worker = Worker(name, self.home / "worker-state" / name, env=env, static=True)
         worker.start()
         self.workers[name] = worker
-        which = "previous release" if self.builds[name] else "this build"
-        self.log.note(f"worker {name} started on the {which} (pid {worker.pid})")
+        which = "the previous release" if self.builds[name] else "this build"
+        self.log.note(f"worker {name} started on {which} (pid {worker.pid})")
         return worker
 
     def roll(self, name: str) -> None:
         """Stop the worker gracefully, start it again on this build."""
         self.stop_worker(name)
         self.builds[name] = {}
-        self.start_worker(name)
+        worker = self.start_worker(name)
+        worker.metrics(wait_seconds=60)  # up and serving before the next worker goes
+        self.log.note(f"worker {name} serves its metrics on this build")
 
     def activate(self, feature: Feature = "authorized_v2") -> None:
         commands = upgrade_commands(feature, self.partitions, datetime.now(UTC))
@@ -107,7 +109,7 @@ def _upgrade(sup: Supervisor, index: int, rng: random.Random) -> None:
         sup.roll("w1")  # w2 (previous release) holds every partition meanwhile
     if index == 3:
         sup.roll("w2")
-    if index == 5:
+    if index == 6:
         assert all(not sup.builds[name] for name in sup.workers), "a worker runs the old build"
         sup.activate()
 
@@ -182,6 +184,6 @@ def test_an_upgrade_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(checker, "check", check_with_versions)
     started = time.monotonic()
-    result = run(Scenario("upgrade", 2, 40, 4_000, 8, 0, _upgrade), tmp_path)
+    result = run(Scenario("upgrade", 2, 40, 5_000, 10, 0, _upgrade), tmp_path)
     assert result["figures"]["authorized_v2"] > 0, result
     print(f"upgrade scenario: {time.monotonic() - started:.0f} s")
