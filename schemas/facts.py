@@ -91,7 +91,8 @@ class PurchaseAuthorizedV2(PurchaseAuthorized, frozen=True, tag="purchase.author
     purchase.requested.v2 carries; null for an operator's trusted feed). A subclass, so whatever
     reads a purchase.authorized.v1 reads it too; v1 facts are never rewritten. Which version a
     purchase gets depends on the log only (its first decision's offset against the activation's),
-    so a replay or `ledger verify` emits the same bytes whichever build decided it first."""
+    so a replay or `ledger verify` emits the same bytes whichever build decided it first. A held
+    payment's capture stays v1: its consent is on its payment.reserved.v1."""
 
     consent: Digest | None = None
 
