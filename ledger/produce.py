@@ -25,10 +25,12 @@ from ledger.kafka.settings import aiokafka_producer_config, producer_config
 from schemas import codec
 from schemas.commands import (
     Command,
+    Feature,
     HoldsExpireRequested,
     PartitionBarrier,
     PeriodCloseRequested,
     ReferenceChangeRequested,
+    UpgradeRequested,
     barrier_key,
 )
 from schemas.reference import IspRegistered, PublisherRegistered, ReferenceRecord, reference_key
@@ -162,6 +164,21 @@ def close_commands(
         PeriodCloseRequested(
             command_id=command_id, isp_id=isp_id, period=period, partition=p,
             partitions=partitions, occurred_at=occurred_at,
+        )
+        for p in range(partitions)
+    ]  # fmt: skip
+
+
+def upgrade_commands(
+    feature: Feature, partitions: int, occurred_at: datetime
+) -> list[UpgradeRequested]:
+    """An upgrade goes to every partition (see UpgradeRequested), once every worker runs a build
+    that knows the feature. Its id names the feature: sent again, it is the same command (and
+    fact) again, and the first activation's place in each partition stays."""
+    return [
+        UpgradeRequested(
+            command_id=f"upgrade-{feature}", feature=feature, partition=p, partitions=partitions,
+            occurred_at=occurred_at,
         )
         for p in range(partitions)
     ]  # fmt: skip

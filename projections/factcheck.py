@@ -44,6 +44,8 @@ STALL_SECONDS_MAX = 120.0  # reading a topic: no record for this long is an erro
 NAME = "every fact on the topic is in the database once, as it is on the topic, and nothing else"
 
 JSON = dict[str, Any]
+# Both versions of an authorized purchase (issue 16: v2 adds the consent): the same rows.
+AUTHORIZED = ("purchase.authorized.v1", "purchase.authorized.v2")
 Row = tuple[Any, ...]
 
 
@@ -304,7 +306,7 @@ def _at(text: Any) -> datetime | None:
 
 
 def _purchase_row(f: JSON) -> Row:
-    authorized = f["type"] == "purchase.authorized.v1"
+    authorized = f["type"] in AUTHORIZED
     money = (f.get("net_cents"), f.get("vat_cents"), f.get("vat_rate_bp"), f.get("billing_period"),
              f.get("late_for_period")) if authorized else (None,) * 5  # fmt: skip
     return (
@@ -426,13 +428,13 @@ class _Comparison:
         ):
             self.differ(f"{kind} {event_id} ({self.where(record)}): applied_events holds another"
                         " fact under its id (fingerprint or type)")  # fmt: skip
-        if kind in ("purchase.authorized.v1", "purchase.rejected.v1"):
+        if kind in (*AUTHORIZED, "purchase.rejected.v1"):
             self._compare(f"purchases {event_id}", _purchase_row(f),
                           self.db.purchases.get(event_id), record)  # fmt: skip
         if kind in ("purchase.refunded.v1", "refund.rejected.v1"):
             self._compare(f"refunds {event_id}", _refund_row(f),
                           self.db.refunds.get(event_id), record)  # fmt: skip
-        if kind in ("purchase.authorized.v1", "purchase.refunded.v1"):
+        if kind in (*AUTHORIZED, "purchase.refunded.v1"):
             self._money(f, text, record, value_digest)
         elif kind == "account.opened.v1":
             self._opened(f, record)
@@ -447,10 +449,10 @@ class _Comparison:
             expected = (kind, f.get("account_id"), f.get("isp_id"), _at(f.get("occurred_at")),
                         text)  # fmt: skip
             self._compare(f"account_facts {event_id}", expected, held, record)
-        elif kind not in ("purchase.authorized.v1", "purchase.rejected.v1",
+        elif kind not in (*AUTHORIZED, "purchase.rejected.v1",
                           "purchase.refunded.v1", "refund.rejected.v1",
-                          # Issue 15: recorded in applied_events only (projections/rows.py).
-                          "reference.changed.v1"):  # fmt: skip
+                          # Issues 15, 16: in applied_events only (projections/rows.py).
+                          "reference.changed.v1", "ledger.upgraded.v1"):  # fmt: skip
             self.differ(f"{self.where(record)}: a fact of an unknown type {kind!r}")
 
     def _money(self, f: JSON, text: bytes, record: Record, value_digest: bytes) -> None:
@@ -494,11 +496,10 @@ class _Comparison:
         """Rows of the bucket that no fact on the topic accounts for."""
         kinds: dict[str, tuple[Mapping[str, Any], tuple[str, ...] | None]] = {
             "applied_events": (self.db.applied, None),
-            "purchases": (self.db.purchases, ("purchase.authorized.v1", "purchase.rejected.v1")),
+            "purchases": (self.db.purchases, (*AUTHORIZED, "purchase.rejected.v1")),
             "refunds": (self.db.refunds, ("purchase.refunded.v1", "refund.rejected.v1")),
-            "money_facts": (self.db.money_facts, ("purchase.authorized.v1",
-                                                  "purchase.refunded.v1")),
-            "journal": (self.db.journal, ("purchase.authorized.v1", "purchase.refunded.v1")),
+            "money_facts": (self.db.money_facts, (*AUTHORIZED, "purchase.refunded.v1")),
+            "journal": (self.db.journal, (*AUTHORIZED, "purchase.refunded.v1")),
             "account_facts": (self.db.account_facts, tuple(ADMIN_TYPES)),
         }  # fmt: skip
         for table, (rows, expected_types) in kinds.items():
@@ -550,7 +551,7 @@ class _Payments:
                     _at(f.get("hold_expires_at")), None, f.get("event_id"), None,
                 )  # fmt: skip
             return
-        if kind == "purchase.authorized.v1":
+        if kind in AUTHORIZED:
             key = (str(f.get("account_id")), str(f.get("purchase_id")))
             end: tuple[Any, ...] = ("captured", f.get("amount_cents"), None)
         elif kind in ("payment.voided.v1", "payment.expired.v1"):

@@ -35,6 +35,7 @@ from schemas.facts import (
     PurchaseRejected,
     ReferenceChanged,
     RefundRejected,
+    Upgraded,
 )
 
 # Columns, in the order the rows below are built (and copied).
@@ -226,10 +227,11 @@ def add(rows: Rows, fact: Fact, raw: bytes) -> None:
         _refund(rows, fact)
     elif isinstance(fact, PeriodClosed):
         rows.closes.append(fact)
-    elif isinstance(fact, ReferenceChanged):
+    elif isinstance(fact, ReferenceChanged | Upgraded):
         # Issue 15: a reference change passed a partition. No row of its own: it is in
         # applied_events like every fact, the money facts it affects carry their rates, and the
         # latest values are the compacted ledger.reference's. Known, so never a reason to stop.
+        # Issue 16: an upgrade likewise (purchase.authorized.v2 is a PurchaseAuthorized, above).
         pass
     elif isinstance(
         fact, PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandRejected

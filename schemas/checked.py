@@ -31,6 +31,7 @@ from schemas.facts import (
     FACT_TYPES,
     Fact,
     PurchaseAuthorized,
+    PurchaseAuthorizedV2,
     PurchaseRefunded,
     PurchaseRejected,
     RefundRejected,
@@ -40,7 +41,9 @@ from schemas.facts import (
 Check = Callable[[Any], bool]
 
 # The facts of nearly every record: decoded the quick way. The others keep their own types.
-QUICK_TYPES = (PurchaseAuthorized, PurchaseRejected, PurchaseRefunded, RefundRejected)
+QUICK_TYPES = (
+    PurchaseAuthorized, PurchaseAuthorizedV2, PurchaseRejected, PurchaseRefunded, RefundRejected,
+)  # fmt: skip
 
 _DIGITS = frozenset("0123456789")
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")

@@ -9,7 +9,7 @@ a new version, a new class, and the old one still decodes.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Final
+from typing import Final, Literal
 
 # Re-exported: every module imported them from here before schemas.message existed.
 from schemas.message import LimitOverrides as LimitOverrides  # noqa: PLC0414
@@ -251,6 +251,30 @@ class ReferenceChangeRequested(Message, frozen=True, tag="reference.change_reque
         _check_barrier(self.partition, self.partitions)
 
 
+# The features an upgrade may activate (ledger.upgrade_requested.v1): each names a change of what
+# the authorizer emits that every worker must be able to run before any partition uses it.
+Feature = Literal["authorized_v2"]
+
+
+class UpgradeRequested(Message, frozen=True, tag="ledger.upgrade_requested.v1"):
+    """Activate a feature of the current build (issue 16): sent once to each of the `partitions`
+    partitions of ledger.commands, like PeriodCloseRequested, after every worker runs a build that
+    knows it (an older build dead-letters the unknown kind). Each copy takes its place in its
+    partition's command order: the decisions of that partition after it use the feature, those
+    before it never do, live or in a replay (ledger.core.reference.PartitionReference.features).
+    `authorized_v2`: a purchase decided after it is `purchase.authorized.v2`, which carries its
+    `consent`."""
+
+    command_id: Id
+    feature: Feature
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_barrier(self.partition, self.partitions)
+
+
 PaymentCommand = PaymentHoldRequested | PaymentCaptureRequested | PaymentVoidRequested
 AccountCommand = (
     PurchaseRequested
@@ -266,7 +290,9 @@ AccountCommand = (
     | PaymentVoidRequested
 )
 # Sent once to every partition, each copy a barrier in its partition's order.
-PartitionBarrier = PeriodCloseRequested | HoldsExpireRequested | ReferenceChangeRequested
+PartitionBarrier = (
+    PeriodCloseRequested | HoldsExpireRequested | ReferenceChangeRequested | UpgradeRequested
+)
 Command = AccountCommand | PartitionBarrier
 
 # Older versions still read (and upcast to the current one by schemas.codec.decode_command).
@@ -287,6 +313,7 @@ COMMAND_TYPES: tuple[type[Message], ...] = (
     PaymentVoidRequested,
     HoldsExpireRequested,
     ReferenceChangeRequested,
+    UpgradeRequested,
 )
 
 

@@ -17,7 +17,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from schemas.commands import LimitOverrides, Message
+from schemas.commands import Feature, LimitOverrides, Message
 from schemas.reference import ReferenceRecord
 from schemas.types import (
     AccountKind,
@@ -83,6 +83,18 @@ class PurchaseAuthorized(Message, frozen=True, tag="purchase.authorized.v1"):
     body_fingerprint: Fingerprint
     postings: tuple[Posting, ...]
     origin: Origin | None = None
+
+
+class PurchaseAuthorizedV2(PurchaseAuthorized, frozen=True, tag="purchase.authorized.v2"):
+    """A purchase authorized after its partition activated `authorized_v2` (ledger.upgraded.v1,
+    issue 16): v1 and, last, the purchase's `consent` (the SHA-256 of the ISP's assertion that
+    purchase.requested.v2 carries; null for an operator's trusted feed). A subclass, so whatever
+    reads a purchase.authorized.v1 reads it too; v1 facts are never rewritten. Which version a
+    purchase gets depends on the log only (its first decision's offset against the activation's),
+    so a replay or `ledger verify` emits the same bytes whichever build decided it first. A held
+    payment's capture stays v1: its consent is on its payment.reserved.v1."""
+
+    consent: Digest | None = None
 
 
 class PurchaseRejected(Message, frozen=True, tag="purchase.rejected.v1"):
@@ -223,6 +235,20 @@ class ReferenceChanged(Message, frozen=True, tag="reference.changed.v1"):
     occurred_at: Timestamp
 
 
+class Upgraded(Message, frozen=True, tag="ledger.upgraded.v1"):
+    """An upgrade (ledger.upgrade_requested.v1) took its place in one partition's command order:
+    that partition's decisions after it use `feature`. One per partition and command; the same
+    command again gives the same fact again; a second activation of a feature changes nothing
+    (the first one's place stays)."""
+
+    event_id: str
+    command_id: Id
+    feature: Feature
+    partition: PartitionNumber
+    partitions: PartitionCount
+    occurred_at: Timestamp
+
+
 class PaymentReserved(Message, frozen=True, tag="payment.reserved.v1"):
     """A held payment accepted (payment.hold_requested.v1): its amount takes cap room like a
     purchase, but it has no postings and is not money owed until it is captured, which is a
@@ -299,6 +325,7 @@ PaymentFact = PaymentReserved | PaymentVoided | PaymentExpired | PaymentCommandR
 MoneyFact = PurchaseAuthorized | PurchaseRefunded
 Fact = (
     PurchaseAuthorized
+    | PurchaseAuthorizedV2
     | PurchaseRejected
     | PurchaseRefunded
     | RefundRejected
@@ -311,6 +338,7 @@ Fact = (
     | CommandRejected
     | PeriodClosed
     | ReferenceChanged
+    | Upgraded
     | PaymentReserved
     | PaymentVoided
     | PaymentExpired
@@ -319,6 +347,7 @@ Fact = (
 
 FACT_TYPES: tuple[type[Message], ...] = (
     PurchaseAuthorized,
+    PurchaseAuthorizedV2,
     PurchaseRejected,
     PurchaseRefunded,
     RefundRejected,
@@ -331,6 +360,7 @@ FACT_TYPES: tuple[type[Message], ...] = (
     CommandRejected,
     PeriodClosed,
     ReferenceChanged,
+    Upgraded,
     PaymentReserved,
     PaymentVoided,
     PaymentExpired,

@@ -10,7 +10,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ledger.cli.argtypes import (
     identifier,
@@ -24,6 +24,7 @@ from ledger.cli.argtypes import (
 from ledger.cli.exits import EXIT_MISMATCH
 from ledger.cli.running import Connected, connected
 from ledger.errors import LedgerError
+from schemas.commands import Feature
 from schemas.types import Party
 
 CLOSE_WAIT_SECONDS = 120.0
@@ -116,6 +117,19 @@ def _cmd_expire_holds(args: argparse.Namespace) -> int:
     as_of = commands[0].as_of.isoformat()
     print(f"holds expiring at or before {as_of} expire: barrier sent to {len(commands)}"
           f" partitions ({commands[0].command_id})")  # fmt: skip
+    return 0
+
+
+def _cmd_activate(args: argparse.Namespace) -> int:
+    from ledger.produce import LedgerProducer, upgrade_commands
+
+    stack = connected(args)
+    commands = upgrade_commands(args.feature, stack.partitions, datetime.now(UTC))
+    with LedgerProducer(stack.bootstrap_servers, stack.partitions, "ledger-upgrade") as producer:
+        for command in commands:
+            producer.send_command(command).get(timeout=30)
+    print(f"{args.feature} activated: barrier sent to {len(commands)} partitions"
+          f" ({commands[0].command_id}); every worker must run a build that knows it")  # fmt: skip
     return 0
 
 
@@ -432,6 +446,14 @@ def _add_writer_parsers(commands: Any) -> None:
         help="expire the holds due at this time (RFC 3339 with its offset; default: now)",
     )  # fmt: skip
     expire.set_defaults(handler=_cmd_expire_holds)
+
+    activate = commands.add_parser(
+        "activate",
+        help="activate a feature of the running build on every partition (issue 16; only once"
+        " every worker runs it: an older one dead-letters the command)",
+    )
+    activate.add_argument("feature", choices=get_args(Feature), help="the feature")
+    activate.set_defaults(handler=_cmd_activate)
 
 
 def add_parsers(commands: Any) -> None:

@@ -15,6 +15,7 @@ from schemas.commands import (
     LimitsSetRequested,
     PeriodCloseRequested,
     ReferenceChangeRequested,
+    UpgradeRequested,
 )
 from schemas.facts import (
     AccountBlocked,
@@ -27,6 +28,7 @@ from schemas.facts import (
     LimitsSet,
     PeriodClosed,
     ReferenceChanged,
+    Upgraded,
     event_id_of,
 )
 from schemas.reference import effective_at
@@ -176,6 +178,20 @@ def decide_reference_change(command: ReferenceChangeRequested) -> ReferenceChang
         command_id=command.command_id,
         record=command.record,
         effective_at=effective_at(command.record),
+        partition=command.partition,
+        partitions=command.partitions,
+        occurred_at=command.occurred_at,
+    )
+
+
+def decide_upgrade(command: UpgradeRequested) -> Upgraded:
+    """An upgrade is always taken (issue 16): what it changes in the partition is
+    ledger.core.reference.PartitionReference.activate's. Its id is the command's fingerprint,
+    which covers the partition, as a reference change's."""
+    return Upgraded(
+        event_id=f"upgrade.{fingerprint(command)}",
+        command_id=command.command_id,
+        feature=command.feature,
         partition=command.partition,
         partitions=command.partitions,
         occurred_at=command.occurred_at,

@@ -23,6 +23,7 @@ from ledger.core.admin import (
     decide_admin,
     decide_close,
     decide_reference_change,
+    decide_upgrade,
     evolve_close,
 )
 from ledger.core.context import (
@@ -67,6 +68,7 @@ __all__ = [
     "decide",
     "decide_close",
     "decide_reference_change",
+    "decide_upgrade",
     "evolve",
     "evolve_close",
     "fingerprint",

@@ -42,6 +42,7 @@ from ledger.core.authorizer import (
     decide,
     decide_close,
     decide_reference_change,
+    decide_upgrade,
     evolve,
     evolve_close,
 )
@@ -56,6 +57,7 @@ from schemas.commands import (
     PaymentCaptureRequested,
     PeriodCloseRequested,
     ReferenceChangeRequested,
+    UpgradeRequested,
 )
 from schemas.facts import Fact, PurchaseAuthorized, PurchaseRefunded
 from schemas.reference import IspRegistered
@@ -170,7 +172,9 @@ def decide_batch(
     batch = PartitionBatch(summary)
     states = batch.states
     commands = list(commands)
-    if any(isinstance(command, ReferenceChangeRequested) for _, command in commands):
+    if any(
+        isinstance(command, ReferenceChangeRequested | UpgradeRequested) for _, command in commands
+    ):
         # Pruned with the batch's starting offset and watermark, which a batch decided again
         # after a crash starts from too (PartitionReference.prune).
         reference = reference.copy()
@@ -187,7 +191,7 @@ def decide_batch(
         summary.next_offset = offset + 1
         if command is None:
             continue
-        if isinstance(command, ReferenceChangeRequested | PeriodCloseRequested):
+        if isinstance(command, ReferenceChangeRequested | PeriodCloseRequested | UpgradeRequested):
             _decide_barrier(batch, context, command, offset)
             continue
         if isinstance(command, HoldsExpireRequested):
@@ -232,9 +236,14 @@ def decide_batch(
 def _decide_barrier(
     batch: PartitionBatch,
     context: Context,
-    command: ReferenceChangeRequested | PeriodCloseRequested,
+    command: ReferenceChangeRequested | PeriodCloseRequested | UpgradeRequested,
     offset: int,
 ) -> None:
+    if isinstance(command, UpgradeRequested):
+        batch.emit(command.command_id, decide_upgrade(command), offset)
+        if context.reference.activate(command.feature, offset):
+            batch.reference = context.reference
+        return
     if isinstance(command, ReferenceChangeRequested):
         batch.emit(reference_key_of(command.record), decide_reference_change(command), offset)
         if context.reference.apply(command.record, offset):

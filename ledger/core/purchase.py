@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+import msgspec
+
 from ledger.core import calendar, money
 from ledger.core.context import Context, billing_period, event_id, fingerprint, limits_at
 from ledger.core.invariant import present
@@ -12,7 +14,7 @@ from ledger.core.reference import vat_rate_bp
 from ledger.core.state import AccountState, PurchaseMemo, employee_spend_key
 from ledger.core.timeline import value_at
 from schemas.commands import PurchaseRequested
-from schemas.facts import Fact, PurchaseAuthorized, PurchaseRejected
+from schemas.facts import Fact, PurchaseAuthorized, PurchaseAuthorizedV2, PurchaseRejected
 from schemas.types import PurchaseRejection
 
 
@@ -39,12 +41,15 @@ def _rejected(
 
 
 def _authorized(
-    command: PurchaseRequested, state: AccountState, memo: PurchaseMemo
+    command: PurchaseRequested, state: AccountState, memo: PurchaseMemo, context: Context
 ) -> PurchaseAuthorized:
+    """v1, or v2 with the consent once the partition activated `authorized_v2` before the
+    purchase's first decision (issue 16): `memo.origin`, so a purchase answered again after the
+    activation is answered with the fact it got before it, byte for byte."""
     split = money.split_amount(
         command.amount_cents, memo.vat_rate_bp, memo.commission_bp, memo.revenue_share_bp
     )
-    return PurchaseAuthorized(
+    fact = PurchaseAuthorized(
         event_id=event_id("purchase", command.purchase_id, memo.fingerprint, None, memo.origin),
         purchase_id=command.purchase_id,
         account_id=command.account_id,
@@ -69,6 +74,9 @@ def _authorized(
             split, command.account_id, state.isp_id, command.publisher_id
         ),
     )
+    if context.reference.active("authorized_v2", memo.origin):
+        return PurchaseAuthorizedV2(**msgspec.structs.asdict(fact), consent=command.consent)
+    return fact
 
 
 def decide_purchase(
@@ -88,7 +96,7 @@ def decide_purchase(
                 command, body_fingerprint, "duplicate_with_different_body", state.isp_id, origin
             )
         if memo.authorized:
-            return _authorized(command, state, memo)
+            return _authorized(command, state, memo, context)
         reason: PurchaseRejection = present(
             memo.reason, "purchase %s: rejected without a reason", command.purchase_id
         )
@@ -97,7 +105,8 @@ def decide_purchase(
     rejection, memo = _judge_purchase(state, command, context, at, body_fingerprint, origin)
     if rejection is not None:
         return _rejected(command, body_fingerprint, rejection, state.isp_id, origin)
-    return _authorized(command, state, present(memo, "an authorization without its memo"))
+    memo = present(memo, "an authorization without its memo")
+    return _authorized(command, state, memo, context)
 
 
 def _judge_purchase(

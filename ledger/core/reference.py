@@ -179,6 +179,9 @@ class PartitionReference(msgspec.Struct, array_like=True):
 
     isps: dict[str, Versions] = msgspec.field(default_factory=dict)
     publishers: dict[str, Versions] = msgspec.field(default_factory=dict)
+    # Issue 16: feature → offset of the upgrade command (ledger.upgrade_requested.v1) that first
+    # activated it in this partition. Never pruned: a handful of entries, read by every decision.
+    features: dict[str, int] = msgspec.field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Iterable[ReferenceRecord] | Reference) -> PartitionReference:
@@ -195,7 +198,23 @@ class PartitionReference(msgspec.Struct, array_like=True):
         return PartitionReference(
             {k: list(v) for k, v in self.isps.items()},
             {k: list(v) for k, v in self.publishers.items()},
+            dict(self.features),
         )
+
+    def activate(self, feature: str, offset: int) -> bool:
+        """Record the upgrade command at `offset` that activates `feature`. False when nothing
+        changed: the feature was activated already (by this command decided again, or by an
+        earlier one, whose place stays: a later activation moves nothing)."""
+        if feature in self.features:
+            return False
+        self.features[feature] = offset
+        return True
+
+    def active(self, feature: str, before: int | None) -> bool:
+        """Whether the decision of the command at offset `before` uses `feature`: activated by a
+        command before it (None: a decision outside a stream, which sees every activation)."""
+        at = self.features.get(feature)
+        return at is not None and (before is None or at < before)
 
     def isp(
         self, isp_id: str, seconds: int, before: int | None = None, floor_seconds: int = 0

@@ -13,6 +13,7 @@ from ledger.core.authorizer import (
     advance,
     decide_close,
     decide_reference_change,
+    decide_upgrade,
     evolve,
     evolve_close,
     step,
@@ -25,6 +26,7 @@ from schemas.commands import (
     HoldsExpireRequested,
     PeriodCloseRequested,
     ReferenceChangeRequested,
+    UpgradeRequested,
 )
 from schemas.facts import Fact
 from schemas.reference import ReferenceRecord
@@ -72,6 +74,10 @@ class LocalAuthorizer:
     def handle(self, command: Command, origin: int | None = None) -> list[Fact]:
         if isinstance(command, ReferenceChangeRequested):
             return self._change_reference(command)
+        if isinstance(command, UpgradeRequested):
+            at = BEFORE_EVERY_COMMAND if origin is None else origin
+            self.reference.activate(command.feature, at)
+            return [decide_upgrade(command)]
         if isinstance(command, PeriodCloseRequested):
             fact = decide_close(self.closed, command, self._context, origin)
             evolve_close(self.closed, fact, command)

@@ -30,7 +30,8 @@ PARIS = ZoneInfo("Europe/Paris")
 # The platform's defaults (SUMMARY.md figures as the ledger applies them; the workload sets no
 # other limits): daily and monthly caps in cents per kind of account.
 CAPS = {"consumer": (3_000, 10_000), "enterprise": (50_000, 500_000)}
-MONEY = ("purchase.authorized.v1", "purchase.refunded.v1")
+AUTHORIZED = ("purchase.authorized.v1", "purchase.authorized.v2")  # v2: with its consent
+MONEY = (*AUTHORIZED, "purchase.refunded.v1")
 
 
 @dataclass
@@ -232,7 +233,7 @@ def _check_caps(result: Checked, ordered: list[tuple[int, int, dict[str, Any]]])
     when: dict[str, datetime] = {}  # purchase id → occurred_at
     worst: list[str] = []
     for _partition, _offset, fact in sorted(ordered, key=lambda x: (x[0], x[1])):
-        if fact["type"] == "purchase.authorized.v1":
+        if fact["type"] in AUTHORIZED:
             stamp = datetime.fromisoformat(fact["occurred_at"])
             when[fact["purchase_id"]] = stamp
             account, amount = fact["account_id"], fact["amount_cents"]

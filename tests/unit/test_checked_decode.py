@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.core.runner import LocalAuthorizer
+from ledger.produce import upgrade_commands
 from schemas import checked, codec
 from schemas.facts import Fact, PeriodClosed
 from tests import builders as b
@@ -76,6 +77,9 @@ def _facts() -> list[Fact]:
         b.unblock("acc-1", b.at(41)), b.revoke("ent-1", "emp", b.at(42)),
         b.close("orange", "2006-03", b.at(days=40)),
         b.purchase("ent-1", 300, b.at(days=10, minutes=5), user_id="emp"),  # late
+        # Issue 16: purchase.authorized.v2, with a consent.
+        upgrade_commands("authorized_v2", 1, b.at(days=41))[0],
+        msgspec.structs.replace(b.purchase("acc-1", 400, b.at(days=41)), consent="ab" * 32),
     ]  # fmt: skip
     found = [f for origin, c in enumerate(commands, 1) for f in ledger.handle(c, origin=origin)]
     kinds = {type(f) for f in found}
