@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint unit integration fault bench stop clean
+.PHONY: setup demo test lint unit integration fault fault-repeat bench stop clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ integration: setup
 
 fault: setup
 	$(BIN)/python -m pytest -m "fault or fault_subset" -s tests/fault
+
+# One scenario N times in a row, a fresh seed each, stopping at the first failure:
+# `make fault-repeat SCENARIO=pause N=20`.
+SCENARIO ?= pause
+N ?= 20
+fault-repeat: setup
+	$(BIN)/python -m tests.fault.repeat $(SCENARIO) $(N)
 
 bench: setup
 	@mkdir -p bench-results

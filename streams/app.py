@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -28,8 +29,9 @@ from ledger.kafka.groups import ACCOUNTS_TABLE
 from ledger.kafka.settings import aiokafka_producer_config, faust_producer_extra
 from streams import metrics
 from streams.authorizer import BatchAuthorizer, MemoryAccounts, RocksAccounts
-from streams.config import ROCKSDB_OPTIONS, WorkerConfig, faust_settings
+from streams.config import ROCKSDB_OPTIONS, WorkerConfig, faust_settings, suspension_seconds
 from streams.fetch import consumer_class
+from streams.suspension import TICK_SECONDS
 
 log = logging.getLogger("ledger.streams")
 EXIT_INVARIANT_BROKEN = 70  # EX_SOFTWARE: restart me; nothing was committed past the fault
@@ -72,6 +74,7 @@ def create_app(config: WorkerConfig) -> LedgerApp:
         config.partitions,
         config.log_starts.get(topics.COMMANDS, {}),
         aiokafka_producer_config(config.bootstrap_servers, f"{config.app_id}-{config.name}"),
+        suspension_seconds=suspension_seconds(),
     )
     _bind_fetch_loop(app, authorizer)
     _services(app, authorizer, commands_topic)
@@ -131,6 +134,10 @@ def _services(app: LedgerApp, authorizer: BatchAuthorizer, commands_topic: Any) 
         async for _ in stream.noack().events():  # pragma: no cover - never delivered
             crash("a command reached the agent's stream instead of the batch authorizer")
             yield None
+
+    @app.timer(interval=TICK_SECONDS)
+    async def tick() -> None:  # the event loop runs: no freeze (streams/suspension.py)
+        authorizer.suspension.tick(time.monotonic(), app.consumer_generation_id)
 
     @app.timer(interval=LAG_REPORT_SECONDS)
     async def report_lag() -> None:

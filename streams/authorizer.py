@@ -63,6 +63,7 @@ from schemas.facts import (
 )
 from streams import metrics
 from streams.gate import Gates
+from streams.suspension import Suspension
 
 log = logging.getLogger("ledger.streams.authorizer")
 
@@ -146,6 +147,7 @@ class BatchAuthorizer:
         starts: dict[int, int],
         producer_settings: dict[str, Any],
         policy: Policy | None = None,
+        suspension_seconds: float = 27.0,
     ) -> None:
         self._app = app
         self._store = store
@@ -155,6 +157,7 @@ class BatchAuthorizer:
         self._producer_settings = producer_settings
         self._producer: AIOKafkaProducer | None = None
         self.gates = Gates(topics.COMMANDS, starts)
+        self.suspension = Suspension(suspension_seconds)
         self._summaries: dict[int, PartitionSummary] = {}
         # Each partition's reference data, decoded once on assignment (issue 15).
         self._references: dict[int, PartitionReference] = {}
@@ -198,8 +201,21 @@ class BatchAuthorizer:
 
     # --- the batch ------------------------------------------------------------------------
 
+    def _fenced(self, generation: int) -> bool:
+        """Whether this batch must not be written: begun in another generation of the group, or
+        the worker was frozen past its session since (streams/suspension.py)."""
+        now_generation = self._app.consumer_generation_id
+        suspended = self.suspension.suspended(time.monotonic(), now_generation)
+        if suspended or now_generation != generation:
+            metrics.BATCHES_FENCED.inc()
+            return True
+        return False
+
     async def handle(self, fetched: dict[int, list[Any]]) -> None:
         started = time.perf_counter()
+        generation = self._app.consumer_generation_id
+        if self._fenced(generation):
+            return
         producer = await self._started_producer()
         parts: list[_Partition] = []
         for partition, records in fetched.items():
@@ -212,9 +228,11 @@ class BatchAuthorizer:
             part = self._decide(partition, admitted)
             part.records = records  # redeliveries are acknowledged too
             parts.append(part)
-        if not parts:
+        if not parts or self._fenced(generation):
             return
         await self._emit(producer, parts)
+        if self._fenced(generation):
+            return  # its facts are identical duplicates; its state is not written
         changelog_offsets = await self._write_changelog(producer, parts)
         # From here on nothing is awaited: a cancellation (a rebalance) comes before or after.
         for part in parts:

@@ -55,3 +55,10 @@ def faust_settings(config: WorkerConfig) -> dict[str, Any]:
         data_dir=config.data_dir,
         group_instance_id=instance_id(config) if config.static_membership else None,
     )
+
+
+def suspension_seconds() -> float:
+    """How long the event loop may stand still before the worker counts itself out of the group
+    (streams/suspension.py): its session timeout less one heartbeat interval, the longest its
+    last heartbeat can have been before the freeze."""
+    return (settings.CONSUMER_SESSION_TIMEOUT_MS - settings.CONSUMER_HEARTBEAT_INTERVAL_MS) / 1000.0

@@ -19,6 +19,11 @@ from schemas.facts import (
 COMMANDS_CONSUMED = Counter(
     "ledger_commands_consumed_total", "Commands read from ledger.commands", ["type"]
 )
+BATCHES_FENCED = Counter(
+    "ledger_batches_fenced_total",
+    "Batches not written: begun in another group generation, or after a freeze past the session"
+    " (streams/suspension.py); fetched and decided again",
+)
 DECISIONS = Counter(
     "ledger_decisions_total", "Facts decided by the authorizer", ["outcome", "reason"]
 )
