@@ -48,6 +48,7 @@ class Scenario:
     chunks: int
     writer_crash_batch: int  # 0: none
     fault: Callable[[Supervisor, int, random.Random], None]  # after chunk i
+    brokers: int = 1  # 3: a local cluster, replication 3 (tests/fault/test_broker_faults.py)
 
 
 def _seed() -> int:
@@ -177,7 +178,7 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
     print(f"\nfault scenario {scenario.name}: seed {seed} (LEDGER_FAULT_SEED={seed} replays it)")
     rng = random.Random(seed)
     log = FaultLog()
-    sup = Supervisor(tmp / "stack", log)
+    sup = Supervisor(tmp / "stack", log, scenario.brokers)
     result: dict[str, Any] = {"scenario": scenario.name, "seed": seed}
     try:
         sup.up()
@@ -200,6 +201,8 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
             sender.sent.acknowledged,
             sender.sent.poison,
             sender.sent.different_body,
+            sender.sent.unknown,
+            sender.sent.unknown_poison,
         )
         agree = _metrics_agree(sup)
         checked.prove(
