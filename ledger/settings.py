@@ -19,6 +19,11 @@ PORT_MAX = 65535
 PARTITIONS_MAX = 256
 KAFKA_HEAP_MB_MIN = 128
 KAFKA_HEAP_MB_MAX = 8192
+# A local cluster of combined KRaft nodes (issue 16): one, or three (replication 3, two in sync).
+KAFKA_BROKERS_ALLOWED = (1, 3)
+# Node i of a local cluster listens on the Kafka and controller ports plus i times this step, so
+# node 1 (the default node) keeps its ports and the others fit between them and PostgreSQL's.
+KAFKA_NODE_PORT_STEP = 3
 
 # The checkout is found by this file; `deploy/` beside it holds the Kafka pom and configs.
 _PROJECT_MARKER = Path("deploy") / "kafka" / "pom.xml"
@@ -34,6 +39,7 @@ class StackSettings:
     postgres_port: int
     topic_partitions: int
     kafka_heap_mb: int
+    kafka_brokers: int = 1
     # A stack run elsewhere (a cluster: see deploy/cluster): when both are set, the ledger's
     # processes use them and do not look for a local stack.
     external_bootstrap: str | None = None
@@ -41,7 +47,18 @@ class StackSettings:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{port}" for port, _ in self.kafka_node_ports)
+
+    @property
+    def kafka_node_ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of each local Kafka node, node 1 first."""
+        return [
+            (
+                self.kafka_port + KAFKA_NODE_PORT_STEP * i,
+                self.kafka_controller_port + KAFKA_NODE_PORT_STEP * i,
+            )
+            for i in range(self.kafka_brokers)
+        ]
 
     def with_overrides(self, **changes: object) -> StackSettings:
         given = {key: value for key, value in changes.items() if value is not None}
@@ -82,11 +99,11 @@ def _int_setting(env: Mapping[str, str], name: str, default: int, low: int, high
 
 
 def _check_ports(settings: StackSettings) -> None:
-    ports = {
-        "Kafka": settings.kafka_port,
-        "Kafka controller": settings.kafka_controller_port,
-        "PostgreSQL": settings.postgres_port,
-    }
+    ports = {"PostgreSQL": settings.postgres_port}
+    for i, (client, controller) in enumerate(settings.kafka_node_ports):
+        node = f" (node {i + 1})" if i else ""
+        ports[f"Kafka{node}"] = client
+        ports[f"Kafka controller{node}"] = controller
     for name, port in ports.items():
         if not PORT_MIN <= port <= PORT_MAX:
             raise ConfigError(f"the {name} port must be from {PORT_MIN} to {PORT_MAX}, got {port}")
@@ -115,7 +132,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> StackSettings:
         kafka_heap_mb=_int_setting(
             env, "LEDGER_KAFKA_HEAP_MB", 512, KAFKA_HEAP_MB_MIN, KAFKA_HEAP_MB_MAX
         ),
+        kafka_brokers=_int_setting(env, "LEDGER_KAFKA_BROKERS", 1, 1, max(KAFKA_BROKERS_ALLOWED)),
     )
+    if settings.kafka_brokers not in KAFKA_BROKERS_ALLOWED:
+        raise ConfigError(
+            f"LEDGER_KAFKA_BROKERS must be one of {KAFKA_BROKERS_ALLOWED}, "
+            f"got {settings.kafka_brokers}"
+        )
     _check_ports(settings)
     external_bootstrap = env.get("LEDGER_BOOTSTRAP_SERVERS") or None
     external_dsn = env.get("LEDGER_DATABASE_URL") or None

@@ -10,6 +10,7 @@ issue 17: nothing changed).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,10 @@ FETCH_RECORDS_MAX = 10_000
 FAUST_PRODUCER_ACKS = -1  # Kafka's number for "all": faust's setting takes an int
 # faust's own producer (table changelogs through faust, nothing on the hot path any more).
 FAUST_PRODUCER_LINGER_MS = PRODUCER_LINGER_MS
+# Replicas of the changelog topics faust declares: 1 on the one-broker stack, 3 on a cluster
+# (LEDGER_TOPIC_REPLICATION, set by the three-broker fault scenarios), where a table whose
+# changelog had one replica would stop with the broker that held it.
+FAUST_TOPIC_REPLICATION_DEFAULT = 1
 # faust reads its timeouts in seconds.
 _MS_PER_SECOND = 1000.0
 
@@ -258,7 +263,9 @@ def faust_settings(
         # Correctness comes from deterministic decisions and idempotent consumers.
         "processing_guarantee": "at_least_once",
         "topic_partitions": partitions,
-        "topic_replication_factor": 1,
+        "topic_replication_factor": int(
+            os.environ.get("LEDGER_TOPIC_REPLICATION") or FAUST_TOPIC_REPLICATION_DEFAULT
+        ),
         "topic_allow_declare": True,  # faust declares its own changelog and repartition topics
         # No standby copies: a failed-over partition is restored from its changelog, and each
         # worker holds only its own partitions (memory).

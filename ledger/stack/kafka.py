@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import string
 import subprocess
@@ -128,19 +129,49 @@ def _log_tail(path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def start(settings: StackSettings) -> KafkaState:
+def start(settings: StackSettings) -> list[KafkaState]:
+    """Start every node of the local cluster (one by default), node 1 first."""
+    return [start_node(settings, node_id) for node_id in range(1, settings.kafka_brokers + 1)]
+
+
+def _node_dir(settings: StackSettings, node_id: int) -> Path:
+    # Node 1 keeps the single broker's folders, so a one-broker stack is laid out as it always was.
+    base = settings.home / "kafka"
+    return base if node_id == 1 else base / f"node-{node_id}"
+
+
+def _cluster_id(settings: StackSettings) -> str:
+    """One id for every node of a cluster: drawn once and kept beside node 1's storage."""
+    path = settings.home / "kafka" / "cluster-id"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cluster_id = _new_cluster_id()
+    path.write_text(cluster_id + "\n")
+    return cluster_id
+
+
+def start_node(settings: StackSettings, node_id: int) -> KafkaState:
+    """Start node `node_id` (1..LEDGER_KAFKA_BROKERS), formatting its storage the first time."""
     java = _java()
     jars = ensure_jars(settings)
-    base = settings.home / "kafka"
+    base = _node_dir(settings, node_id)
     log_dir = base / "data"
     logs = base / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
+    ports = settings.kafka_node_ports
+    kafka_port, controller_port = ports[node_id - 1]
+    replication = 3 if settings.kafka_brokers >= 3 else 1
     values = {
-        "kafka_port": str(settings.kafka_port),
-        "controller_port": str(settings.kafka_controller_port),
+        "node_id": str(node_id),
+        "voters": ",".join(f"{n}@127.0.0.1:{c}" for n, (_, c) in enumerate(ports, start=1)),
+        "kafka_port": str(kafka_port),
+        "controller_port": str(controller_port),
         "log_dir": str(log_dir),
         "partitions": str(settings.topic_partitions),
+        "replication": str(replication),
+        "min_insync": str(min_insync_replicas(replication)),
     }
     config = base / "server.properties"
     config.write_text(_render(_deploy_dir(settings) / "server.properties", values))
@@ -149,12 +180,13 @@ def start(settings: StackSettings) -> KafkaState:
         f"-Dkafka.logs.dir={logs}",
     ]
     if not (log_dir / "meta.properties").exists():
-        _format_storage(java, jars, config, log4j, logs)
-        # A new cluster: the workers' local table state (RocksDB) belongs to the old one, whose
-        # changelogs are gone; faust refuses to start on it (ConsistencyError). It is a cache of
-        # those changelogs, so it goes with them.
-        shutil.rmtree(settings.home / "workers", ignore_errors=True)
-    for port in (settings.kafka_port, settings.kafka_controller_port):
+        _format_storage(java, jars, config, log4j, logs, _cluster_id(settings))
+        if node_id == 1:
+            # A new cluster: the workers' local table state (RocksDB) belongs to the old one,
+            # whose changelogs are gone; faust refuses to start on it (ConsistencyError). It is a
+            # cache of those changelogs, so it goes with them.
+            shutil.rmtree(settings.home / "workers", ignore_errors=True)
+    for port in (kafka_port, controller_port):
         if not proc.port_is_free(port):
             raise StackError(
                 f"port {port} is already in use: stop what listens there or choose other ports "
@@ -185,15 +217,24 @@ def start(settings: StackSettings) -> KafkaState:
         )
     return KafkaState(
         process=proc.record(child.pid),
-        port=settings.kafka_port,
-        controller_port=settings.kafka_controller_port,
+        port=kafka_port,
+        controller_port=controller_port,
         log_dir=str(log_dir),
         log_file=str(logs / "server.log"),
         bootstrap_servers=settings.bootstrap_servers,
+        node_id=node_id,
     )
 
 
-def _format_storage(java: str, jars: Path, config: Path, log4j: list[str], logs: Path) -> None:
+def min_insync_replicas(replication: int) -> int:
+    """Two of three replicas in sync (deploy/cluster): one broker may go and acks=all still
+    succeeds; a single replica is its own quorum."""
+    return 2 if replication >= 3 else 1
+
+
+def _format_storage(
+    java: str, jars: Path, config: Path, log4j: list[str], logs: Path, cluster_id: str
+) -> None:
     command = [
         java,
         *log4j,
@@ -202,7 +243,7 @@ def _format_storage(java: str, jars: Path, config: Path, log4j: list[str], logs:
         STORAGE_TOOL_CLASS,
         "format",
         "-t",
-        _new_cluster_id(),
+        cluster_id,
         "-c",
         str(config),
     ]
@@ -214,9 +255,11 @@ def _format_storage(java: str, jars: Path, config: Path, log4j: list[str], logs:
         raise StackError(f"formatting the Kafka storage failed: see {logs / 'format.log'}")
 
 
-def wait_ready(state: KafkaState, deadline_seconds: float = READY_DEADLINE_SECONDS) -> float:
-    """Ready means an admin client got cluster metadata back, not that the port opened.
-    Returns the seconds waited."""
+def wait_ready(
+    state: KafkaState, deadline_seconds: float = READY_DEADLINE_SECONDS, brokers: int = 1
+) -> float:
+    """Ready means an admin client got cluster metadata back naming `brokers` brokers, not that
+    the port opened. Returns the seconds waited."""
     from kafka.admin import KafkaAdminClient
 
     started = time.monotonic()
@@ -235,7 +278,7 @@ def wait_ready(state: KafkaState, deadline_seconds: float = READY_DEADLINE_SECON
                 cluster = admin.describe_cluster()
             finally:
                 admin.close()
-            if cluster.get("brokers"):
+            if len(cluster.get("brokers") or ()) >= brokers:
                 return time.monotonic() - started
         except Exception as exc:  # any client error means "not ready yet"
             last_error = f"{type(exc).__name__}: {exc}"
@@ -259,7 +302,10 @@ def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1)
             spec.name: {
                 "num_partitions": spec.partitions(partitions),
                 "replication_factor": replication,
-                "configs": spec.configs,
+                "configs": {
+                    **spec.configs,
+                    "min.insync.replicas": str(min_insync_replicas(replication)),
+                },
             }
             for spec in TOPICS
             if spec.name not in existing
@@ -275,3 +321,17 @@ def stop(state: KafkaState) -> bool:
     import signal
 
     return proc.stop(state.process, signal.SIGTERM, STOP_DEADLINE_SECONDS)
+
+
+def stop_all(nodes: list[KafkaState]) -> list[tuple[KafkaState, bool]]:
+    """Stop the nodes of a cluster together: one by one, the last would wait for a controller
+    quorum that its peers took away (measured: it never finished its controlled shutdown and
+    was killed after 30 s). Returns each node that ran and whether it had to be killed."""
+    import contextlib
+    import signal
+
+    running = [node for node in nodes if proc.is_running(node.process)]
+    for node in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.process.pid, signal.SIGTERM)
+    return [(node, stop(node)) for node in running]

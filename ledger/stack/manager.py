@@ -28,7 +28,8 @@ class UpReport:
 def _is_up(recorded: StackState | None) -> tuple[bool, bool]:
     if recorded is None:
         return False, False
-    kafka_up = recorded.kafka is not None and proc.is_running(recorded.kafka.process)
+    nodes = stack_state.kafka_nodes(recorded)
+    kafka_up = bool(nodes) and all(proc.is_running(node.process) for node in nodes)
     pg_up = recorded.postgres is not None and proc.is_running(recorded.postgres.process)
     return kafka_up, pg_up
 
@@ -44,25 +45,43 @@ def up(settings: StackSettings) -> UpReport:
     )
     if kafka_up and current.kafka and current.kafka.port != settings.kafka_port:
         settings = settings.with_overrides(kafka_port=current.kafka.port)
+    # A node of a cluster that died is started again alone; the others keep running.
+    running = [n for n in stack_state.kafka_nodes(current) if proc.is_running(n.process)]
     if not kafka_up:
-        current.kafka = None
+        if current.kafka is not None and len(running) > 0:
+            settings = settings.with_overrides(kafka_brokers=len(stack_state.kafka_nodes(current)))
+        else:
+            running = []
     if not pg_up:
         current.postgres = None
     ready_seconds = 0.0
     try:
         if not kafka_up:
-            current.kafka = kafka.start(settings)
-            current.topic_partitions = settings.topic_partitions
-            stack_state.save(settings.home, current)  # recorded at once: `down` can stop it
+            alive = {node.node_id: node for node in running}
+            if not alive:
+                current.topic_partitions = settings.topic_partitions
+            current.kafka = alive.get(1)
+            current.kafka_others = [n for n in alive.values() if n.node_id != 1]
+            for node_id in range(1, settings.kafka_brokers + 1):
+                node = alive.get(node_id) or kafka.start_node(settings, node_id)
+                others = [n for n in current.kafka_others if n.node_id != node_id]
+                if node_id == 1:
+                    current.kafka = node
+                else:
+                    others.append(node)
+                current.kafka_others = sorted(others, key=lambda n: n.node_id)
+                stack_state.save(settings.home, current)  # recorded at once: `down` can stop it
         if not pg_up:
             current.postgres = postgres.start(settings)
             stack_state.save(settings.home, current)
         assert current.kafka is not None and current.postgres is not None
         started = time.monotonic()
-        kafka.wait_ready(current.kafka)
+        brokers = len(stack_state.kafka_nodes(current))
+        kafka.wait_ready(current.kafka, brokers=brokers)
         ready_seconds = time.monotonic() - started
         partitions = current.topic_partitions or settings.topic_partitions
-        topics = kafka.ensure_topics(current.kafka.bootstrap_servers, partitions)
+        replication = 3 if brokers >= 3 else 1
+        topics = kafka.ensure_topics(current.kafka.bootstrap_servers, partitions, replication)
         # Before anything produces to them: offset 0 of the workers' partitions is a marker.
         mark_empty_partitions(current.kafka.bootstrap_servers)
         migrations = postgres.ensure_database(current.postgres)
@@ -106,9 +125,9 @@ def down(settings: StackSettings, purge: bool = False) -> list[str]:
     stopped: list[str] = services.stop_all(settings.home)
     recorded = stack_state.load(settings.home)
     if recorded is not None:
-        if recorded.kafka is not None and proc.is_running(recorded.kafka.process):
-            killed = kafka.stop(recorded.kafka)
-            stopped.append(f"kafka (pid {recorded.kafka.process.pid}){' killed' if killed else ''}")
+        for node, killed in kafka.stop_all(stack_state.kafka_nodes(recorded)):
+            name = "kafka" if node.node_id == 1 else f"kafka node {node.node_id}"
+            stopped.append(f"{name} (pid {node.process.pid}){' killed' if killed else ''}")
         if recorded.postgres is not None and proc.is_running(recorded.postgres.process):
             killed = postgres.stop(recorded.postgres)
             stopped.append(
@@ -148,6 +167,16 @@ def status(settings: StackSettings) -> list[ComponentStatus]:
             detail=f"log {kafka_rec.log_file}" if kafka_rec else "not started",
         )
     )
+    for node in recorded.kafka_others if recorded else []:
+        rows.append(
+            ComponentStatus(
+                name=f"kafka node {node.node_id}",
+                running=proc.is_running(node.process),
+                pid=node.process.pid,
+                address=f"127.0.0.1:{node.port}",
+                detail=f"log {node.log_file}",
+            )
+        )
     rows.append(
         ComponentStatus(
             name="postgres",

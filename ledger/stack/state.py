@@ -18,7 +18,8 @@ class KafkaState(msgspec.Struct):
     controller_port: int
     log_dir: str
     log_file: str
-    bootstrap_servers: str
+    bootstrap_servers: str  # every node's client address, for a cluster
+    node_id: int = 1
 
 
 class PostgresState(msgspec.Struct):
@@ -31,7 +32,8 @@ class PostgresState(msgspec.Struct):
 
 
 class StackState(msgspec.Struct):
-    kafka: KafkaState | None = None
+    kafka: KafkaState | None = None  # node 1
+    kafka_others: list[KafkaState] = []  # nodes 2..N of a local cluster (LEDGER_KAFKA_BROKERS)
     postgres: PostgresState | None = None
     topic_partitions: int | None = None
 
@@ -64,3 +66,8 @@ def save(home: Path, state: StackState) -> None:
 
 def remove(home: Path) -> None:
     state_path(home).unlink(missing_ok=True)
+
+
+def kafka_nodes(state: StackState) -> list[KafkaState]:
+    """Every local Kafka node the state records, node 1 first."""
+    return ([state.kafka] if state.kafka is not None else []) + list(state.kafka_others)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ledger.settings import StackSettings, load_settings
 from ledger.stack import manager, proc
+from ledger.stack import state as stack_state
+from ledger.stack.proc import ProcessRecord
 from ledger.stack.state import StackState
 from tests.harness import Projector, Worker, wait_for
 
@@ -33,24 +35,37 @@ class FaultLog:
         print(f"[fault {at:7.2f} s] {what}", flush=True)
 
 
+# The JVM heap of each node of a three-broker stack: three JVMs share a 2-core machine with the
+# ledger's processes (issue 16 measured them at 256 MiB: see tests/fault/test_broker_faults.py).
+CLUSTER_HEAP_MB = 256
+REPLICATED = 3  # replicas of every topic on a three-broker stack, two in sync
+
+
 class Supervisor:
-    def __init__(self, home: Path, log: FaultLog) -> None:
+    def __init__(self, home: Path, log: FaultLog, brokers: int = 1) -> None:
         self.home = home
         self.log = log
+        self.brokers = brokers
         self.settings: StackSettings = load_settings().with_overrides(
             home=home,
             kafka_port=PORT_BASE,
             kafka_controller_port=PORT_BASE + 1,
             postgres_port=PORT_BASE + 2,
+            kafka_brokers=brokers,
+            kafka_heap_mb=CLUSTER_HEAP_MB if brokers > 1 else None,
         )
         self.env = {
             "LEDGER_HOME": str(home),
             "LEDGER_KAFKA_PORT": str(PORT_BASE),
             "LEDGER_KAFKA_CONTROLLER_PORT": str(PORT_BASE + 1),
             "LEDGER_POSTGRES_PORT": str(PORT_BASE + 2),
+            "LEDGER_KAFKA_BROKERS": str(brokers),
             "LEDGER_BOOTSTRAP_SERVERS": "",
             "LEDGER_DATABASE_URL": "",
         }
+        if brokers >= REPLICATED:
+            self.env["LEDGER_TOPIC_REPLICATION"] = str(REPLICATED)  # faust's changelogs too
+        self.writer_starts = 0
         self.workers: dict[str, Worker] = {}
         self.writer: Projector | None = None
         self.state: StackState = StackState()
@@ -96,6 +111,7 @@ class Supervisor:
             env["LEDGER_FAULT_EXIT_AFTER_DB_COMMIT_BATCH"] = str(crash_after_db_commit_batch)
         self.writer = Projector("writer", self.home, batch_events_max=batch_events, env=env)
         self.writer.start()
+        self.writer_starts += 1
         what = (
             f", exits after the DB commit of batch {crash_after_db_commit_batch}"
             if (crash_after_db_commit_batch)
@@ -145,6 +161,92 @@ class Supervisor:
         time.sleep(down_seconds)
         self.up()
         self.log.note("broker restarted")
+
+    # -- the brokers of a cluster (and the one broker, paused) ------------------------------------
+    def broker_nodes(self) -> dict[int, ProcessRecord]:
+        return {node.node_id: node.process for node in stack_state.kafka_nodes(self.state)}
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """partition -> node id of its leader (-1: none), from the admin client's metadata."""
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="fault-supervisor")
+        try:
+            (described,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        return {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
+
+    def in_sync(self, topic: str) -> dict[int, list[int]]:
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="fault-supervisor")
+        try:
+            (described,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        return {p["partition_index"]: sorted(p["isr_nodes"]) for p in described["partitions"]}
+
+    def kill_node(self, node_id: int) -> None:
+        record = self.broker_nodes()[node_id]
+        _signal(record.pid, signal.SIGKILL)
+        wait_for(lambda: not proc.is_running(record), 30, f"broker node {node_id} to die")
+        self.log.note(f"broker node {node_id} killed with -9 (pid {record.pid})")
+
+    def restart_nodes(self) -> None:
+        """Start the nodes that are down (the others keep running), wait until every partition of
+        the ledger's topics has all its replicas in sync again."""
+        self.up()
+        self.log.note("broker nodes restarted; waiting for every replica to be in sync")
+        wait_for(self._fully_replicated, 120, "every replica back in sync")
+        self.log.note("every partition has its replicas in sync")
+
+    def _fully_replicated(self) -> bool:
+        try:
+            isr = [
+                *self.in_sync("ledger.commands").values(),
+                *self.in_sync("ledger.events").values(),
+            ]
+        except Exception:  # any client error: the metadata is not there yet
+            return False
+        return all(len(replicas) >= self.brokers for replicas in isr)
+
+    def pause_broker(self, node_id: int, seconds: float) -> None:
+        record = self.broker_nodes()[node_id]
+        _signal(record.pid, signal.SIGSTOP)
+        self.log.note(f"broker node {node_id} paused (SIGSTOP) for {seconds:.0f} s")
+        try:
+            time.sleep(seconds)
+        finally:
+            _signal(record.pid, signal.SIGCONT)
+        self.log.note(f"broker node {node_id} resumed (SIGCONT)")
+
+    def broker_usage(self) -> dict[int, dict[str, float]]:
+        """Each broker JVM's resident memory (MiB) and CPU time (s) so far, from /proc."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        usage = {}
+        for node_id, record in self.broker_nodes().items():
+            try:
+                stat = Path(f"/proc/{record.pid}/stat").read_text()
+                status = Path(f"/proc/{record.pid}/status").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            rss_kb = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+            )
+            usage[node_id] = {
+                "rss_mib": round(rss_kb / 1024, 1),
+                "cpu_seconds": round((int(fields[11]) + int(fields[12])) / ticks, 1),
+            }
+        return usage
+
+    def worker_restarts(self) -> dict[str, int]:
+        """How often each worker's supervisor restarted its faust child (a crash loop shows)."""
+        return {
+            name: worker.log_path.read_text(errors="replace").count("restarting the worker")
+            for name, worker in self.workers.items()
+        }
 
     def stop_postgres(self, down_seconds: float) -> None:
         assert self.state.postgres is not None

@@ -51,6 +51,7 @@ class Scenario:
     # A worker resumes after others took its partitions: its late facts must be identical
     # duplicates (ledger verify compares every fact with the log re-decided; it must run).
     zombie: bool = False
+    brokers: int = 1  # 3: a local cluster, replication 3 (tests/fault/test_broker_faults.py)
 
 
 def _seed() -> int:
@@ -180,7 +181,7 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
     print(f"\nfault scenario {scenario.name}: seed {seed} (LEDGER_FAULT_SEED={seed} replays it)")
     rng = random.Random(seed)
     log = FaultLog()
-    sup = Supervisor(tmp / "stack", log)
+    sup = Supervisor(tmp / "stack", log, scenario.brokers)
     result: dict[str, Any] = {"scenario": scenario.name, "seed": seed}
     if scenario.zombie and not VERIFY:
         raise AssertionError(f"{scenario.name} proves its zombie with ledger verify: keep it on")
@@ -205,6 +206,8 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
             sender.sent.acknowledged,
             sender.sent.poison,
             sender.sent.different_body,
+            sender.sent.unknown,
+            sender.sent.unknown_poison,
         )
         agree = _metrics_agree(sup)
         checked.prove(

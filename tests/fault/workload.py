@@ -9,16 +9,21 @@ purchases sent after it are late, and poison messages."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from ledger.kafka import topics
 from ledger.kafka.partitioning import partition_for
-from ledger.produce import LedgerProducer, close_commands
+from ledger.kafka.settings import producer_config
+from ledger.produce import LedgerProducer, close_commands, command_record
 from schemas import codec
 from schemas.commands import Command, PurchaseRequested
 from tests import builders as b
@@ -56,6 +61,8 @@ class Sent:
     acknowledged: list[dict[str, Any]] = field(default_factory=list)
     poison: set[tuple[str, int, int]] = field(default_factory=set)
     different_body: set[str] = field(default_factory=set)  # ids resent with another body
+    unknown: list[dict[str, Any]] = field(default_factory=list)  # sends never acknowledged
+    unknown_poison: list[int] = field(default_factory=list)  # their partitions
 
 
 def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
@@ -128,45 +135,97 @@ def build(seed: int, accounts: int, purchases: int, chunks: int) -> Workload:
     return Workload(world, setup, parts, len(parts) * 2 // 3 - 1, different_body)
 
 
+# How long the fault sender waits for the broker's acknowledgements of one send before it calls
+# their outcome unknown (the broker paused or a leader lost: the records may or may not be in the
+# log), and how often it sends such records again, with the same command ids.
+ACK_WAIT_SECONDS = 20.0
+SEND_ATTEMPTS = 8
+
+
 class Sender:
-    """Sends and logs what the broker acknowledged (JSON lines, one per acknowledged command)."""
+    """Sends and logs what the broker acknowledged (JSON lines, one per acknowledged command).
+
+    A send whose outcome is unknown (no acknowledgement within ACK_WAIT_SECONDS) is not a
+    failure: it is logged as unknown and sent again, from a new producer, with the same command id;
+    the checker then counts it as present at most once, and an acknowledged one exactly once. A
+    poison message whose outcome is unknown is not sent again (the checker allows its one dead
+    letter)."""
 
     def __init__(self, bootstrap: str, partitions: int, log_path: Path) -> None:
         self.bootstrap, self.partitions, self.log_path = bootstrap, partitions, log_path
         self.sent = Sent()
 
     def send(self, items: list[Any]) -> None:
-        with LedgerProducer(self.bootstrap, self.partitions, client_id="ledger-fault") as producer:
-            futures = []
+        pending = list(items)
+        for _ in range(SEND_ATTEMPTS):
+            pending = self._send_once(pending)
+            if not pending:
+                return
+            print(f"[sender] {len(pending)} sends with an unknown outcome: sent again", flush=True)
+        raise AssertionError(f"{len(pending)} commands unacknowledged after {SEND_ATTEMPTS} sends")
+
+    def _send_once(self, items: list[Any]) -> list[Any]:
+        """Sends the items; returns those whose outcome is unknown."""
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(**producer_config(self.bootstrap, "ledger-fault"))
+        except KafkaError:  # no broker answered (paused): nothing was sent, send it all again
+            time.sleep(1)
+            return items
+        futures = []
+        try:
             for item in items:
-                if isinstance(item, OldVersion):
-                    futures.append(
-                        (_send_v1(producer, item.command, self.partitions), item.command)
-                    )
-                elif isinstance(item, bytes):
-                    partition = len(item) % self.partitions
-                    futures.append(
-                        (producer.send_raw(topics.COMMANDS, b"poison", item, partition), None)
-                    )
-                else:
-                    futures.append((producer.send_command(item), item))
-            producer.flush()
+                topic, key, value, partition = self._record(item)
+                futures.append(
+                    (producer.send(topic, key=key, value=value, partition=partition), item)
+                )
+            with contextlib.suppress(KafkaError):
+                producer.flush(timeout=ACK_WAIT_SECONDS)
+        finally:
+            # Unacknowledged batches are abandoned, not awaited: what the broker already holds of
+            # them may still be written (an unknown outcome), the rest is sent again.
+            producer.close(timeout=0)
+        unknown: list[Any] = []
         with self.log_path.open("a") as log:
             for future, item in futures:
-                meta = future.get(timeout=60)
-                if item is None:
+                if not (future.is_done and future.succeeded()):
+                    entry = {"id": _item_id(item), "outcome": "unknown"}
+                    self.sent.unknown.append(entry)
+                    log.write(json.dumps(entry) + "\n")
+                    if isinstance(item, bytes):
+                        self.sent.unknown_poison.append(len(item) % self.partitions)
+                    else:
+                        unknown.append(item)
+                    continue
+                meta = future.value
+                if isinstance(item, bytes):
                     if meta.topic == topics.COMMANDS:
                         self.sent.poison.add((meta.topic, meta.partition, meta.offset))
                     continue
+                command = item.command if isinstance(item, OldVersion) else item
                 entry = {
-                    "type": item.__struct_config__.tag,
-                    "id": _command_id(item),
-                    "account_id": getattr(item, "account_id", None),
+                    "type": command.__struct_config__.tag,
+                    "id": _command_id(command),
+                    "account_id": getattr(command, "account_id", None),
                     "partition": meta.partition,
                     "offset": meta.offset,
                 }
                 self.sent.acknowledged.append(entry)
                 log.write(json.dumps(entry) + "\n")
+        return unknown
+
+    def _record(self, item: Any) -> tuple[str, bytes | None, bytes, int]:
+        if isinstance(item, OldVersion):
+            old = item.command.downcast()
+            assert old is not None
+            account = item.command.account_id
+            return (topics.COMMANDS, account.encode(), codec.encode(old),
+                    partition_for(account, self.partitions))  # fmt: skip
+        if isinstance(item, bytes):
+            return topics.COMMANDS, b"poison", item, len(item) % self.partitions
+        topic, partition, key, value = command_record(item, self.partitions)
+        return topic, key, value, partition
 
     def send_reference(self, records: list[Any]) -> None:
         with LedgerProducer(self.bootstrap, self.partitions, client_id="ledger-fault") as producer:
@@ -182,11 +241,10 @@ class Sender:
         self.send(list(commands))
 
 
-def _send_v1(producer: LedgerProducer, command: PurchaseRequested, partitions: int) -> Any:
-    old = command.downcast()
-    assert old is not None
-    return producer.send_raw(topics.COMMANDS, command.account_id.encode(), codec.encode(old),
-                             partition_for(command.account_id, partitions))  # fmt: skip
+def _item_id(item: Any) -> str:
+    if isinstance(item, bytes):
+        return "poison"
+    return _command_id(item.command if isinstance(item, OldVersion) else item)
 
 
 def _command_id(command: Any) -> str:
