@@ -1,7 +1,8 @@
 """The projection writer's Prometheus metrics (DESIGN.md §9).
 
 Every record read is counted once under `ledger_projection_records_total` by what became of it,
-so that consumed = applied + duplicate + dead_lettered + marker holds for an operator to check.
+so that consumed = applied + duplicate + dead_lettered + refused + marker holds for an operator
+to check.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ from prometheus_client import Counter, Gauge, Histogram
 RECORDS = Counter(
     "ledger_projection_records_total",
     "Records of ledger.events read by the projection writer, by what became of them",
-    ["outcome"],  # applied | duplicate | dead_lettered | marker
+    # refused: a fact the database refused (SQLSTATE class 22 or 23), set aside on ledger.dlq
+    ["outcome"],  # applied | duplicate | dead_lettered | refused | marker
 )
-for _outcome in ("applied", "duplicate", "dead_lettered", "marker"):  # series from zero on
+for _outcome in (
+    "applied",
+    "duplicate",
+    "dead_lettered",
+    "refused",
+    "marker",
+):  # series from zero on
     RECORDS.labels(_outcome)
 CONSUMED = Counter(
     "ledger_projection_records_consumed_total", "Records of ledger.events read and committed"
@@ -45,4 +53,9 @@ RECONCILE_FAILED_CHECKS = Gauge(
 )
 RECONCILE_LAST_RUN = Gauge(
     "ledger_reconcile_last_run_timestamp_seconds", "When the last reconciliation finished"
+)
+FENCED_BATCHES = Counter(
+    "ledger_projection_fenced_batches_total",
+    "Batches rolled back because another writer had stored offsets past their start (a zombie"
+    " writer's late batch)",
 )

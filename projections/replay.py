@@ -17,6 +17,7 @@ mark of a period is applied after every partition's facts of it, by whichever pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -37,6 +38,7 @@ from projections.writer import FETCH_BYTES_MAX, Prepared, prepare_more
 
 # Replay is a bulk load: bigger batches than live, where latency does not matter. Measured:
 # 20,000-event batches replay about as fast as any larger size on this machine.
+log = logging.getLogger("ledger.projections.replay")
 REPLAY_BATCH_EVENTS_MAX = 20_000
 CATCH_UP_ROUNDS_MAX = 5
 POLL_TIMEOUT_MS = 500
@@ -172,7 +174,18 @@ class _Replayer:
     async def _apply(
         self, conn: psycopg.AsyncConnection[Any], prepared: Prepared, done: list[int], to_do: int
     ) -> None:
-        outcome = await store.apply_prepared(conn, prepared.batch, prepared.next_offsets)
+        try:
+            outcome = await store.apply_prepared(conn, prepared.batch, prepared.next_offsets)
+        except store.DATA_REFUSALS:
+            # A fact the database refuses was set aside on ledger.dlq live (issue 16): here it
+            # is left out again, the rest applied, as the writer did.
+            outcome, refused = await store.apply_setting_aside(
+                conn, prepared.batch, prepared.next_offsets
+            )
+            for one in refused:
+                log.warning("left out %s[%d]@%d, refused by the database: %s %s",
+                            prepared.batch.topic, one.item.partition, one.item.offset,
+                            one.sqlstate, one.message)  # fmt: skip
         self.applied += outcome.applied
         self.duplicates += outcome.duplicates
         self.records += prepared.records

@@ -12,7 +12,7 @@ of the authorizer: the batch stops with both facts named (ConflictingFacts) and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -350,42 +350,139 @@ async def apply_batch(
 
 
 async def apply_prepared(
-    conn: psycopg.AsyncConnection[Any], batch: Batch, next_offsets: dict[int, int]
+    conn: psycopg.AsyncConnection[Any],
+    batch: Batch,
+    next_offsets: dict[int, int],
+    first_offsets: dict[int, int] | None = None,
 ) -> Outcome:
-    """Apply a prepared batch in one transaction; `next_offsets` covers every record read."""
+    """Apply a prepared batch in one transaction; `next_offsets` covers every record read.
+    `first_offsets` (the first offset read of each partition): the transaction is fenced
+    (Fenced, nothing committed) if another writer stored offsets past them meanwhile."""
+    async with conn.transaction():
+        outcome = await _apply_facts(conn, batch)
+        await _fence(conn, batch.topic, first_offsets)
+        await _offsets(conn, batch.topic, next_offsets)
+    return outcome
+
+
+async def _apply_facts(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
+    """Write a batch's facts, in the caller's transaction; no offsets."""
     outcome = Outcome()
     topic, unique = batch.topic, batch.unique
-    async with conn.transaction():
-        new_ids = await _new_event_ids(conn, topic, unique) if unique else set()
-        rows = batch.rows
-        if len(new_ids) < len(unique):  # some were applied before: the rows of the others only
-            rows = projected.project(
-                (item.fact, item.raw) for event_id, (item, _) in unique.items()
-                if event_id in new_ids
-            )  # fmt: skip
-        outcome.applied = len(new_ids)
-        outcome.duplicates = batch.facts - len(new_ids)
-        await _refuse_sealed(conn, rows.billed)
-        await _copy(conn, "journal", projected.JOURNAL_COLUMNS, rows.journal,
-                    projected.JOURNAL_TYPES)  # fmt: skip
-        await _copy(conn, "purchases", projected.PURCHASE_COLUMNS, rows.purchases,
-                    projected.PURCHASE_TYPES)  # fmt: skip
-        await _copy(conn, "refunds", projected.REFUND_COLUMNS, rows.refunds,
-                    projected.REFUND_TYPES)  # fmt: skip
-        await _copy(conn, "money_facts", projected.MONEY_FACT_COLUMNS, rows.money_facts,
-                    projected.MONEY_FACT_TYPES)  # fmt: skip
-        await _copy(conn, "accounts", projected.ACCOUNT_COLUMNS, rows.accounts,
-                    projected.ACCOUNT_TYPES)  # fmt: skip
-        await _copy(conn, "account_facts", projected.ACCOUNT_FACT_COLUMNS, rows.account_facts,
-                    projected.ACCOUNT_FACT_TYPES)  # fmt: skip
-        await _blocks(conn, rows.blocks)
-        await _payments(conn, rows)
-        await _balances(conn, rows.balance_rows())
-        await _lock_isps(conn, rows.closes)
-        for close in rows.closes:
-            outcome.sealed += await _close_mark(conn, close)
-        await _offsets(conn, topic, next_offsets)
+    new_ids = await _new_event_ids(conn, topic, unique) if unique else set()
+    rows = batch.rows
+    if len(new_ids) < len(unique):  # some were applied before: the rows of the others only
+        rows = projected.project(
+            (item.fact, item.raw) for event_id, (item, _) in unique.items()
+            if event_id in new_ids
+        )  # fmt: skip
+    outcome.applied = len(new_ids)
+    outcome.duplicates = batch.facts - len(new_ids)
+    await _refuse_sealed(conn, rows.billed)
+    await _copy(conn, "journal", projected.JOURNAL_COLUMNS, rows.journal,
+                projected.JOURNAL_TYPES)  # fmt: skip
+    await _copy(conn, "purchases", projected.PURCHASE_COLUMNS, rows.purchases,
+                projected.PURCHASE_TYPES)  # fmt: skip
+    await _copy(conn, "refunds", projected.REFUND_COLUMNS, rows.refunds,
+                projected.REFUND_TYPES)  # fmt: skip
+    await _copy(conn, "money_facts", projected.MONEY_FACT_COLUMNS, rows.money_facts,
+                projected.MONEY_FACT_TYPES)  # fmt: skip
+    await _copy(conn, "accounts", projected.ACCOUNT_COLUMNS, rows.accounts,
+                projected.ACCOUNT_TYPES)  # fmt: skip
+    await _copy(conn, "account_facts", projected.ACCOUNT_FACT_COLUMNS, rows.account_facts,
+                projected.ACCOUNT_FACT_TYPES)  # fmt: skip
+    await _blocks(conn, rows.blocks)
+    await _payments(conn, rows)
+    await _balances(conn, rows.balance_rows())
+    await _lock_isps(conn, rows.closes)
+    for close in rows.closes:
+        outcome.sealed += await _close_mark(conn, close)
     return outcome
+
+
+class Fenced(Exception):
+    """Another writer stored offsets past the start of this batch (a zombie writer's batch, read
+    before its partitions went to another writer): the batch is rolled back, never applied."""
+
+
+async def _fence(
+    conn: psycopg.AsyncConnection[Any], topic: str, first_offsets: dict[int, int] | None
+) -> None:
+    """The stored offsets, locked to the commit, must not be past the batch's first offsets: a
+    batch continues from where the last committed one stopped, or it is another writer's."""
+    if not first_offsets:
+        return
+    cursor = await conn.execute(
+        "SELECT partition, next_offset FROM projection_offsets WHERE topic = %s"
+        " AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+        (topic, sorted(first_offsets)),
+    )
+    ahead = {p: o for p, o in await cursor.fetchall() if o > first_offsets[p]}
+    if ahead:
+        raise Fenced(
+            f"offsets stored past this batch's start: {ahead} against"
+            f" { ({p: first_offsets[p] for p in ahead}) }; another writer applied them"
+        )
+
+
+# A refusal of the data (SQLSTATE class 22, data exception; class 23, integrity constraint
+# violation), not of the database: applying the same facts again would fail the same way.
+DATA_REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A fact the database refused: the record and the database's SQLSTATE and message."""
+
+    item: Incoming
+    sqlstate: str
+    message: str
+
+
+def refusal_of(error: psycopg.Error) -> tuple[str, str]:
+    return error.sqlstate or "", str(error).strip()
+
+
+async def apply_setting_aside(
+    conn: psycopg.AsyncConnection[Any],
+    batch: Batch,
+    next_offsets: dict[int, int],
+    first_offsets: dict[int, int] | None = None,
+    before_commit: Callable[[list[Refused]], Awaitable[None]] | None = None,
+) -> tuple[Outcome, list[Refused]]:
+    """Apply a batch the database refused (DATA_REFUSALS), in one transaction: the facts by
+    halves in savepoints, down to the facts refused alone, which are left out; the offsets of
+    the whole batch are stored with the rest, so a refused fact is consumed, never applied, and
+    never tried again (the writer sets it aside on ledger.dlq first). Off the happy path: a
+    batch with one refused fact costs about 2 log2(n) savepoints."""
+    refused: list[Refused] = []
+    outcome = Outcome()
+    items = [item for item, _ in batch.unique.values()]  # in the order of the log
+
+    async def attempt(part: list[Incoming]) -> None:
+        try:
+            async with conn.transaction():  # a savepoint
+                done = await _apply_facts(conn, batch_of(batch.topic, part))
+        except DATA_REFUSALS as error:
+            if len(part) == 1:
+                refused.append(Refused(part[0], *refusal_of(error)))
+                return
+            half = len(part) // 2
+            await attempt(part[:half])
+            await attempt(part[half:])
+            return
+        outcome.applied += done.applied
+        outcome.sealed += done.sealed
+
+    async with conn.transaction():
+        if items:
+            await attempt(items)
+        await _fence(conn, batch.topic, first_offsets)
+        await _offsets(conn, batch.topic, next_offsets)
+        if refused and before_commit is not None:
+            await before_commit(refused)
+    outcome.duplicates = batch.facts - outcome.applied - len(refused)
+    return outcome, refused
 
 
 # --- billing close ------------------------------------------------------------------------------

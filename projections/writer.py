@@ -14,8 +14,14 @@ first record once the database is free, whichever comes first: under light load 
 about that long, under heavy load batches fill up while the previous one is applied.
 
 A database that goes away (restart, failover) is waited for with a jittered backoff and the
-same batch applied again, up to DB_OUTAGE_SECONDS_MAX; a transaction aborted by a deadlock or a
-lock timeout is retried likewise. Anything else is a bug: the writer exits non-zero, uncommitted.
+same batch applied again, up to DB_OUTAGE_SECONDS_MAX; a transaction aborted by a deadlock, a
+lock timeout or a statement timeout is retried likewise. A fact the database refuses for what it
+holds (SQLSTATE classes 22 and 23: store.DATA_REFUSALS) is found by halving the batch in
+savepoints, set aside on ledger.dlq with the database's SQLSTATE and message, and the rest
+applied with the offsets of all (issue 16). A batch that another writer got ahead of (a zombie
+writer, paused past its session) is fenced by the stored offsets: rolled back, and the writer
+reads again from the stored offsets. Anything else is a bug: the writer exits non-zero,
+uncommitted.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class Prepared:
     poison: list[Any] = field(default_factory=list)  # (record, InvalidMessage)
     markers: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
+    first_offsets: dict[int, int] = field(default_factory=dict)  # the fence (store._fence)
     timestamps_ms: list[int] = field(default_factory=list)  # of every record, for the latency
 
     @property
@@ -98,6 +105,8 @@ class Prepared:
         partition, offset = record.partition, record.offset
         if offset >= self.next_offsets.get(partition, 0):
             self.next_offsets[partition] = offset + 1
+        if offset < self.first_offsets.get(partition, offset + 1):
+            self.first_offsets[partition] = offset
         self.timestamps_ms.append(record.timestamp)
         if record.key == topics.PARTITION_MARKER_KEY:  # topics.is_marker, inline
             self.markers += 1
@@ -226,18 +235,39 @@ class Writer:
         self.stopping = asyncio.Event()
         self._batches_committed = 0
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._fenced = False  # a batch was fenced: read again from the stored offsets
 
-    async def _apply(self, prepared: Prepared) -> store.Outcome:
-        """Apply one batch, reconnecting and trying again as long as the database is away."""
+    async def _apply(self, prepared: Prepared, producer: AIOKafkaProducer) -> store.Outcome:
+        """Apply one batch, reconnecting and trying again as long as the database is away; a
+        batch the database refuses is applied again without the facts it refuses, which are
+        set aside on ledger.dlq before the commit."""
         deadline = time.monotonic() + DB_OUTAGE_SECONDS_MAX
         attempt = 0
+        refusal: tuple[str, str] | None = None
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = await _connect_patiently(self.dsn, self.schema)
-                return await store.apply_prepared(self._conn, prepared.batch, prepared.next_offsets)
+                if refusal is None:
+                    return await store.apply_prepared(
+                        self._conn, prepared.batch, prepared.next_offsets, prepared.first_offsets
+                    )
+                outcome, refused = await store.apply_setting_aside(
+                    self._conn, prepared.batch, prepared.next_offsets, prepared.first_offsets,
+                    lambda refused: self._set_aside_refused(producer, refused),
+                )  # fmt: skip
+                metrics.RECORDS.labels("refused").inc(len(refused))
+                return outcome
+            except store.DATA_REFUSALS as error:
+                if refusal is not None:  # refused again, outside of the facts: not the data's
+                    raise
+                refusal = store.refusal_of(error)
+                log.warning("the database refused a fact of the batch (%s %s): finding it",
+                            *refusal)  # fmt: skip
+                continue
             except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
-                    psycopg.errors.SerializationFailure) as error:  # fmt: skip
+                    psycopg.errors.SerializationFailure,
+                    psycopg.errors.QueryCanceled) as error:  # fmt: skip
                 reason = type(error).__name__
             except psycopg.OperationalError as error:
                 reason = "unreachable"
@@ -261,6 +291,27 @@ class Writer:
             )
             log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition,
                         record.offset, invalid)  # fmt: skip
+
+    async def _set_aside_refused(
+        self, producer: AIOKafkaProducer, refused: list[store.Refused]
+    ) -> None:
+        # Inside the batch's transaction, before its commit: a crash in between sets the same
+        # facts aside again, never loses them.
+        for one in refused:
+            item = one.item
+            letter = set_aside(
+                "refused_by_database",
+                f"{one.sqlstate} {one.message}",
+                self.topic,
+                item.partition,
+                item.offset,
+                None,
+                item.raw,
+                datetime.now(UTC),
+            )  # fmt: skip  (the record's key is not kept with its fact; the partition is named)
+            await producer.send_and_wait(topics.DLQ, value=codec.encode(letter), partition=0)
+            log.warning("dead-lettered %s[%d]@%d: refused by the database: %s %s", self.topic,
+                        item.partition, item.offset, one.sqlstate, one.message)  # fmt: skip
 
     async def _report_lag(self, consumer: AIOKafkaConsumer, next_offsets: dict[int, int]) -> None:
         for tp in consumer.assignment():
@@ -295,6 +346,9 @@ class Writer:
                 if in_flight is not None:
                     committed.update(await in_flight)  # its failure stops the writer here
                     in_flight = None
+                if self._fenced:  # read after the fenced one: stale too
+                    prepared, self._fenced = None, False
+                    await listener.on_partitions_assigned(consumer.assignment())
                 if prepared is not None:
                     in_flight = asyncio.create_task(self._one_batch(consumer, producer, prepared))
                 await self._report_lag(consumer, committed)
@@ -358,7 +412,14 @@ class Writer:
         """Apply one batch; returns the offsets now stored."""
         started = time.perf_counter()
         await self._dead_letter(producer, prepared)
-        outcome = await self._apply(prepared)
+        try:
+            outcome = await self._apply(prepared, producer)
+        except store.Fenced as fenced:
+            metrics.FENCED_BATCHES.inc()
+            log.warning("batch fenced, rolled back (%s): reading again from the stored offsets",
+                        fenced)  # fmt: skip
+            self._fenced = True
+            return {}
         self._batches_committed += 1
         if self._batches_committed == _CRASH_AFTER_DB_COMMIT:
             # Fault injection (tests/fault): die between the database commit and the Kafka

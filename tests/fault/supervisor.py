@@ -68,6 +68,7 @@ class Supervisor:
         self.writer_starts = 0
         self.workers: dict[str, Worker] = {}
         self.writer: Projector | None = None
+        self.writers: dict[str, Projector] = {}  # more projection writers (issue 16)
         self.state: StackState = StackState()
 
     # -- the stack -----------------------------------------------------------------------------
@@ -92,8 +93,9 @@ class Supervisor:
     def down(self) -> None:
         for worker in self.workers.values():
             worker.stop(timeout=30)
-        if self.writer is not None:
-            self.writer.stop(timeout=30)
+        for writer in [self.writer, *self.writers.values()]:
+            if writer is not None:
+                writer.stop(timeout=30)
         manager.down(self.settings, purge=True)
 
     # -- the ledger's processes ----------------------------------------------------------------
@@ -262,6 +264,95 @@ class Supervisor:
         for name, worker in self.workers.items():
             if worker.process is not None and not worker.alive() and worker.process.returncode:
                 raise AssertionError(f"worker {name} died: {worker.log_tail()}")
+
+    # -- the projection writer's faults (issue 16) ---------------------------------------------
+    def start_second_writer(self, name: str = "writer2", batch_events: int = 200) -> Projector:
+        writer = Projector(name, self.home, batch_events_max=batch_events, env=self.env)
+        writer.start()
+        self.writers[name] = writer
+        self.log.note(f"projection writer {name} started (pid {writer.pid})")
+        return writer
+
+    def writer_in_transaction(self, seconds: float, on_a_lock: bool = False) -> bool:
+        """Wait up to `seconds` until a writer's transaction is open in PostgreSQL (the only
+        clients during a scenario are the writers), waiting on a lock if `on_a_lock`: True if
+        one was seen."""
+        import psycopg
+
+        deadline = time.monotonic() + seconds
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            while time.monotonic() < deadline:
+                row = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " AND xact_start IS NOT NULL"
+                    + (" AND wait_event_type = 'Lock'" if on_a_lock else "")
+                ).fetchone()
+                if row and row[0]:
+                    return True
+                time.sleep(0.002)
+        return False
+
+    def pause_writer(self, seconds: float) -> None:
+        """SIGSTOP the projection writer inside a batch's transaction, SIGCONT after `seconds`:
+        past the session timeout, another writer took its partitions meanwhile, and one of the
+        two batches must be fenced. To catch it inside: a session locks balances (every batch
+        writes it), the writer's next transaction waits there, is paused, and the lock let go."""
+        import psycopg
+
+        assert self.writer is not None
+        with psycopg.connect(self.dsn) as db:
+            db.execute(b"LOCK TABLE ledger.balances IN ACCESS EXCLUSIVE MODE")
+            caught = self.writer_in_transaction(20, on_a_lock=True)
+            _signal(self.writer.pid, signal.SIGSTOP)
+        where = "inside a transaction" if caught else "between transactions"
+        self.log.note(f"projection writer paused (SIGSTOP) {where} for {seconds:.0f} s")
+        time.sleep(seconds)
+        _signal(self.writer.pid, signal.SIGCONT)
+        self.log.note("projection writer resumed (SIGCONT)")
+
+    def all_writers(self) -> list[Projector]:
+        return [w for w in [self.writer, *self.writers.values()] if w is not None]
+
+    def kill_postgres_in_transaction(self) -> None:
+        """PostgreSQL shut down at once (SIGQUIT: every backend ends, no checkpoint) at a moment
+        a writer's transaction is open, and restarted."""
+        assert self.state.postgres is not None
+        record = self.state.postgres.process
+        caught = self.writer_in_transaction(10)
+        _signal(record.pid, signal.SIGQUIT)
+        wait_for(lambda: not proc.is_running(record), 30, "PostgreSQL to stop")
+        where = "inside a writer's transaction" if caught else "between transactions"
+        self.log.note(f"PostgreSQL stopped immediately {where} (pid {record.pid})")
+        self.up()
+        self.log.note("PostgreSQL restarted")
+
+    def cancel_writer_statements(self) -> int:
+        """Cancel the writers' running statements (pg_cancel_backend: SQLSTATE 57014, as a
+        statement_timeout trips), at a moment a transaction is open. Returns how many."""
+        import psycopg
+
+        self.writer_in_transaction(10)
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            row = db.execute(
+                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            ).fetchone()
+        cancelled = int(row[0]) if row else 0
+        self.log.note(f"{cancelled} writer statement(s) cancelled (as by a statement_timeout)")
+        return cancelled
+
+    def hold_lock(self, table: str, seconds: float) -> None:
+        """A session holds an exclusive lock on a table the writer writes for `seconds`, past
+        the writer's lock_timeout (projections/store.py): its batches time out and are retried."""
+        import psycopg
+
+        with psycopg.connect(self.dsn) as db:
+            db.execute(f"LOCK TABLE ledger.{table} IN ACCESS EXCLUSIVE MODE".encode())
+            self.log.note(f"ledger.{table} locked (ACCESS EXCLUSIVE) for {seconds:.0f} s")
+            time.sleep(seconds)
+        self.log.note(f"ledger.{table} unlocked")
 
 
 def _children(pid: int) -> list[int]:

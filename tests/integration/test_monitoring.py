@@ -60,7 +60,7 @@ def test_promtool_accepts_the_config_and_the_rules_and_the_alert_tests_pass(
                  ("test", "rules", "alerts_test.yml")):  # fmt: skip
         done = _promtool(promtool, *args)
         assert done.returncode == 0, f"promtool {' '.join(args)}: {done.stdout}{done.stderr}"
-    assert "SUCCESS: 11 rules found" in _promtool(promtool, "check", "rules", "alerts.yml").stdout
+    assert "SUCCESS: 13 rules found" in _promtool(promtool, "check", "rules", "alerts.yml").stdout
 
 
 def _dashboard_queries() -> list[str]:
@@ -225,7 +225,7 @@ def test_a_real_prometheus_scrapes_the_processes_and_fires_the_dead_letter_alert
 
     wait_for(lambda: firing("LedgerDeadLetters"), 120, "the dead-letter alert to fire")
     rules = [rule for group in server.api("rules")["groups"] for rule in group["rules"]]
-    assert len(rules) == 11
+    assert len(rules) == 13
     assert all(rule["health"] == "ok" for rule in rules), [
         (rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"
     ]
@@ -240,7 +240,7 @@ def test_every_dashboard_and_alert_query_is_answered_and_names_real_metrics(
     exposed = _exposed_names(ports)
     alerts = [rule["query"] for group in server.api("rules")["groups"] for rule in group["rules"]]
     queries = _dashboard_queries() + alerts
-    assert len(_dashboard_queries()) >= 12 and len(alerts) == 11
+    assert len(_dashboard_queries()) >= 12 and len(alerts) == 13
     for query in queries:
         server.api("query", query=query)  # asserts Prometheus parsed and ran it
         unknown = {name for name in NAME.findall(query)} - exposed
