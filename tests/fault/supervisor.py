@@ -19,7 +19,7 @@ from ledger.stack.proc import ProcessRecord
 from ledger.stack.state import StackState
 from tests.harness import Projector, Worker, wait_for
 
-PORT_BASE = int(os.environ.get("LEDGER_FAULT_PORT_BASE") or 39092)
+PORT_BASE = int(os.environ.get("LEDGER_FAULT_PORT_BASE") or 29092)
 
 
 @dataclass
