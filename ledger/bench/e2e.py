@@ -37,13 +37,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.bench import costs, stream, table
 from ledger.errors import LedgerError
 from ledger.kafka import topics
 from ledger.kafka.groups import APP_ID
 from ledger.settings import StackSettings, load_settings
+
+if TYPE_CHECKING:
+    from ledger.api.client import Checkout
 
 DEADLINE_SECONDS = 1_800.0
 PACED_SECONDS = 20.0
@@ -349,19 +352,7 @@ class _Checkout:
         self.client = Checkout(base)
 
     def until(self, path: str, body: dict[str, Any], key: str, wanted: tuple[int, ...]) -> Any:
-        deadline = time.monotonic() + 120
-        while True:
-            self.process.check()
-            self.idp.check()
-            try:
-                status, answer = self.client.call("POST", path, body, key)
-            except OSError:
-                status, answer = 0, {}
-            if status in wanted:
-                return answer
-            if time.monotonic() > deadline:
-                raise LedgerError(f"the checkout API answered {status} to {path} for 120 s")
-            time.sleep(0.5)
+        return call_until(self.client, "POST", path, body, key, wanted, [self.process, self.idp])
 
     def stop(self) -> None:
         self.process.stop()
@@ -374,6 +365,27 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def call_until(
+    client: Checkout, method: str, path: str, body: Any, key: str, wanted: tuple[int, ...],
+    processes: list[_Process], headers: dict[str, str] | None = None,
+) -> Any:  # fmt: skip
+    """Call an API of the bench's until it answers one of `wanted` (it may still be starting, or
+    not yet know what was just registered), for at most 120 s; a process that died ends it."""
+    deadline = time.monotonic() + 120
+    while True:
+        for process in processes:
+            process.check()
+        try:
+            status, answer = client.call(method, path, body, key, headers)
+        except OSError:
+            status, answer = 0, {}
+        if status in wanted:
+            return answer
+        if time.monotonic() > deadline:
+            raise LedgerError(f"{client.base}{path} answered {status} for 120 s: {answer}")
+        time.sleep(0.5)
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from typing import Any
 from ledger import keys
 from ledger.api.admission import Limits
 from ledger.bench import costs
-from ledger.bench.e2e import _free_port, _Process, _start
+from ledger.bench.e2e import _free_port, _Process, _start, call_until
 from ledger.errors import LedgerError
 from ledger.kafka import topics
 from ledger.settings import StackSettings
@@ -92,20 +92,7 @@ def _until(base: str, method: str, path: str, body: Any, key: str, wanted: tuple
            processes: list[_Process], headers: dict[str, str] | None = None) -> Any:  # fmt: skip
     from ledger.api.client import Checkout
 
-    client = Checkout(base)
-    deadline = time.monotonic() + 120
-    while True:
-        for process in processes:
-            process.check()
-        try:
-            status, answer = client.call(method, path, body, key, headers)
-        except OSError:
-            status, answer = 0, {}
-        if status in wanted:
-            return answer
-        if time.monotonic() > deadline:
-            raise LedgerError(f"{base}{path} answered {status} for 120 s: {answer}")
-        time.sleep(0.5)
+    return call_until(Checkout(base), method, path, body, key, wanted, processes, headers)
 
 
 def _setup(api: str, admin: str, dsn: str, run: str, accounts: int,
