@@ -179,10 +179,13 @@ class Api:
             metadata = await self.producer.send_and_wait(
                 topic, key=key.encode(), value=value, partition=partition
             )
-        except Exception as error:  # any producer failure: the command is not on the log
+        except Exception as error:
+            # Any producer failure. After a timeout the outcome is unknown: the command may be on
+            # the log. Sending the same request again is safe either way, because a command is
+            # decided once per id (the same id again gets the same answer).
             raise ApiError(503, "ledger_unavailable", (
-                f"the ledger could not take the command ({type(error).__name__}); send the same "
-                "request again")) from error  # fmt: skip
+                f"the ledger could not confirm it took the command ({type(error).__name__}); "
+                "send the same request again")) from error  # fmt: skip
         return int(metadata.offset)
 
     async def decide(self, command: Command, wait: WaitKey) -> Fact | None:
