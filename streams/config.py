@@ -61,4 +61,4 @@ def suspension_seconds() -> float:
     """How long the event loop may stand still before the worker counts itself out of the group
     (streams/suspension.py): its session timeout less one heartbeat interval, the longest its
     last heartbeat can have been before the freeze."""
-    return (settings.CONSUMER_SESSION_TIMEOUT_MS - settings.CONSUMER_HEARTBEAT_INTERVAL_MS) / 1000.0
+    return (settings.WORKER_SESSION_TIMEOUT_MS - settings.WORKER_HEARTBEAT_INTERVAL_MS) / 1000.0

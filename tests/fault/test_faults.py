@@ -2,10 +2,12 @@
 checker (tests/fault/checker.py). Every scenario prints its seed and a JSON result (also written
 to .ledger/fault-results/<scenario>.json); `LEDGER_FAULT_SEED=<seed>` replays one.
 
-`mixed` is the bounded subset that runs in `make test` and CI: worker kill -9 (twice), the
-projection writer dying between its database commit and its Kafka commit and killed with -9,
-PostgreSQL stopped immediately for 5 to 30 s, with duplicates, out-of-order and late purchases and
-poison throughout. `make fault` adds: many worker kills, a graceful handover between two workers,
+`mixed` is the bounded subset that runs in `make test` and CI, on two workers: worker kill -9
+and an immediate restart (twice), a worker killed with -9 and left down past its 10 s session so
+that the other takes its partitions (a rebalance, and another when it returns), the projection
+writer dying between its database commit and its Kafka commit and killed with -9, PostgreSQL
+stopped immediately for 5 to 30 s, with duplicates, out-of-order and late purchases and poison
+throughout. `make fault` adds: many worker kills, a graceful handover between two workers,
 a worker paused past its session timeout, and the broker killed and restarted.
 """
 
@@ -269,10 +271,14 @@ def run(scenario: Scenario, tmp: Path) -> dict[str, Any]:
 
 
 def _mixed(sup: Supervisor, index: int, rng: random.Random) -> None:
-    if index in (1, 4, 6):
+    if index in (1, 6):  # restarted at once
         sup.kill_worker("w1")
         time.sleep(rng.uniform(0.5, 3))
         sup.start_worker("w1")
+    if index == 4:  # down past the 10 s session: w1 takes w2's partitions, then gives them back
+        sup.kill_worker("w2")
+        time.sleep(rng.uniform(13, 16))
+        sup.start_worker("w2")
     if index == 2:
         sup.kill_writer()
         sup.start_writer()
@@ -310,7 +316,7 @@ def _broker(sup: Supervisor, index: int, rng: random.Random) -> None:
 _FULL = (pytest.mark.fault, pytest.mark.timeout(1800))
 SCENARIOS = [
     # name, workers, accounts, purchases, chunks, writer crash batch, faults
-    pytest.param(Scenario("mixed", 1, 60, 6_000, 8, 4, _mixed),
+    pytest.param(Scenario("mixed", 2, 60, 6_000, 8, 4, _mixed),
                  marks=(pytest.mark.fault_subset, pytest.mark.timeout(900)), id="mixed"),
     pytest.param(Scenario("many-kills", 2, 60, 5_000, 10, 7, _many_kills), marks=_FULL,
                  id="many-kills"),

@@ -345,8 +345,6 @@ SECOND_HALF_CHUNK = 100
 SECOND_HALF_PAUSE_SECONDS = 0.3
 
 
-# In `make fault`, not `make test`: two workers and a rebalance take a minute or more.
-@pytest.mark.fault
 def test_two_workers_share_partitions_through_a_rebalance(
     stack: StackState, workers: list[Worker], tmp_path: Path, seed: int
 ) -> None:

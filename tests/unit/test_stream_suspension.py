@@ -54,7 +54,7 @@ def test_no_rebalance_after_the_freeze_means_still_a_member() -> None:
 
 
 def test_the_limit_is_the_session_less_a_heartbeat() -> None:
-    assert suspension_seconds() == 27.0
+    assert suspension_seconds() == 9.0
 
 
 class _Store:
