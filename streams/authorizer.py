@@ -61,7 +61,7 @@ from schemas.facts import (
     PurchaseRejected,
     RefundRejected,
 )
-from streams import metrics
+from streams import config, metrics
 from streams.gate import Gates
 from streams.suspension import Suspension
 
@@ -147,7 +147,7 @@ class BatchAuthorizer:
         starts: dict[int, int],
         producer_settings: dict[str, Any],
         policy: Policy | None = None,
-        suspension_seconds: float = 27.0,
+        suspension_seconds: float | None = None,
     ) -> None:
         self._app = app
         self._store = store
@@ -157,7 +157,10 @@ class BatchAuthorizer:
         self._producer_settings = producer_settings
         self._producer: AIOKafkaProducer | None = None
         self.gates = Gates(topics.COMMANDS, starts)
-        self.suspension = Suspension(suspension_seconds)
+        # Default: the worker's session timeout less one heartbeat (streams/config.py).
+        self.suspension = Suspension(
+            config.suspension_seconds() if suspension_seconds is None else suspension_seconds
+        )
         self._summaries: dict[int, PartitionSummary] = {}
         # Each partition's reference data, decoded once on assignment (issue 15).
         self._references: dict[int, PartitionReference] = {}

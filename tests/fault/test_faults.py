@@ -305,7 +305,7 @@ def _handover(sup: Supervisor, index: int, rng: random.Random) -> None:
 
 def _pause(sup: Supervisor, index: int, rng: random.Random) -> None:
     if index == 2:
-        sup.pause_worker("w1", 45)  # past the 30 s session timeout: w2 takes over meanwhile
+        sup.pause_worker("w1", 45)  # past the 10 s session timeout: w2 takes over meanwhile
 
 
 def _broker(sup: Supervisor, index: int, rng: random.Random) -> None:
