@@ -73,8 +73,8 @@ class RollingSupervisor(Supervisor):
 
     old: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, home: Path, log: FaultLog) -> None:
-        super().__init__(home, log)
+    def __init__(self, home: Path, log: FaultLog, brokers: int = 1) -> None:
+        super().__init__(home, log, brokers)
         self.builds: dict[str, dict[str, str]] = defaultdict(lambda: dict(self.old))
 
     def start_worker(self, name: str) -> Worker:
