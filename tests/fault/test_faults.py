@@ -169,6 +169,8 @@ def _checker_sees_forgery(sup: Supervisor, sender: Sender) -> bool:
             sender.sent.acknowledged,
             sender.sent.poison,
             sender.sent.different_body,
+            sender.sent.unknown,
+            sender.sent.unknown_poison,
         )
     finally:
         with psycopg.connect(sup.dsn, autocommit=True) as db:
