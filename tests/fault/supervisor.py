@@ -453,7 +453,7 @@ class Supervisor:
             db.execute(f"LOCK TABLE ledger.{table} IN ACCESS EXCLUSIVE MODE".encode())
             locked = time.monotonic()
             self.log.note(f"ledger.{table} locked (ACCESS EXCLUSIVE) for {seconds:.0f} s")
-            waited = self.writer_in_transaction(min(seconds, 20), on_a_lock=True)
+            waited = self.writer_in_transaction(seconds - 5, on_a_lock=True)
             time.sleep(max(0.0, seconds - (time.monotonic() - locked)))
         self.log.note(f"ledger.{table} unlocked (a writer waited on it: {waited})")
         return waited

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tests.harness import metric
 
 FENCE_WAIT_SECONDS = 45.0
 PAUSE_SECONDS = 40.0  # past the consumer's 30 s session timeout
-LOCK_SECONDS = 33.0  # past the writer's 30 s lock_timeout
+LOCK_SECONDS = 45.0  # past the writer's 30 s lock_timeout, from before the next chunk
 # The hooks (projections/writer.py, projections/store.py): every batch of the first writer waits
 # this long, before its transaction (zombie-writer) or inside it before the commit (db-faults),
 # so that a pause, a cancel or a kill lands there; larger batches keep its throughput up.
@@ -61,25 +62,37 @@ def _zombie(sup: Supervisor, index: int, rng: random.Random) -> None:
         sup.log.note(f"batches fenced: {seen['fenced']:.0f}")
 
 
+LOCKS: list[threading.Thread] = []
+
+
+def _lock(sup: Supervisor, seen: dict[str, float]) -> None:
+    seen["lock_waits"] += sup.hold_lock_on_the_writer("billing_periods", LOCK_SECONDS)
+
+
 def _db_faults(sup: Supervisor, index: int, rng: random.Random) -> None:
     seen = SEEN.setdefault(
         "db-faults", {"cancelled": 0.0, "kills": 0.0, "kills_inside": 0.0, "lock_waits": 0.0}
     )
-    if index == 0:
+    if index == 0:  # the writer is idle by now: the faults come with the next chunks
         sup.restart_writer_with(
             {"LEDGER_FAULT_HOLD_IN_TRANSACTION_SECONDS": HOLD_SECONDS}, HOOKED_BATCH_EVENTS
         )
+    if index == 1:  # each cancelled batch is tried again: the next cancel finds it in its hold
         for _ in range(3):
             seen["cancelled"] += sup.cancel_writer_in_hold()
             time.sleep(rng.uniform(0.2, 1.0))
-    if index in (1, 2, 4):
+    if index in (2, 4, 5):  # the batch a kill rolls back is tried again: the second kill finds
         for n in range(2):
-            sig = signal.SIGKILL if (index, n) == (2, 1) else signal.SIGQUIT
+            sig = signal.SIGKILL if (index, n) == (4, 1) else signal.SIGQUIT  # it in its hold
             seen["kills_inside"] += sup.kill_postgres_in_hold(sig)
             seen["kills"] += 1
-            time.sleep(rng.uniform(0.5, 3.0))
-    if index == 3:  # every batch of purchases reads billing_periods; March's close writes it
-        seen["lock_waits"] += sup.hold_lock_on_the_writer("billing_periods", LOCK_SECONDS)
+            time.sleep(rng.uniform(0.2, 1.0))
+    if index == 2:  # locked before the next chunk comes: its batches of purchases (each reads
+        # billing_periods; March's close writes it) wait on the lock past the lock_timeout
+        LOCKS.append(threading.Thread(target=_lock, args=(sup, seen), daemon=True))
+        LOCKS[-1].start()
+    if index == 3:
+        LOCKS.pop().join()
     if index == 5:  # the run's last chunk: the writer's figures, before it is checked
         retried = {
             reason: _writer_metric(sup, f"ledger_projection_db_retries_total{{reason={reason}")
