@@ -293,66 +293,8 @@ class Supervisor:
                 time.sleep(0.002)
         return False
 
-    def pause_writer(self, seconds: float) -> None:
-        """SIGSTOP the projection writer inside a batch's transaction, SIGCONT after `seconds`:
-        past the session timeout, another writer took its partitions meanwhile, and one of the
-        two batches must be fenced. To catch it inside: a session locks balances (every batch
-        writes it), the writer's next transaction waits there, is paused, and the lock let go."""
-        import psycopg
-
-        assert self.writer is not None
-        with psycopg.connect(self.dsn) as db:
-            db.execute(b"LOCK TABLE ledger.balances IN ACCESS EXCLUSIVE MODE")
-            caught = self.writer_in_transaction(20, on_a_lock=True)
-            _signal(self.writer.pid, signal.SIGSTOP)
-        where = "inside a transaction" if caught else "between transactions"
-        self.log.note(f"projection writer paused (SIGSTOP) {where} for {seconds:.0f} s")
-        time.sleep(seconds)
-        _signal(self.writer.pid, signal.SIGCONT)
-        self.log.note("projection writer resumed (SIGCONT)")
-
     def all_writers(self) -> list[Projector]:
         return [w for w in [self.writer, *self.writers.values()] if w is not None]
-
-    def kill_postgres_in_transaction(self) -> None:
-        """PostgreSQL shut down at once (SIGQUIT: every backend ends, no checkpoint) at a moment
-        a writer's transaction is open, and restarted."""
-        assert self.state.postgres is not None
-        record = self.state.postgres.process
-        caught = self.writer_in_transaction(10)
-        _signal(record.pid, signal.SIGQUIT)
-        wait_for(lambda: not proc.is_running(record), 30, "PostgreSQL to stop")
-        where = "inside a writer's transaction" if caught else "between transactions"
-        self.log.note(f"PostgreSQL stopped immediately {where} (pid {record.pid})")
-        self.up()
-        self.log.note("PostgreSQL restarted")
-
-    def cancel_writer_statements(self) -> int:
-        """Cancel the writers' running statements (pg_cancel_backend: SQLSTATE 57014, as a
-        statement_timeout trips), at a moment a transaction is open. Returns how many."""
-        import psycopg
-
-        self.writer_in_transaction(10)
-        with psycopg.connect(self.dsn, autocommit=True) as db:
-            row = db.execute(
-                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
-            ).fetchone()
-        cancelled = int(row[0]) if row else 0
-        self.log.note(f"{cancelled} writer statement(s) cancelled (as by a statement_timeout)")
-        return cancelled
-
-    def hold_lock(self, table: str, seconds: float) -> None:
-        """A session holds an exclusive lock on a table the writer writes for `seconds`, past
-        the writer's lock_timeout (projections/store.py): its batches time out and are retried."""
-        import psycopg
-
-        with psycopg.connect(self.dsn) as db:
-            db.execute(f"LOCK TABLE ledger.{table} IN ACCESS EXCLUSIVE MODE".encode())
-            self.log.note(f"ledger.{table} locked (ACCESS EXCLUSIVE) for {seconds:.0f} s")
-            time.sleep(seconds)
-        self.log.note(f"ledger.{table} unlocked")
 
     # -- the writer's fault-injection hooks (projections/writer.py, projections/store.py) ------
     def restart_writer_with(self, hooks: dict[str, str], batch_events: int = 200) -> None:
