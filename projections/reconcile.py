@@ -8,20 +8,23 @@
   each invoice's and period's totals per VAT rate are those of its lines (where they are kept:
   periods sealed since migration 0006); each credit note adds up to its lines and a period's
   credit notes to its credit note totals (issue 15);
-- the faust balances (per publisher, per ISP) equal the PostgreSQL balances.
+- the faust balances (per publisher, per ISP) equal the PostgreSQL balances, less the money facts
+  the database refused (on ledger.dlq, reason refused_by_database: issue 16), which the stream
+  counted and the projections never applied.
 
 Each check yields the rows that do not agree, named; none means the books reconcile.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from ledger.core.balances import Balance
+from ledger.core.balances import Balance, Money, money_of
 from projections.db import connect
 
 
@@ -186,10 +189,55 @@ def _vat_by_rate_adds_up(db: psycopg.Connection[Any], check: Check) -> None:
         )
 
 
+REFUSED_BY_DATABASE = "refused_by_database"
+
+
+def refused_money(bootstrap: str) -> list[Money]:
+    """The money facts the database refused (ledger.dlq, reason refused_by_database, their bytes
+    kept whole), once each: the stream's balances count them, PostgreSQL's do not."""
+    from ledger.kafka import topics
+    from projections.factcheck import read_topic
+    from schemas import codec
+    from schemas.facts import MoneyFact
+
+    refused: dict[str, Money] = {}
+    for record in read_topic(bootstrap, topics.DLQ, None):
+        try:
+            letter = codec.decode_dead_letter(record.value or b"")
+            if letter.reason != REFUSED_BY_DATABASE or letter.source_topic != topics.EVENTS:
+                continue
+            fact = codec.decode_fact(base64.b64decode(letter.raw_base64))
+        except (codec.InvalidMessage, ValueError):
+            continue
+        if isinstance(fact, MoneyFact):
+            refused[fact.event_id] = money_of(fact)
+    return list(refused.values())
+
+
+def _less_refused(party: str, stream: dict[str, Balance], refused: list[Money]) -> dict[str, Any]:
+    """The stream's balances as (purchases, refunds, gross, owed), less the refused facts."""
+    mine = {key: [b.purchases, b.refunds, b.gross_cents, b.owed_cents] for key, b in stream.items()}
+    for money in refused:
+        key = money.isp_id if party == "isp" else money.publisher_id
+        if key not in mine:
+            continue
+        row = mine[key]
+        if money.refund:
+            row[1] -= 1
+            row[2] += money.amount_cents
+        else:
+            row[0] -= 1
+            row[2] -= money.amount_cents
+        row[3] -= money.isp_owed_cents if party == "isp" else money.publisher_owed_cents
+    return {key: tuple(row) for key, row in mine.items()}
+
+
 def stream_balances_equal(
-    db: psycopg.Connection[Any], party: str, stream: dict[str, Balance]
-) -> Check:
+    db: psycopg.Connection[Any], party: str, stream: dict[str, Balance],
+    refused: list[Money] | None = None,
+) -> Check:  # fmt: skip
     check = Check(f"the faust {party} balances equal the PostgreSQL ones")
+    mine_less_refused = _less_refused(party, stream, refused or [])
     found = {
         party_id: (purchases, refunds, gross, owed)
         for party_id, purchases, refunds, gross, owed in db.execute(
@@ -199,12 +247,7 @@ def stream_balances_equal(
         ).fetchall()
     }
     for key in sorted(set(found) | set(stream)):
-        balance = stream.get(key)
-        mine = (
-            None
-            if balance is None
-            else (balance.purchases, balance.refunds, balance.gross_cents, balance.owed_cents)
-        )
+        mine = mine_less_refused.get(key)
         if mine != found.get(key):
             check.mismatches.append(
                 f"{party} {key}: faust (purchases, refunds, gross, owed) {mine},"
@@ -214,20 +257,24 @@ def stream_balances_equal(
 
 
 def reconcile(
-    db: psycopg.Connection[Any], stream_balances: Callable[[str], dict[str, Balance]] | None
-) -> list[Check]:
+    db: psycopg.Connection[Any], stream_balances: Callable[[str], dict[str, Balance]] | None,
+    refused: list[Money] | None = None,
+) -> list[Check]:  # fmt: skip
+    """`refused`: the money facts the database refused (`refused_money`), which the stream's
+    balances count and PostgreSQL's do not."""
     checks = [postings_balance(db), shares_add_up(db), invoices_add_up(db)]
     if stream_balances is not None:
         for party in ("publisher", "isp"):
-            checks.append(stream_balances_equal(db, party, stream_balances(party)))
+            checks.append(stream_balances_equal(db, party, stream_balances(party), refused))
     return checks
 
 
 def reconcile_snapshot(
-    dsn: str, stream_balances: Callable[[str], dict[str, Balance]] | None
-) -> list[Check]:
+    dsn: str, stream_balances: Callable[[str], dict[str, Balance]] | None,
+    refused: list[Money] | None = None,
+) -> list[Check]:  # fmt: skip
     """`reconcile` in one snapshot of the live database (a read-only repeatable-read
     transaction), so that the checks see the same books."""
     with connect(dsn) as db:
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        return reconcile(db, stream_balances)
+        return reconcile(db, stream_balances, refused)

@@ -12,6 +12,7 @@ of the authorizer: the batch stops with both facts named (ConflictingFacts) and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -362,7 +363,20 @@ async def apply_prepared(
         outcome = await _apply_facts(conn, batch)
         await _fence(conn, batch.topic, first_offsets)
         await _offsets(conn, batch.topic, next_offsets)
+        await _hold_in_transaction(conn)
     return outcome
+
+
+# Fault injection for the fault suite only (tests/fault/test_writer_faults.py): every batch's
+# transaction sleeps this long on the server (pg_sleep) just before its commit, so that a
+# cancel, a lock or a kill of PostgreSQL lands inside one. Read once; unset in every real
+# deployment.
+_HOLD_IN_TRANSACTION = float(os.environ.get("LEDGER_FAULT_HOLD_IN_TRANSACTION_SECONDS") or 0)
+
+
+async def _hold_in_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
+    if _HOLD_IN_TRANSACTION:
+        await conn.execute("SELECT pg_sleep(%s)", (_HOLD_IN_TRANSACTION,))
 
 
 async def _apply_facts(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
@@ -481,6 +495,7 @@ async def apply_setting_aside(
         await _offsets(conn, batch.topic, next_offsets)
         if refused and before_commit is not None:
             await before_commit(refused)
+        await _hold_in_transaction(conn)
     outcome.duplicates = batch.facts - outcome.applied - len(refused)
     return outcome, refused
 

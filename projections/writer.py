@@ -208,6 +208,12 @@ def reconcile_once(dsn: str, schema: str) -> int:
 # Fault injection for the fault suite only: the writer exits (as if killed) right after the
 # database commit of this batch, before its Kafka commit. Unset in every real deployment.
 _CRASH_AFTER_DB_COMMIT = int(os.environ.get("LEDGER_FAULT_EXIT_AFTER_DB_COMMIT_BATCH") or 0)
+# The writer, having read a batch, waits this long before its transaction (and logs that it
+# does): a writer paused there is a zombie holding a batch it read. For the fault suite only,
+# like the next (projections/store.py: LEDGER_FAULT_HOLD_IN_TRANSACTION_SECONDS, a pg_sleep
+# inside every batch's transaction before its commit).
+_HOLD_BEFORE_APPLY = float(os.environ.get("LEDGER_FAULT_HOLD_BEFORE_APPLY_SECONDS") or 0)
+HOLD_BEFORE_APPLY_LOG = "fault injection: holding a batch before its transaction"
 EXIT_INJECTED_CRASH = 137
 
 
@@ -412,6 +418,10 @@ class Writer:
         """Apply one batch; returns the offsets now stored."""
         started = time.perf_counter()
         await self._dead_letter(producer, prepared)
+        if _HOLD_BEFORE_APPLY:
+            log.warning("%s (%s s), first offsets %s", HOLD_BEFORE_APPLY_LOG, _HOLD_BEFORE_APPLY,
+                        prepared.first_offsets)  # fmt: skip
+            await asyncio.sleep(_HOLD_BEFORE_APPLY)
         try:
             outcome = await self._apply(prepared, producer)
         except store.Fenced as fenced:

@@ -11,7 +11,9 @@ database's tables with SQL of its own, and proves:
   each posting once, and the per-party debits and credits in PostgreSQL equal its own sums;
 - no cap was exceeded: walking each account's facts in order, the net spend of its day and of
   its month (authorized minus refunded, in the purchase's day and month) never passes the cap;
-- the dead-letter topic holds exactly the injected poison;
+- the dead-letter topic holds exactly the injected poison, and the facts the database refused
+  (reason refused_by_database, with its SQLSTATE of class 22 or 23 and its message: issue 16),
+  which are left out of "applied once" and of the sums, and are not applied;
 - the stored offsets reach the end of each partition of ledger.events.
 """
 
@@ -159,12 +161,9 @@ def check(
         bool(late) and all(f["billing_period"] > f["late_for_period"] for f in late),
         f"{[(f['event_id'], f['billing_period'], f['late_for_period']) for f in late][:3]}",
     )
-    _check_applied_once(result, dsn, facts)
+    refused, dead = _check_refused(result, bootstrap, dsn, events)  # out of "applied once"
+    _check_applied_once(result, dsn, {i: f for i, f in facts.items() if i not in refused})
     _check_caps(result, ordered)
-    dead = {
-        (json.loads(v)["source_topic"], json.loads(v)["partition"], json.loads(v)["offset"])
-        for _, _, _, v in read_topic(bootstrap, "ledger.dlq")
-    }
     result.figures |= {"dead_letters": len(dead), "poison_injected": len(poison)}
     extra = sorted(dead - poison)
     allowed = list(unknown_poison or ())
@@ -211,6 +210,45 @@ def _check_decided_once(
         "unknown_outcome_present": len(unknown_ids & named),
     }
     result.prove("no command is decided twice (acknowledged or unknown)", not twice, f"{twice[:5]}")
+
+
+REFUSED = "refused_by_database"
+
+
+def _check_refused(
+    result: Checked, bootstrap: str, dsn: str, events: list[tuple[int, int, Any, bytes]]
+) -> tuple[set[str], set[tuple[str, int, int]]]:
+    """The facts the database refused (dead letters of reason refused_by_database): each names a
+    fact of ledger.events and the database's SQLSTATE (class 22 or 23) and message, and none of
+    them is applied. Returns their ids (any copy of a refused fact is refused too), and the
+    sources of the other dead letters."""
+    letters = [json.loads(v) for _, _, _, v in read_topic(bootstrap, "ledger.dlq")]
+    refusals = {
+        (letter["partition"], letter["offset"]): letter["detail"]
+        for letter in letters
+        if letter["reason"] == REFUSED and letter["source_topic"] == "ledger.events"
+    }
+    at = {(partition, offset): value for partition, offset, _, value in events}
+    ids = {json.loads(at[spot])["event_id"] for spot in refusals if spot in at}
+    with psycopg.connect(dsn) as db:
+        applied = db.execute(
+            "SELECT count(*) FROM ledger.applied_events WHERE event_id = ANY(%s)", (sorted(ids),)
+        ).fetchone()
+    assert applied is not None
+    result.figures["refused_by_database"] = len(refusals)
+    result.prove(
+        "each fact refused by the database is a fact of the log, with its SQLSTATE, not applied",
+        all(spot in at for spot in refusals)
+        and all(detail[:2] in ("22", "23") for detail in refusals.values())
+        and applied[0] == 0,
+        f"{list(refusals.items())[:3]}, applied {applied[0]}",
+    )
+    dead = {
+        (letter["source_topic"], letter["partition"], letter["offset"])
+        for letter in letters
+        if letter["reason"] != REFUSED
+    }
+    return ids, dead
 
 
 def _check_applied_once(result: Checked, dsn: str, facts: dict[str, dict[str, Any]]) -> None:

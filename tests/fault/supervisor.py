@@ -293,66 +293,112 @@ class Supervisor:
                 time.sleep(0.002)
         return False
 
-    def pause_writer(self, seconds: float) -> None:
-        """SIGSTOP the projection writer inside a batch's transaction, SIGCONT after `seconds`:
-        past the session timeout, another writer took its partitions meanwhile, and one of the
-        two batches must be fenced. To catch it inside: a session locks balances (every batch
-        writes it), the writer's next transaction waits there, is paused, and the lock let go."""
-        import psycopg
-
-        assert self.writer is not None
-        with psycopg.connect(self.dsn) as db:
-            db.execute(b"LOCK TABLE ledger.balances IN ACCESS EXCLUSIVE MODE")
-            caught = self.writer_in_transaction(20, on_a_lock=True)
-            _signal(self.writer.pid, signal.SIGSTOP)
-        where = "inside a transaction" if caught else "between transactions"
-        self.log.note(f"projection writer paused (SIGSTOP) {where} for {seconds:.0f} s")
-        time.sleep(seconds)
-        _signal(self.writer.pid, signal.SIGCONT)
-        self.log.note("projection writer resumed (SIGCONT)")
-
     def all_writers(self) -> list[Projector]:
         return [w for w in [self.writer, *self.writers.values()] if w is not None]
 
-    def kill_postgres_in_transaction(self) -> None:
-        """PostgreSQL shut down at once (SIGQUIT: every backend ends, no checkpoint) at a moment
-        a writer's transaction is open, and restarted."""
-        assert self.state.postgres is not None
-        record = self.state.postgres.process
-        caught = self.writer_in_transaction(10)
-        _signal(record.pid, signal.SIGQUIT)
-        wait_for(lambda: not proc.is_running(record), 30, "PostgreSQL to stop")
-        where = "inside a writer's transaction" if caught else "between transactions"
-        self.log.note(f"PostgreSQL stopped immediately {where} (pid {record.pid})")
-        self.up()
-        self.log.note("PostgreSQL restarted")
+    # -- the writer's fault-injection hooks (projections/writer.py, projections/store.py) ------
+    def restart_writer_with(self, hooks: dict[str, str], batch_events: int = 200) -> None:
+        """Stop the projection writer gracefully and start it again with fault-injection hooks
+        in its environment (LEDGER_FAULT_HOLD_*: off in every real deployment)."""
+        assert self.writer is not None
+        self.writer.stop(timeout=60)
+        self.writer = Projector(
+            "writer", self.home, batch_events_max=batch_events, env={**self.env, **hooks}
+        )
+        self.writer.start()
+        self.writer_starts += 1
+        self.log.note(f"projection writer restarted (pid {self.writer.pid}) with {hooks}")
 
-    def cancel_writer_statements(self) -> int:
-        """Cancel the writers' running statements (pg_cancel_backend: SQLSTATE 57014, as a
-        statement_timeout trips), at a moment a transaction is open. Returns how many."""
+    def pause_writer_holding_a_batch(self, seconds: float, wait_seconds: float = 30) -> bool:
+        """SIGSTOP the projection writer while it holds a batch it read, before its transaction
+        (LEDGER_FAULT_HOLD_BEFORE_APPLY_SECONDS: it logs when it starts to hold), SIGCONT after
+        `seconds`. True if it was caught holding one."""
+        from projections.writer import HOLD_BEFORE_APPLY_LOG
+
+        assert self.writer is not None
+        writer = self.writer
+
+        def holds() -> int:
+            return writer.log_path.read_text(errors="replace").count(HOLD_BEFORE_APPLY_LOG)
+
+        before = holds()
+        deadline = time.monotonic() + wait_seconds
+        while holds() == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        caught = holds() > before
+        _signal(writer.pid, signal.SIGSTOP)
+        where = "holding a batch it read" if caught else "NOT caught holding a batch"
+        self.log.note(f"projection writer paused (SIGSTOP) {where} for {seconds:.0f} s")
+        time.sleep(seconds)
+        _signal(writer.pid, signal.SIGCONT)
+        self.log.note("projection writer resumed (SIGCONT)")
+        return caught
+
+    def writer_in_hold(self, seconds: float) -> list[int]:
+        """Wait up to `seconds` until a writer's transaction is in its server-side hold
+        (LEDGER_FAULT_HOLD_IN_TRANSACTION_SECONDS: a pg_sleep before the commit); the backends'
+        pids, [] if none was seen."""
         import psycopg
 
-        self.writer_in_transaction(10)
+        deadline = time.monotonic() + seconds
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            while time.monotonic() < deadline:
+                rows = db.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND state = 'active'"
+                    " AND query LIKE 'SELECT pg_sleep(%'"
+                ).fetchall()
+                if rows:
+                    return [pid for (pid,) in rows]
+                time.sleep(0.005)
+        return []
+
+    def cancel_writer_in_hold(self) -> int:
+        """Cancel a writer's statement inside a batch's transaction (pg_cancel_backend: SQLSTATE
+        57014, as a statement_timeout trips). Returns how many were cancelled."""
+        import psycopg
+
+        pids = self.writer_in_hold(20)
         with psycopg.connect(self.dsn, autocommit=True) as db:
             row = db.execute(
-                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM unnest(%s::int[]) pid",
+                (pids,),
             ).fetchone()
         cancelled = int(row[0]) if row else 0
-        self.log.note(f"{cancelled} writer statement(s) cancelled (as by a statement_timeout)")
+        self.log.note(f"{cancelled} writer statement(s) cancelled inside a transaction (57014)")
         return cancelled
 
-    def hold_lock(self, table: str, seconds: float) -> None:
-        """A session holds an exclusive lock on a table the writer writes for `seconds`, past
-        the writer's lock_timeout (projections/store.py): its batches time out and are retried."""
+    def kill_postgres_in_hold(self, sig: int = signal.SIGQUIT) -> bool:
+        """PostgreSQL ended at once (SIGQUIT: immediate shutdown; SIGKILL of the postmaster)
+        while a batch's transaction is open, before its commit, and restarted. True if caught
+        inside one."""
+        assert self.state.postgres is not None
+        record = self.state.postgres.process
+        caught = bool(self.writer_in_hold(20))
+        children = _children(record.pid) if sig == signal.SIGKILL else []
+        _signal(record.pid, sig)
+        for child in children:  # a SIGKILL kills the postmaster alone: its backends too
+            _signal(child, signal.SIGKILL)
+        wait_for(lambda: not proc.is_running(record), 30, "PostgreSQL to stop")
+        where = "inside a batch's transaction" if caught else "NOT inside a transaction"
+        self.log.note(f"PostgreSQL ended with {signal.Signals(sig).name} {where}")
+        self.up()
+        self.log.note("PostgreSQL restarted")
+        return caught
+
+    def hold_lock_on_the_writer(self, table: str, seconds: float) -> bool:
+        """A session holds an exclusive lock on `table` for `seconds`, past the writer's
+        lock_timeout; True if a writer's transaction was seen waiting on it."""
         import psycopg
 
         with psycopg.connect(self.dsn) as db:
             db.execute(f"LOCK TABLE ledger.{table} IN ACCESS EXCLUSIVE MODE".encode())
+            locked = time.monotonic()
             self.log.note(f"ledger.{table} locked (ACCESS EXCLUSIVE) for {seconds:.0f} s")
-            time.sleep(seconds)
-        self.log.note(f"ledger.{table} unlocked")
+            waited = self.writer_in_transaction(seconds - 5, on_a_lock=True)
+            time.sleep(max(0.0, seconds - (time.monotonic() - locked)))
+        self.log.note(f"ledger.{table} unlocked (a writer waited on it: {waited})")
+        return waited
 
 
 def _children(pid: int) -> list[int]:
