@@ -250,13 +250,15 @@ def _stream_balances(stack: Connected) -> Any:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from projections.reconcile import reconcile_snapshot
+    from projections.reconcile import reconcile_snapshot, refused_money
 
     stack = connected(args)
     stream = None if args.skip_stream else _stream_balances(stack)
     deadline = time.monotonic() + args.wait_seconds
     while True:
-        checks = reconcile_snapshot(stack.dsn, stream)
+        # The money facts PostgreSQL refused (ledger.dlq) are in the stream's balances only.
+        refused = None if args.skip_stream else refused_money(stack.bootstrap_servers)
+        checks = reconcile_snapshot(stack.dsn, stream, refused)
         failed = [check for check in checks if check.mismatches]
         # The stream and the projections catch up with the log at their own pace: a difference
         # between them is looked at again until --wait-seconds have passed.
