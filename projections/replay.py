@@ -174,8 +174,28 @@ class _Replayer:
     async def _apply(
         self, conn: psycopg.AsyncConnection[Any], prepared: Prepared, done: list[int], to_do: int
     ) -> None:
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                outcome = await self._apply_once(conn, prepared)
+                break
+            except psycopg.errors.DeadlockDetected:
+                # Two replay processes upsert the same publisher and ISP balances; a batch with a
+                # refused fact applies them in halves, not in one sorted statement, so their locks
+                # can cross: PostgreSQL rolls one transaction back whole, and it is applied again.
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                log.info("deadlock with the other replay process: applying the batch again")
+        self.applied += outcome.applied
+        self.duplicates += outcome.duplicates
+        self.records += prepared.records
+        done[0] += prepared.records
+        self.progress(done[0], to_do)
+
+    async def _apply_once(
+        self, conn: psycopg.AsyncConnection[Any], prepared: Prepared
+    ) -> store.Outcome:
         try:
-            outcome = await store.apply_prepared(conn, prepared.batch, prepared.next_offsets)
+            return await store.apply_prepared(conn, prepared.batch, prepared.next_offsets)
         except store.DATA_REFUSALS:
             # A fact the database refuses was set aside on ledger.dlq live (issue 16): here it
             # is left out again, the rest applied, as the writer did.
@@ -186,13 +206,10 @@ class _Replayer:
                 log.warning("left out %s[%d]@%d, refused by the database: %s %s",
                             prepared.batch.topic, one.item.partition, one.item.offset,
                             one.sqlstate, one.message)  # fmt: skip
-        self.applied += outcome.applied
-        self.duplicates += outcome.duplicates
-        self.records += prepared.records
-        done[0] += prepared.records
-        self.progress(done[0], to_do)
+            return outcome
 
 
+DEADLOCK_ATTEMPTS = 5
 # Replay runs in this many processes, each with its share of the partitions, its consumer and
 # its connection. One process spent ~50 us of CPU a fact in Python (decoding, fingerprints, rows,
 # COPY) and left a core mostly to PostgreSQL's waits; on 2 cores, ledger bench projections'
